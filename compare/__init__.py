@@ -1,0 +1,1 @@
+"""compare (filled by later issues)."""

@@ -1,0 +1,1 @@
+"""flowar (filled by later issues)."""

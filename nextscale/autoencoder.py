@@ -1,0 +1,81 @@
+"""The conv encoder and decoder both tokenizers share (VAR's VQ-VAE, FlowAR's AE/VAE).
+
+Encoder: image (B, C_img, S, S) -> latent (B, C_lat, S / 2^down, S / 2^down); the decoder inverts it.
+Each head adds only its bottleneck (residual VQ for VAR, identity or KL for FlowAR).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from .config import check_int
+
+
+@dataclass(frozen=True)
+class ConvAEConfig:
+    image_channels: int = 1
+    image_side: int = 16
+    latent_channels: int = 8
+    hidden: int = 64     # channels at full resolution
+    down: int = 1        # number of stride-2 downsamplings: latent side = image_side / 2**down
+    res_blocks: int = 1  # residual blocks per resolution
+
+    def __post_init__(self):
+        check_int("image_channels", self.image_channels, 1)
+        check_int("image_side", self.image_side, 1)
+        check_int("latent_channels", self.latent_channels, 1)
+        check_int("hidden", self.hidden, 8)
+        if self.hidden % 8:
+            raise ValueError(f"hidden must be a multiple of 8 (GroupNorm groups), got {self.hidden}")
+        check_int("down", self.down, 0, 4)
+        check_int("res_blocks", self.res_blocks, 0)
+        if self.image_side % (2 ** self.down):
+            raise ValueError(f"image_side ({self.image_side}) must be divisible by 2**down ({2 ** self.down})")
+
+    @property
+    def latent_side(self) -> int:
+        return self.image_side // 2 ** self.down
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1),
+                                 nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1))
+
+    def forward(self, x):
+        return x + self.net(x)
+
+
+def _stage(ch: int, n: int) -> list[nn.Module]:
+    return [ResBlock(ch) for _ in range(n)]
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: ConvAEConfig, out_channels: int | None = None):
+        super().__init__()
+        h = cfg.hidden
+        layers = [nn.Conv2d(cfg.image_channels, h, 3, padding=1), *_stage(h, cfg.res_blocks)]
+        for _ in range(cfg.down):
+            layers += [nn.Conv2d(h, h, 4, stride=2, padding=1), *_stage(h, cfg.res_blocks)]
+        layers += [nn.GroupNorm(8, h), nn.SiLU(), nn.Conv2d(h, out_channels or cfg.latent_channels, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x_BCHW):
+        return self.net(x_BCHW)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ConvAEConfig):
+        super().__init__()
+        h = cfg.hidden
+        layers = [nn.Conv2d(cfg.latent_channels, h, 3, padding=1), *_stage(h, cfg.res_blocks)]
+        for _ in range(cfg.down):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(h, h, 3, padding=1),
+                       *_stage(h, cfg.res_blocks)]
+        layers += [nn.GroupNorm(8, h), nn.SiLU(), nn.Conv2d(h, cfg.image_channels, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z_BCHW):
+        return self.net(z_BCHW)

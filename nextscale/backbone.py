@@ -1,0 +1,205 @@
+"""The scale-wise transformer both heads share.
+
+A decoder-only transformer over the concatenated token maps of all scales, with block-causal
+attention (scale k sees scales <= k), class conditioning by adaptive layer norm and a KV cache
+for scale-by-scale sampling.
+
+Inputs, as in VAR: scale 1 is the start token (the class embedding, broadcast over the first
+map's positions); scale k > 1 is an ``in_dim``-channel map the head provides (VAR: the running
+reconstruction f_hat downsampled to side_k; FlowAR: the previous scale's latent upsampled).
+The output is one hidden vector per position, ``h_BLC``; each head maps it its own way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+from .attention import KINDS, attention
+from .config import check_choice, check_float, check_int
+from .scales import level_ids, num_tokens, scale_slices, validate_schedule
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    schedule: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
+    in_dim: int = 8            # channels of the per-scale input map (latent channels)
+    num_classes: int = 10      # class ids 0..num_classes-1; id num_classes is the null class
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    class_dropout: float = 0.1  # probability of replacing the label by the null class in training
+    attn_kind: str = "exact"
+
+    def __post_init__(self):
+        object.__setattr__(self, "schedule", validate_schedule(self.schedule))
+        check_int("in_dim", self.in_dim, 1)
+        check_int("num_classes", self.num_classes, 1)
+        check_int("width", self.width, 1)
+        check_int("depth", self.depth, 1)
+        check_int("heads", self.heads, 1)
+        if self.width % self.heads:
+            raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
+        check_float("mlp_ratio", self.mlp_ratio, 0, lo_open=True)
+        check_float("dropout", self.dropout, 0, 1, hi_open=True)
+        check_float("class_dropout", self.class_dropout, 0, 1)
+        check_choice("attn_kind", self.attn_kind, KINDS)
+
+    @property
+    def seq_len(self) -> int:
+        return num_tokens(self.schedule)
+
+    @property
+    def first_len(self) -> int:
+        return self.schedule[0] ** 2
+
+
+class KVCache:
+    """Keys and values of the scales fed so far, one (k, v) pair per layer."""
+
+    def __init__(self, depth: int):
+        self.kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * depth
+        self.next_scale = 0
+
+    def append(self, layer: int, k_BHSd: torch.Tensor, v_BHSd: torch.Tensor):
+        old = self.kv[layer]
+        if old is not None:
+            k_BHSd, v_BHSd = torch.cat([old[0], k_BHSd], 2), torch.cat([old[1], v_BHSd], 2)
+        self.kv[layer] = (k_BHSd, v_BHSd)
+        return k_BHSd, v_BHSd
+
+
+def modulate(x_BLC, shift_BC, scale_BC):
+    return x_BLC * (1 + scale_BC[:, None]) + shift_BC[:, None]
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with adaLN-Zero conditioning (DiT)."""
+
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        C = cfg.width
+        self.heads, self.attn_kind, self.dropout = cfg.heads, cfg.attn_kind, cfg.dropout
+        self.norm1 = nn.LayerNorm(C, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(C, 3 * C)
+        self.proj = nn.Linear(C, C)
+        self.norm2 = nn.LayerNorm(C, elementwise_affine=False, eps=1e-6)
+        hidden = int(C * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(C, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, C))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+
+    def forward(self, x_BLC, cond_BC, q_level, k_level, cache: KVCache | None = None, layer: int = 0):
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(cond_BC).chunk(6, dim=-1)
+        q, k, v = rearrange(self.qkv(modulate(self.norm1(x_BLC), sh1, sc1)), "B L (n H d) -> n B H L d",
+                            n=3, H=self.heads)
+        if cache is not None:
+            k, v = cache.append(layer, k, v)
+        a = attention(q, k, v, q_level, k_level, kind=self.attn_kind,
+                      dropout_p=self.dropout if self.training else 0.0)
+        x_BLC = x_BLC + g1[:, None] * self.drop(self.proj(rearrange(a, "B H L d -> B L (H d)")))
+        return x_BLC + g2[:, None] * self.drop(self.mlp(modulate(self.norm2(x_BLC), sh2, sc2)))
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.cfg = cfg
+        C = cfg.width
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, C)  # last row: the null class
+        self.pos_start = nn.Parameter(torch.zeros(1, cfg.first_len, C))
+        self.word_emb = nn.Linear(cfg.in_dim, C)
+        self.pos_emb = nn.Parameter(torch.zeros(1, cfg.seq_len, C))
+        self.level_emb = nn.Embedding(len(cfg.schedule), C)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.norm_out = nn.LayerNorm(C, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))
+        self.register_buffer("levels", level_ids(cfg.schedule), persistent=False)
+        self.slices = scale_slices(cfg.schedule)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+        for p in (self.pos_start, self.pos_emb):
+            nn.init.trunc_normal_(p, std=0.02)
+        for ada in [b.ada for b in self.blocks] + [self.ada_out]:  # adaLN-Zero: blocks start as identity
+            nn.init.zeros_(ada[-1].weight)
+            nn.init.zeros_(ada[-1].bias)
+
+    @property
+    def null_class(self) -> int:
+        return self.cfg.num_classes
+
+    def check_labels(self, y_B: torch.Tensor, allow_null: bool = True) -> None:
+        hi = self.cfg.num_classes + int(allow_null)
+        if y_B.dtype != torch.long or y_B.ndim != 1:
+            raise ValueError(f"labels must be a 1-d long tensor, got {y_B.dtype} of shape {tuple(y_B.shape)}")
+        if len(y_B) and (y_B.min() < 0 or y_B.max() >= hi):
+            raise ValueError(f"class ids must lie in [0, {hi - 1}], got {y_B.tolist()}")
+
+    def condition(self, y_B: torch.Tensor) -> torch.Tensor:
+        """Class embedding (B, C); in training labels are dropped to the null class with prob class_dropout."""
+        self.check_labels(y_B)
+        if self.training and self.cfg.class_dropout > 0:
+            drop = torch.rand(y_B.shape, device=y_B.device) < self.cfg.class_dropout
+            y_B = torch.where(drop, torch.full_like(y_B, self.null_class), y_B)
+        return self.class_emb(y_B)
+
+    def embed(self, x_in_BlI: torch.Tensor | None, cond_BC: torch.Tensor, scale: int | None = None):
+        """Token embeddings of the whole sequence (scale=None) or of one scale."""
+        B = cond_BC.shape[0]
+        parts = []
+        if scale in (None, 0):
+            parts.append(cond_BC[:, None] + self.pos_start.expand(B, -1, -1))
+        if scale != 0:
+            parts.append(self.word_emb(x_in_BlI))
+        x_BlC = torch.cat(parts, 1)
+        sl = slice(0, self.cfg.seq_len) if scale is None else self.slices[scale]
+        return x_BlC + self.pos_emb[:, sl] + self.level_emb(self.levels[sl])
+
+    def head_out(self, x_BLC, cond_BC):
+        shift, scale = self.ada_out(cond_BC).chunk(2, dim=-1)
+        return modulate(self.norm_out(x_BLC), shift, scale)
+
+    def forward(self, x_in_BlI: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced pass. x_in: (B, L - first_len, in_dim), inputs of scales 2..K. Returns h (B, L, C)."""
+        cfg = self.cfg
+        want = (y_B.shape[0], cfg.seq_len - cfg.first_len, cfg.in_dim)
+        if tuple(x_in_BlI.shape) != want:
+            raise ValueError(f"backbone input must have shape {want} (batch, L - first_len, in_dim), "
+                             f"got {tuple(x_in_BlI.shape)}")
+        cond = self.condition(y_B)
+        x = self.embed(x_in_BlI, cond)
+        for blk in self.blocks:
+            x = blk(x, cond, self.levels, self.levels)
+        return self.head_out(x, cond)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.cfg.depth)
+
+    def step(self, x_in_BlI: torch.Tensor | None, cond_BC: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Feed the next scale (None for scale 1) after those already in ``cache``; returns its h (B, h_k^2, C).
+
+        ``cond_BC`` is ``class_emb(y)`` (use :meth:`condition` in eval mode)."""
+        k = cache.next_scale
+        if k >= len(self.cfg.schedule):
+            raise ValueError(f"all {len(self.cfg.schedule)} scales were already fed to this cache")
+        if (x_in_BlI is None) != (k == 0):
+            raise ValueError("scale 1 takes no input (it is the start token); later scales need one")
+        if k > 0 and tuple(x_in_BlI.shape[1:]) != (self.cfg.schedule[k] ** 2, self.cfg.in_dim):
+            raise ValueError(f"scale {k + 1} input must have shape (B, {self.cfg.schedule[k] ** 2}, "
+                             f"{self.cfg.in_dim}), got {tuple(x_in_BlI.shape)}")
+        x = self.embed(x_in_BlI, cond_BC, scale=k)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, cond_BC, None, None, cache=cache, layer=i)
+        cache.next_scale = k + 1
+        return self.head_out(x, cond_BC)

@@ -1,0 +1,54 @@
+"""Small validators for config dataclasses: each raises ``ValueError`` naming the field and its range."""
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from typing import Any, Iterable
+
+
+def check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    _check_range(name, value, lo, hi)
+
+
+def check_float(name: str, value: Any, lo: float | None = None, hi: float | None = None,
+                lo_open: bool = False, hi_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    _check_range(name, value, lo, hi, lo_open, hi_open)
+
+
+def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _check_range(name, value, lo, hi, lo_open=False, hi_open=False) -> None:
+    bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
+    bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
+    if bad_lo or bad_hi:
+        left = "-inf" if lo is None else f"{lo}"
+        right = "inf" if hi is None else f"{hi}"
+        rng = ("(" if lo_open or lo is None else "[") + f"{left}, {right}" + (")" if hi_open or hi is None else "]")
+        raise ValueError(f"{name} must lie in {rng}, got {value!r}")
+
+
+def config_to_dict(cfg) -> dict:
+    """Plain data (tuples become lists) so it survives ``torch.load(weights_only=True)``."""
+    def plain(v):
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return {k: plain(v) for k, v in asdict(cfg).items()}
+
+
+def config_from_dict(cls, d: dict):
+    """Inverse of :func:`config_to_dict` for a dataclass whose sequence fields are tuples."""
+    names = {f.name for f in fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})

@@ -1,0 +1,166 @@
+"""Datasets: the embedded default (scikit-learn's digits), a folder of images, an ``.npz`` of arrays.
+
+Every loader returns an :class:`ImageData`: float images in [-1, 1] of shape (N, C, side, side),
+long labels, and a deterministic stratified train/test split chosen by ``seed``.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import check_float, check_int
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass
+class ImageData:
+    name: str
+    x_train: torch.Tensor  # (N, C, S, S) in [-1, 1]
+    y_train: torch.Tensor  # (N,) long
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    class_names: list[str]
+
+    @property
+    def channels(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def side(self) -> int:
+        return self.x_train.shape[-1]
+
+    def fingerprint(self) -> str:
+        """Short hash of the data and split, for caches keyed by dataset."""
+        h = hashlib.sha256()
+        for t in (self.x_train, self.y_train, self.x_test, self.y_test):
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, test): per class, a seeded shuffle puts round(test_fraction * n_c) in test."""
+    check_float("test_fraction", test_fraction, 0, 1, lo_open=True, hi_open=True)
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_test = int(round(test_fraction * len(idx)))
+        if n_test == 0 or n_test == len(idx):
+            raise ValueError(f"class {c} has {len(idx)} images: too few to split with test_fraction={test_fraction}")
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def from_arrays(name: str, x_NCHW: np.ndarray, y: np.ndarray, side: int | None, seed: int,
+                test_fraction: float, class_names: list[str] | None = None,
+                num_classes: int | None = None) -> ImageData:
+    """Build :class:`ImageData` from images already in [-1, 1]; resizes (bilinear, antialiased) to ``side``."""
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != len(x_NCHW):
+        raise ValueError(f"{name}: labels must be 1-d with one per image, got shape {y.shape} for {len(x_NCHW)} images")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{name}: labels must be integers, got dtype {y.dtype}")
+    num_classes = int(y.max()) + 1 if num_classes is None else num_classes
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(f"{name}: labels must lie in [0, {num_classes - 1}], got [{y.min()}, {y.max()}]")
+    x = torch.as_tensor(np.asarray(x_NCHW, dtype=np.float32))
+    if side is not None:
+        check_int("side", side, 1)
+        if x.shape[-1] != side or x.shape[-2] != side:
+            x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
+    tr, te = stratified_split(y, test_fraction, seed)
+    yt = torch.as_tensor(y, dtype=torch.long)
+    names = class_names or [str(i) for i in range(num_classes)]
+    return ImageData(name, x[tr].contiguous(), yt[tr], x[te].contiguous(), yt[te], num_classes, names)
+
+
+def load_digits(side: int = 16, seed: int = 0, test_fraction: float = 0.2) -> ImageData:
+    """scikit-learn's bundled handwritten digits: 1797 real 8x8 grey images, 10 classes (no download)."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    x = d.images[:, None].astype(np.float32) / 16.0 * 2 - 1  # pixel values 0..16 -> [-1, 1]
+    return from_arrays("digits", x, d.target, side, seed, test_fraction)
+
+
+def load_image_folder(root: str | Path, side: int, seed: int = 0, test_fraction: float = 0.2,
+                      channels: int = 3) -> ImageData:
+    """``root/<class>/<image>.png|jpg``: one sub-folder per class (sorted names -> ids 0..)."""
+    from PIL import Image, UnidentifiedImageError
+
+    check_int("channels", channels, 1, 3)
+    if channels == 2:
+        raise ValueError("channels must be 1 (grey) or 3 (RGB), got 2")
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"image folder {root} does not exist or is not a folder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise ValueError(f"image folder {root} has no class sub-folders")
+    xs, ys = [], []
+    for ci, c in enumerate(classes):
+        files = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"class folder {root / c} holds no {'/'.join(IMAGE_SUFFIXES)} images")
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    im = im.convert("L" if channels == 1 else "RGB").resize((side, side), Image.BICUBIC)
+                    a = np.asarray(im, dtype=np.float32) / 255.0 * 2 - 1
+            except (UnidentifiedImageError, OSError) as e:
+                raise ValueError(f"cannot read image {f}: {e}") from None
+            xs.append(a[None] if channels == 1 else a.transpose(2, 0, 1))
+            ys.append(ci)
+    return from_arrays(root.name, np.stack(xs), np.array(ys), None, seed, test_fraction, classes, len(classes))
+
+
+def load_npz(path: str | Path, side: int | None = None, seed: int = 0, test_fraction: float = 0.2) -> ImageData:
+    """An ``.npz`` with ``x`` (N, H, W), (N, H, W, C) or (N, C, H, W) images (uint8 0..255, or floats in
+    [0, 1] or [-1, 1]) and integer labels ``y`` (N,)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read npz file {path}: {e}") from None
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise ValueError(f"{path}: missing array {key!r} (found {sorted(arrays)})")
+    x, y = arrays["x"], arrays["y"]
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[2] != x.shape[3]:
+        raise ValueError(f"{path}: x must be square images (N,H,W), (N,H,W,C) or (N,C,H,W) with C in (1, 3), "
+                         f"got shape {arrays['x'].shape}")
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0 * 2 - 1
+    else:
+        x = x.astype(np.float32)
+        lo, hi = float(x.min()), float(x.max())
+        if lo >= 0 and hi <= 1:
+            x = x * 2 - 1
+        elif lo < -1 or hi > 1:
+            raise ValueError(f"{path}: float images must lie in [0, 1] or [-1, 1], got [{lo:.3g}, {hi:.3g}]")
+    return from_arrays(path.stem, x, y, side, seed, test_fraction)
+
+
+def load_dataset(spec: str = "digits", side: int | None = None, seed: int = 0, test_fraction: float = 0.2) -> ImageData:
+    """``"digits"``, a path to an ``.npz`` file, or a path to an image folder."""
+    if spec == "digits":
+        return load_digits(side=side or 16, seed=seed, test_fraction=test_fraction)
+    p = Path(spec)
+    if p.suffix == ".npz":
+        return load_npz(p, side=side, seed=seed, test_fraction=test_fraction)
+    if p.is_dir():
+        return load_image_folder(p, side=side or 32, seed=seed, test_fraction=test_fraction)
+    raise ValueError(f"dataset must be 'digits', an .npz file or an image folder, got {spec!r}")

@@ -1,0 +1,1 @@
+"""var (filled by later issues)."""
