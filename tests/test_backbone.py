@@ -1,0 +1,116 @@
+import pytest
+import torch
+
+from nextscale.backbone import Backbone, BackboneConfig
+from nextscale.cost import count_flops, count_params
+
+
+def randomized(cfg: BackboneConfig, seed=0) -> Backbone:
+    """A backbone whose adaLN gates are not zero, so every block really mixes tokens."""
+    torch.manual_seed(seed)
+    m = Backbone(cfg).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.2)
+    return m
+
+
+def inputs(cfg, B=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, cfg.seq_len - cfg.first_len, cfg.in_dim, generator=g)
+
+
+@pytest.mark.parametrize("bad, field", [
+    (dict(width=30, heads=4), "divisible"), (dict(depth=0), "depth"), (dict(dropout=1.0), "dropout"),
+    (dict(class_dropout=-0.1), "class_dropout"), (dict(schedule=(1, 3, 2)), "schedule"),
+    (dict(attn_kind="magic"), "attn_kind"), (dict(in_dim=0), "in_dim"), (dict(mlp_ratio=0), "mlp_ratio"),
+])
+def test_config_validation(bad, field):
+    with pytest.raises(ValueError, match=field):
+        BackboneConfig(**bad)
+
+
+@pytest.mark.parametrize("schedule", [(1, 2, 3, 4, 6, 8), (1, 2, 4, 8, 16), (2, 3, 5)])
+def test_block_causal_no_leak_from_later_scales(schedule):
+    cfg = BackboneConfig(schedule=schedule, in_dim=3, width=32, depth=2, heads=2)
+    m = randomized(cfg)
+    x, y = inputs(cfg), torch.tensor([0, 3, 10])
+    h = m(x, y)
+    lens = [s * s for s in schedule]
+    for k in range(1, len(schedule)):
+        x2 = x.clone()
+        start = sum(lens[:k]) - cfg.first_len  # first input position of scale k (0-based)
+        x2[:, start:] += torch.randn_like(x2[:, start:])
+        h2 = m(x2, y)
+        seen = sum(lens[:k])
+        assert torch.equal(h[:, :seen], h2[:, :seen]), f"scale {k} leaked into earlier scales"
+        assert not torch.allclose(h[:, seen:], h2[:, seen:]), "later positions must depend on their inputs"
+
+
+@pytest.mark.parametrize("schedule", [(1, 2, 3, 4, 6, 8), (1, 2, 4, 8, 16), (2, 3, 5)])
+def test_kv_cache_matches_teacher_forced_pass(schedule):
+    cfg = BackboneConfig(schedule=schedule, in_dim=4, width=64, depth=3, heads=4)
+    m = randomized(cfg)
+    x, y = inputs(cfg), torch.tensor([1, 7, 10])
+    with torch.no_grad():
+        full = m(x, y)
+        cache, cond, outs = m.new_cache(), m.condition(y), []
+        for k, sl in enumerate(m.slices):
+            xi = None if k == 0 else x[:, sl.start - cfg.first_len:sl.stop - cfg.first_len]
+            outs.append(m.step(xi, cond, cache))
+    assert (torch.cat(outs, 1) - full).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match="already fed"):
+        m.step(x[:, :1], cond, cache)
+
+
+def test_step_checks_its_input():
+    cfg = BackboneConfig(schedule=(1, 2), in_dim=4, width=32, depth=1, heads=2)
+    m = Backbone(cfg).eval()
+    cache, cond = m.new_cache(), m.condition(torch.tensor([0]))
+    with pytest.raises(ValueError, match="scale 1 takes no input"):
+        m.step(torch.zeros(1, 1, 4), cond, cache)
+    m.step(None, cond, cache)
+    with pytest.raises(ValueError, match=r"\(B, 4, 4\)"):
+        m.step(torch.zeros(1, 3, 4), cond, cache)
+
+
+def test_labels_and_input_shape_are_checked():
+    cfg = BackboneConfig(schedule=(1, 2), in_dim=4, width=32, depth=1, heads=2, num_classes=5)
+    m = Backbone(cfg)
+    with pytest.raises(ValueError, match=r"class ids must lie in \[0, 5\]"):
+        m(torch.zeros(1, 4, 4), torch.tensor([6]))
+    with pytest.raises(ValueError, match="backbone input must have shape"):
+        m(torch.zeros(1, 5, 4), torch.tensor([0]))
+
+
+def test_class_dropout_uses_the_null_class():
+    cfg = BackboneConfig(schedule=(1, 2, 4), in_dim=2, width=32, depth=1, heads=2, class_dropout=1.0)
+    m = randomized(cfg)
+    x, y = inputs(cfg, B=2), torch.tensor([2, 4])
+    m.train()
+    dropped = m(x, y)
+    m.eval()
+    assert torch.allclose(dropped, m(x, torch.full_like(y, m.null_class)))
+    assert not torch.allclose(dropped, m(x, y))
+
+
+def test_class_conditioning_changes_outputs():
+    cfg = BackboneConfig(schedule=(1, 2, 4), in_dim=2, width=32, depth=1, heads=2)
+    m = randomized(cfg)
+    x = inputs(cfg, B=1)
+    assert not torch.allclose(m(x, torch.tensor([0])), m(x, torch.tensor([1])))
+
+
+def test_param_and_flop_counts():
+    cfg = BackboneConfig(schedule=(1, 2, 4), in_dim=2, width=32, depth=2, heads=2, mlp_ratio=4)
+    m = Backbone(cfg)
+    C, L, D = 32, 21, 2
+    per_block = (C * 3 * C + 3 * C) + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C) + (C * 6 * C + 6 * C)
+    expected = 11 * C + 1 * C + D * C + C + L * C + 3 * C + 2 * per_block + (C * 2 * C + 2 * C)
+    assert count_params(m) == expected
+    B = 2
+    flops = count_flops(m, inputs(cfg, B=B), torch.tensor([0, 1]))
+    # matmuls: word embedding, per block qkv/proj/mlp on L tokens + adaLN on B vectors, attention QK^T and AV
+    mm = 2 * B * ((L - 1) * D * C + 2 * (L * C * 3 * C + L * C * C + 2 * L * C * 4 * C + C * 6 * C
+                                        + 2 * L * L * C) + C * 2 * C)
+    assert flops == mm
