@@ -129,7 +129,7 @@ def load_npz(path: str | Path, side: int | None = None, seed: int = 0, test_frac
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
+    except Exception as e:  # missing, truncated, not a zip, pickled objects
         raise ValueError(f"cannot read npz file {path}: {e}") from None
     for key in ("x", "y"):
         if key not in arrays:
