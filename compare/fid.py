@@ -1,0 +1,69 @@
+"""Frechet distance between Gaussian fits of two feature sets (FID when the features are InceptionV3's).
+
+    FD = ||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2)
+
+``tr sqrt(S1 S2)`` is computed in the symmetric form ``tr sqrt(A S2 A)`` with ``A = sqrt(S1)``: the two
+matrices are similar (S1 S2 = A (A S2 A) A^-1), and ``A S2 A`` is symmetric PSD, so two ``eigh`` calls
+replace ``scipy.linalg.sqrtm`` of a non-symmetric product (several times faster at 2048 dims, and real).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from nextscale.config import check_float
+
+
+def _as_array(x, name: str, ndim: int) -> np.ndarray:
+    a = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-d, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} holds non-finite values")
+    return a
+
+
+def gaussian_stats(feats_ND) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and unbiased covariance (D, D), float64, of N >= 2 feature vectors (numpy or torch)."""
+    f = _as_array(feats_ND, "feats_ND", 2)
+    if len(f) < 2:
+        raise ValueError(f"need at least 2 feature vectors for a covariance, got {len(f)}")
+    return f.mean(0), np.atleast_2d(np.cov(f, rowvar=False))
+
+
+def _singular(w: np.ndarray) -> bool:
+    """Rank-deficient to working precision (numpy's matrix_rank tolerance)."""
+    return w.min() <= np.abs(w).max() * len(w) * np.finfo(np.float64).eps
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2).
+
+    When a covariance is singular (e.g. fewer samples than feature dims), ``eps`` is added to both
+    diagonals with a warning, as the reference FID code does for a near-singular product."""
+    check_float("eps", eps, 0, lo_open=True)
+    mu1, mu2 = _as_array(mu1, "mu1", 1), _as_array(mu2, "mu2", 1)
+    S1, S2 = _as_array(sigma1, "sigma1", 2), _as_array(sigma2, "sigma2", 2)
+    D = len(mu1)
+    for name, a in (("mu2", mu2), ("sigma1", S1), ("sigma2", S2)):
+        want = (D,) if a.ndim == 1 else (D, D)
+        if a.shape != want:
+            raise ValueError(f"{name} must have shape {want} to match mu1 {mu1.shape}, got {a.shape}")
+    S1, S2 = (S1 + S1.T) / 2, (S2 + S2.T) / 2
+    w1, V1 = np.linalg.eigh(S1)
+    if _singular(w1) or _singular(np.linalg.eigvalsh(S2)):
+        warnings.warn(f"Frechet distance: singular covariance (fewer samples than {D} dims, or constant "
+                      f"features); adding {eps} to the diagonal of both covariances", RuntimeWarning, stacklevel=2)
+        S1, S2, w1 = S1 + eps * np.eye(D), S2 + eps * np.eye(D), w1 + eps
+    A = (V1 * np.sqrt(np.clip(w1, 0, None))) @ V1.T  # sqrt(S1); tiny negative roundoff clipped to 0
+    M = A @ S2 @ A
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((M + M.T) / 2), 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(S1) + np.trace(S2) - 2 * tr_covmean)
+
+
+def fid_from_features(feats1_ND, feats2_MD, eps: float = 1e-6) -> float:
+    """Frechet distance between the Gaussian fits of two feature sets."""
+    return frechet_distance(*gaussian_stats(feats1_ND), *gaussian_stats(feats2_MD), eps=eps)
