@@ -1,0 +1,244 @@
+"""VAR: the shared scale-wise backbone + a discrete head over the tokenizer's codebook.
+
+Training (teacher forcing): the frozen tokenizer encodes the image into K token maps; the backbone
+reads the start token (scale 1) and ``teacher_inputs`` (scales 2..K), and a linear head turns each
+position's hidden vector into logits over the codebook. Loss: cross-entropy averaged over all L
+tokens (per-scale CE is logged as ``ce_s1`` .. ``ce_sK``).
+
+Sampling, scale by scale with the KV cache: logits of scale k -> token map (temperature, top-k,
+top-p, or argmax) -> f_hat += phi_k(up(codebook[tokens])) -> f_hat downsampled to the next side is
+the next scale's input; the image is ``decoder(f_hat)``. Classifier-free guidance as in VAR: the
+batch is doubled with the null class and ``logits = (1 + w_k) cond - w_k uncond``, with
+``w_k = cfg_scale * k / (K - 1)`` (k = 0..K-1, "linear") or ``w_k = cfg_scale`` ("constant");
+``cfg_scale = 0`` runs the conditional model alone.
+
+Inpainting / outpainting (zero-shot, as in VAR): a pixel mask (True = keep) maps to each scale's
+token map by footprint: a token is kept iff every pixel of its footprint is kept, the footprint
+being the pixels the area resize from the image side to h_k averages into it (for a side that
+does not divide the image, footprints of neighbours overlap by a pixel). Kept tokens are the
+encoded original's, teacher-forced at every scale; only the other tokens are sampled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nextscale.backbone import Backbone, BackboneConfig
+from nextscale.config import check_choice, check_float, check_int
+from nextscale.scales import scale_slices
+
+from .tokenizer import MultiScaleVQVAE
+
+CFG_SCHEDULES = ("linear", "constant")
+
+
+@dataclass(frozen=True)
+class VARConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    vocab_size: int = 512           # must equal the tokenizer's
+    label_smoothing: float = 0.0    # of the training CE (the logged per-scale CE is always plain)
+
+    def __post_init__(self):
+        if isinstance(self.backbone, dict):  # loaded from plain data
+            object.__setattr__(self, "backbone", BackboneConfig(**self.backbone))
+        if not isinstance(self.backbone, BackboneConfig):
+            raise ValueError(f"backbone must be a BackboneConfig, got {type(self.backbone).__name__}")
+        check_int("vocab_size", self.vocab_size, 2)
+        check_float("label_smoothing", self.label_smoothing, 0, 1, hi_open=True)
+
+
+def cfg_weights(cfg_scale: float, schedule: str, num_scales: int) -> list[float]:
+    """Guidance weight w_k of every scale: VAR's linear ramp cfg_scale * k / (K - 1), or constant."""
+    if schedule == "constant" or num_scales == 1:
+        return [float(cfg_scale)] * num_scales
+    return [cfg_scale * k / (num_scales - 1) for k in range(num_scales)]
+
+
+def filter_logits(logits_NV: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Keep the top_k largest logits (0: all) and the smallest set whose probability reaches top_p
+    (1: all); the others become -inf. The most likely token always survives."""
+    if top_k and top_k < logits_NV.shape[-1]:
+        kth = logits_NV.topk(top_k, dim=-1).values[..., -1:]
+        logits_NV = logits_NV.masked_fill(logits_NV < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_NV, order = logits_NV.sort(dim=-1, descending=True)
+        probs = sorted_NV.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= top_p  # mass before this token already reaches top_p
+        drop[..., 0] = False
+        logits_NV = logits_NV.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits_NV
+
+
+def sample_tokens(logits_NV: torch.Tensor, generator: torch.Generator, *, top_k: int = 0, top_p: float = 1.0,
+                  temperature: float = 1.0, greedy: bool = False) -> torch.Tensor:
+    """One token per row: argmax when greedy, else a draw from the filtered, tempered softmax."""
+    if greedy:
+        return logits_NV.argmax(-1)
+    probs = filter_logits(logits_NV.float() / temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def keep_masks(mask_B1HW: torch.Tensor, schedule) -> list[torch.Tensor]:
+    """Pixel keep-mask -> per-scale token keep-masks (B, h_k, h_k): a token is kept iff no pixel of its
+    area-resize footprint is masked out."""
+    lost = (~mask_B1HW).float()
+    return [~F.adaptive_max_pool2d(lost, s)[:, 0].bool() for s in schedule]
+
+
+class VAR(nn.Module):
+    def __init__(self, config: VARConfig, tokenizer: MultiScaleVQVAE):
+        super().__init__()
+        if not isinstance(tokenizer, MultiScaleVQVAE):
+            raise ValueError(f"tokenizer must be a MultiScaleVQVAE, got {type(tokenizer).__name__}")
+        bb, tc = config.backbone, tokenizer.config
+        if bb.in_dim != tc.latent_channels:
+            raise ValueError(f"backbone.in_dim ({bb.in_dim}) must equal the tokenizer's latent channels "
+                             f"({tc.latent_channels})")
+        if bb.schedule != tc.schedule:
+            raise ValueError(f"backbone.schedule {bb.schedule} must equal the tokenizer's schedule {tc.schedule}")
+        if config.vocab_size != tc.vocab_size:
+            raise ValueError(f"vocab_size ({config.vocab_size}) must equal the tokenizer's ({tc.vocab_size})")
+        self.config = config
+        self.tokenizer = tokenizer.eval().requires_grad_(False)  # frozen, saved with the model
+        self.backbone = Backbone(bb)
+        self.head = nn.Linear(bb.width, config.vocab_size)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        self.slices = scale_slices(bb.schedule)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.tokenizer.eval()  # never update the codebook or its usage counters
+        return self
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.config.backbone.schedule)
+
+    # ---- training -----------------------------------------------------------------------------
+    def forward(self, x_BCHW: torch.Tensor, y_B: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Teacher-forced CE: {"loss": mean over all tokens, "ce_s1".."ce_sK": mean per scale}."""
+        self.tokenizer.check_images(x_BCHW)
+        self.backbone.check_labels(y_B)
+        with torch.no_grad():
+            tokens = self.tokenizer.encode(x_BCHW)
+            x_in = self.tokenizer.teacher_inputs(tokens)
+        target_BL = torch.cat([t.flatten(1) for t in tokens], 1)
+        logp_BLV = self.head(self.backbone(x_in, y_B)).float().log_softmax(-1)
+        nll_BL = -logp_BLV.gather(-1, target_BL[..., None])[..., 0]
+        ls = self.config.label_smoothing
+        loss = nll_BL.mean() if ls == 0 else ((1 - ls) * nll_BL - ls * logp_BLV.mean(-1)).mean()
+        out = {"loss": loss}
+        for k, sl in enumerate(self.slices):
+            out[f"ce_s{k + 1}"] = nll_BL[:, sl].mean().detach()
+        return out
+
+    # ---- sampling -----------------------------------------------------------------------------
+    def _check_sampling(self, y_B, cfg_scale, cfg_schedule, top_k, top_p, temperature, greedy, seed, use_cache):
+        if not torch.is_tensor(y_B) or y_B.dtype != torch.long or y_B.ndim != 1 or len(y_B) == 0:
+            got = f"{y_B.dtype} of shape {tuple(y_B.shape)}" if torch.is_tensor(y_B) else type(y_B).__name__
+            raise ValueError(f"y must be a non-empty 1-d long tensor of class ids, got {got}")
+        n = self.config.backbone.num_classes
+        if y_B.min() < 0 or y_B.max() >= n:
+            raise ValueError(f"unknown class id in y: ids must lie in [0, {n - 1}], got {sorted(set(y_B.tolist()))}")
+        check_float("cfg_scale", cfg_scale, 0)
+        check_choice("cfg_schedule", cfg_schedule, CFG_SCHEDULES)
+        check_int("top_k", top_k, 0)  # 0 = off
+        check_float("top_p", top_p, 0, 1, lo_open=True)
+        check_float("temperature", temperature, 0, lo_open=True)
+        if not isinstance(greedy, bool):
+            raise ValueError(f"greedy must be a bool, got {greedy!r}")
+        if not isinstance(use_cache, bool):
+            raise ValueError(f"use_cache must be a bool, got {use_cache!r}")
+        if seed is not None:
+            check_int("seed", seed, 0)
+
+    @torch.no_grad()
+    def _generate(self, y_B, keep_tokens=None, keep_masks_=None, *, cfg_scale, cfg_schedule, top_k, top_p,
+                  temperature, greedy, seed, use_cache):
+        bb, tok = self.backbone, self.tokenizer
+        sch, K = self.config.backbone.schedule, self.num_scales
+        dev = self.head.weight.device
+        y_B = y_B.to(dev)
+        B, C, S = len(y_B), tok.config.latent_channels, tok.config.latent_side
+        g = torch.Generator(device=dev)
+        g.manual_seed(int(torch.randint(2**62, ())) if seed is None else seed)
+        guided = cfg_scale > 0
+        ws = cfg_weights(cfg_scale, cfg_schedule, K)
+        y_in = torch.cat([y_B, torch.full_like(y_B, bb.null_class)]) if guided else y_B
+        cond = bb.class_emb(y_in)
+        cache = bb.new_cache() if use_cache else None
+        f_hat, x_next, tokens = torch.zeros(B, C, S, S, device=dev), None, []
+        for k, s in enumerate(sch):
+            if use_cache:
+                h = bb.step(None if k == 0 else x_next.repeat(2 if guided else 1, 1, 1), cond, cache)
+            else:  # the full teacher-forced pass; inputs of scales not sampled yet are zeros (unseen)
+                x_in = torch.zeros(len(y_in), bb.cfg.seq_len - bb.cfg.first_len, C, device=dev)
+                if k:
+                    known = tok.teacher_inputs(tokens)
+                    x_in[:, :known.shape[1]] = known.repeat(2 if guided else 1, 1, 1)
+                h = bb(x_in, y_in)[:, self.slices[k]]
+            logits = self.head(h).float()
+            if guided:
+                c, u = logits.chunk(2)
+                logits = (1 + ws[k]) * c - ws[k] * u
+            idx = sample_tokens(logits.flatten(0, 1), g, top_k=top_k, top_p=top_p, temperature=temperature,
+                                greedy=greedy).view(B, s, s)
+            if keep_tokens is not None:
+                idx = torch.where(keep_masks_[k], keep_tokens[k], idx)
+            tokens.append(idx)
+            f_hat, x_next = tok.next_input(k, f_hat, idx)
+        images = tok.decode_latent(f_hat).clamp(-1, 1)
+        per_scale = [2 if guided else 1] * K
+        stats = {"backbone_forwards": K, "head_nfe": sum(per_scale), "head_nfe_per_scale": per_scale,
+                 "guided": guided}
+        return images, stats, tokens
+
+    def _run(self, *args, **kw):
+        was = self.training
+        self.eval()
+        try:
+            return self._generate(*args, **kw)
+        finally:
+            self.train(was)
+
+    def sample(self, y_B: torch.Tensor, *, cfg_scale: float = 1.5, cfg_schedule: str = "linear", top_k: int = 0,
+               top_p: float = 1.0, temperature: float = 1.0, greedy: bool = False, seed: int | None = None,
+               use_cache: bool = True, return_tokens: bool = False):
+        """Class-conditional images (B, C, S, S) in [-1, 1] and stats {"backbone_forwards", "head_nfe",
+        "head_nfe_per_scale", "guided"} (head NFE per image: a guided evaluation counts 2).
+
+        top_k: keep the k most likely tokens (0 = off; negative raises). top_p: nucleus mass in (0, 1].
+        greedy: argmax (ignores temperature/top-k/top-p). seed: same seed -> identical images (None:
+        drawn from the global torch RNG). use_cache=False recomputes the full teacher-forced pass at
+        every scale (for checking the KV cache). return_tokens adds the sampled token maps."""
+        opts = dict(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, top_k=top_k, top_p=top_p,
+                    temperature=temperature, greedy=greedy, seed=seed, use_cache=use_cache)
+        self._check_sampling(y_B, **opts)
+        images, stats, tokens = self._run(y_B, **opts)
+        return (images, stats, tokens) if return_tokens else (images, stats)
+
+    def inpaint(self, x_BCHW: torch.Tensor, mask_B1HW: torch.Tensor, y_B: torch.Tensor, *, cfg_scale: float = 1.5,
+                cfg_schedule: str = "linear", top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0,
+                greedy: bool = False, seed: int | None = None, use_cache: bool = True, return_tokens: bool = False):
+        """Zero-shot in/outpainting: regenerate the pixels where ``mask`` is False, keeping the tokens
+        whose whole footprint is True (see the module doc). Same options and returns as :meth:`sample`."""
+        opts = dict(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, top_k=top_k, top_p=top_p,
+                    temperature=temperature, greedy=greedy, seed=seed, use_cache=use_cache)
+        self._check_sampling(y_B, **opts)
+        self.tokenizer.check_images(x_BCHW, "x")
+        B, _, H, W = x_BCHW.shape
+        if not torch.is_tensor(mask_B1HW) or mask_B1HW.dtype != torch.bool or tuple(mask_B1HW.shape) != (B, 1, H, W):
+            got = f"{mask_B1HW.dtype} of shape {tuple(mask_B1HW.shape)}" if torch.is_tensor(mask_B1HW) \
+                else type(mask_B1HW).__name__
+            raise ValueError(f"mask must be a bool tensor of shape ({B}, 1, {H}, {W}) (True = keep), got {got}")
+        if len(y_B) != B:
+            raise ValueError(f"y must hold one class id per image ({B}), got {len(y_B)}")
+        dev = self.head.weight.device
+        keep = self.tokenizer.encode(x_BCHW.to(dev))
+        masks = keep_masks(mask_B1HW.to(dev), self.config.backbone.schedule)
+        images, stats, tokens = self._run(y_B, keep, masks, **opts)
+        return (images, stats, tokens) if return_tokens else (images, stats)
