@@ -1,0 +1,178 @@
+import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from nextscale.checkpoint import load_checkpoint
+from nextscale.data import load_digits
+from nextscale.train import TrainConfig, load_trained, lr_at, train
+from toy import Toy, ToyConfig
+
+TINY = TrainConfig(steps=12, batch_size=32, lr=3e-3, warmup_steps=3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def d8():
+    return load_digits(side=8)
+
+
+def fresh(seed=0):
+    torch.manual_seed(seed)
+    return Toy()
+
+
+def run(d, cfg=TINY, **kw):
+    return train(fresh(), d.x_train, d.y_train, cfg, device="cpu", **kw)
+
+
+@pytest.mark.parametrize("field, value", [("steps", -1), ("batch_size", 0), ("lr", 0.0), ("beta2", 1.0),
+                                          ("grad_clip", -1.0), ("ema_decay", 1.0), ("min_lr_ratio", 2.0)])
+def test_config_validation(field, value):
+    with pytest.raises(ValueError, match=field):
+        replace(TINY, **{field: value})
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    lrs = [lr_at(s, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lr_at(100, cfg) == pytest.approx(0.1) and lr_at(55, cfg) == pytest.approx(0.55)
+
+
+def test_loss_goes_down_on_real_digits(d8):
+    res = run(d8, replace(TINY, steps=60))
+    first, last = sum(res.losses[:5]) / 5, sum(res.losses[-5:]) / 5
+    assert last < 0.5 * first, (first, last)
+
+
+def test_same_seed_same_curve_other_seed_other_curve(d8):
+    cfg = replace(TINY, steps=6)
+    assert run(d8, cfg).losses == run(d8, cfg).losses
+    assert run(d8, cfg).losses != run(d8, replace(cfg, seed=1)).losses
+
+
+def test_stochastic_model_is_reproducible(d8):
+    """Label dropout draws from the RNG the loop reseeds every step: same seed, same curve."""
+    cfg_m = ToyConfig(backbone=replace(ToyConfig().backbone, class_dropout=0.5, dropout=0.1))
+    curves = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        curves.append(train(Toy(cfg_m), d8.x_train, d8.y_train, replace(TINY, steps=5), device="cpu").losses)
+    assert curves[0] == curves[1]
+
+
+def test_resume_from_an_interrupted_run_matches_uninterrupted(d8, tmp_path):
+    cfg = replace(TINY, steps=10, ema_decay=0.9, ckpt_every=4)
+    full = run(d8, cfg)
+    ck = tmp_path / "run.pt"
+
+    class Stop(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    class Crashy(Toy):
+        def forward(self, x, y):
+            calls["n"] += 1
+            if calls["n"] == 7:  # dies during step 6, after the checkpoint at step 4
+                raise Stop
+            return super().forward(x, y)
+
+    torch.manual_seed(0)
+    with pytest.raises(Stop):
+        train(Crashy(), d8.x_train, d8.y_train, cfg, ckpt_path=ck, device="cpu")
+    assert load_checkpoint(ck)["step"] == 4
+    resumed = run(d8, cfg, ckpt_path=ck)
+    assert resumed.steps_run == 6
+    assert resumed.losses == full.losses
+    for a, b in zip(resumed.ema.parameters(), full.ema.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_finished_checkpoint_is_reused_and_loads_safely(d8, tmp_path):
+    ck = tmp_path / "m.pt"
+    first = run(d8, ckpt_path=ck)
+    again = run(d8, ckpt_path=ck)
+    assert again.steps_run == 0 and again.losses == first.losses
+    for a, b in zip(first.model.parameters(), again.model.parameters()):
+        assert torch.equal(a, b)
+    raw = torch.load(ck, weights_only=True)  # plain data only: a stranger's file cannot run code
+    assert raw["library_version"] and raw["config"]["backbone"]["schedule"] == [1, 2, 4, 8]
+    loaded = load_trained(Toy(), ck)
+    x = d8.x_test[:4]
+    assert torch.equal(loaded(x, d8.y_test[:4])["loss"], first.model(x, d8.y_test[:4])["loss"])
+
+
+def test_checkpoint_of_another_config_or_truncated_raises(d8, tmp_path):
+    ck = tmp_path / "m.pt"
+    run(d8, ckpt_path=ck)
+    other = Toy(ToyConfig(backbone=replace(ToyConfig().backbone, width=16)))
+    with pytest.raises(ValueError, match="different model config.*width"):
+        load_trained(other, ck)
+    with pytest.raises(ValueError, match="different training config.*lr"):
+        run(d8, replace(TINY, lr=1e-2), ckpt_path=ck)
+    data = ck.read_bytes()
+    ck.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt, truncated"):
+        load_trained(Toy(), ck)
+
+
+class Exploding(Toy):
+    def forward(self, x, y):
+        out = super().forward(x, y)
+        if self.backbone.pos_emb.grad is not None and self._n >= 5:
+            out["loss"] = out["loss"] * float("nan")
+        self._n += 1
+        return out
+
+    _n = 0
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(d8, tmp_path):
+    ck = tmp_path / "m.pt"
+    cfg = replace(TINY, steps=10, ckpt_every=4)
+    torch.manual_seed(0)
+    with pytest.raises(FloatingPointError, match="at step 5"):
+        train(Exploding(), d8.x_train, d8.y_train, cfg, ckpt_path=ck, device="cpu")
+    ok = load_checkpoint(ck)
+    assert ok["step"] == 4 and all(math.isfinite(h["loss"]) for h in ok["history"])
+
+
+def test_ema_is_a_smoothed_copy(d8):
+    res = run(d8, replace(TINY, ema_decay=0.5))
+    diffs = [(a - b).abs().max().item() for a, b in zip(res.ema.parameters(), res.model.parameters())]
+    assert max(diffs) > 0 and res.best is res.ema
+    assert not any(p.requires_grad for p in res.ema.parameters())
+
+
+def test_bad_training_inputs(d8):
+    with pytest.raises(ValueError, match="as many labels"):
+        train(fresh(), d8.x_train[:5], d8.y_train[:4], TINY, device="cpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        if torch.cuda.is_available():
+            raise ValueError("CUDA is not available (skipped: CUDA present)")
+        train(fresh(), d8.x_train, d8.y_train, TINY, device="cuda")
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(d8, tmp_path):
+    out = tmp_path / "ddp.json"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    str(Path(__file__).parent / "ddp_worker.py"), str(out)], check=True, env=env, timeout=300)
+    import json
+    two = json.loads(out.read_text())
+    torch.manual_seed(0)
+    one = train(Toy(), d8.x_train, d8.y_train, TrainConfig(steps=8, batch_size=32, lr=3e-3, warmup_steps=2,
+                                                           progress=False), device="cpu").losses
+    assert len(two) == len(one) == 8
+    for a, b in zip(one, two):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
+    assert two[-1] < two[0]
