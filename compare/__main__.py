@@ -1,5 +1,43 @@
-def main():
-    raise SystemExit("the comparison harness is not built yet")
+"""``python -m compare``: train VAR and FlowAR on the same backbone and data, write the report."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .harness import CompareConfig, run
+
+
+def parse(argv=None) -> CompareConfig:
+    d = CompareConfig()
+    p = argparse.ArgumentParser(prog="python -m compare", description=__doc__)
+    p.add_argument("--data", default=d.dataset, help="'digits' (embedded default), an .npz file or an image folder")
+    p.add_argument("--out", default=d.out, help="output folder (results.json, report.md, plots, checkpoints)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--samples", type=int, default=None, help=f"samples per model and sampler (default {d.samples})")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"training steps of each generator (default {d.var_steps}); autoencoders get a quarter")
+    p.add_argument("--side", type=int, default=None, help="image side to resize to")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    p.add_argument("--quick", action="store_true", help="the reduced run the tests use (< 3 minutes on 2 cores)")
+    a = p.parse_args(argv)
+    kw = dict(dataset=a.data, out=a.out, seed=a.seed, side=a.side, device=a.device)
+    if a.samples is not None:
+        kw["samples"] = a.samples
+    if a.steps is not None:
+        kw.update(var_steps=a.steps, flowar_steps=a.steps, tokenizer_steps=max(1, a.steps // 4),
+                  ae_steps=max(1, a.steps // 4))
+    try:
+        return CompareConfig.quick_config(**kw) if a.quick else CompareConfig(**kw)
+    except ValueError as e:
+        p.error(str(e))
+
+
+def main(argv=None) -> None:
+    cfg = parse(argv)
+    res = run(cfg)
+    from .report import main_table
+    print(main_table(res))
+    print(f"\nreport: {cfg.out}/report.md  ({res['timings_s']['total']:.0f} s)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,295 @@
+"""The comparison: VAR and FlowAR on the same backbone config, the same data and the same seeds.
+
+Stages: data -> domain classifier (feature net) -> VQ tokenizer + VAR -> AE + FlowAR -> for every
+sampler setting: N class-balanced samples, FID / KID / precision-recall / class accuracy against the
+held-out real split, and the step cost of one sampling call. The real-train-vs-real-test distance
+with the same N is the floor no model can beat. Checkpoints are keyed by everything that shapes the
+weights, so a second run with the same config trains nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import nextscale
+from nextscale.backbone import BackboneConfig
+from nextscale.config import check_float, check_int, config_to_dict
+from nextscale.cost import count_flops, count_params
+from nextscale.data import ImageData, load_dataset
+from nextscale.train import TrainConfig, pick_device
+from nextscale.viz import save_grid
+
+from .classifier import class_accuracy, train_classifier
+from .cost import measure_cost
+from .fid import fid_from_features
+from .kid import kid
+from .prdc import precision_recall
+
+# (label, sampling kwargs). VAR: CFG strength and top-k/top-p; FlowAR: ODE solver and steps per scale.
+VAR_SAMPLERS = (
+    ("cfg 0", dict(cfg_scale=0.0)),
+    ("cfg 1.5", dict(cfg_scale=1.5)),
+    ("cfg 3", dict(cfg_scale=3.0)),
+    ("cfg 1.5, top-k 64, top-p 0.95", dict(cfg_scale=1.5, top_k=64, top_p=0.95)),
+)
+FLOWAR_SAMPLERS = (
+    ("euler x1", dict(solver="euler", steps=1)),
+    ("euler x2", dict(solver="euler", steps=2)),
+    ("euler x4", dict(solver="euler", steps=4)),
+    ("euler x8", dict(solver="euler", steps=8)),
+    ("rk4 x2", dict(solver="rk4", steps=2)),
+    ("rk4 x4", dict(solver="rk4", steps=4)),
+    ("dopri5", dict(solver="dopri5", rtol=1e-3, atol=1e-3)),
+)
+QUICK_FLOWAR = ("euler x1", "euler x4", "rk4 x2", "dopri5")
+QUICK_VAR = ("cfg 0", "cfg 1.5")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    dataset: str = "digits"
+    out: str = "runs/compare"
+    seed: int = 0
+    samples: int = 500            # generated images per model and sampler (class-balanced)
+    tokenizer_steps: int = 400
+    var_steps: int = 1500
+    ae_steps: int = 400
+    flowar_steps: int = 1500
+    classifier_steps: int = 600
+    batch_size: int = 64          # training batch
+    sample_batch: int = 250       # sampling batch for the quality metrics
+    cost_batch: int = 50          # batch for the timed cost measurement
+    cost_repeats: int = 3
+    flowar_cfg: float = 1.0       # CFG scale for every FlowAR solver setting
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    latent_channels: int = 8
+    side: int | None = None       # image side (default: 16 for digits, 32 for folders, native for npz)
+    device: str | None = None
+    quick: bool = False
+
+    def __post_init__(self):
+        check_int("seed", self.seed, 0)
+        check_int("samples", self.samples, 2)
+        for name in ("tokenizer_steps", "var_steps", "ae_steps", "flowar_steps", "classifier_steps",
+                     "batch_size", "sample_batch", "cost_batch", "cost_repeats", "width", "depth", "heads",
+                     "latent_channels"):
+            check_int(name, getattr(self, name), 1)
+        check_float("flowar_cfg", self.flowar_cfg, 0)
+
+    @staticmethod
+    def quick_config(**overrides) -> "CompareConfig":
+        """The reduced run the tests use (< 3 minutes on 2 CPU cores)."""
+        base = dict(samples=100, tokenizer_steps=60, var_steps=80, ae_steps=60, flowar_steps=80,
+                    classifier_steps=150, cost_batch=10, cost_repeats=1, width=64, depth=2, heads=2, quick=True)
+        return CompareConfig(**{**base, **overrides})
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _ckpt(out: Path, name: str, *parts) -> Path:
+    return out / "checkpoints" / f"{name}-{_key(*parts)}.pt"
+
+
+def _stage(msg: str):
+    print(f"== {msg}", file=sys.stderr, flush=True)
+
+
+@torch.no_grad()
+def generate(model, labels_N: torch.Tensor, batch: int, seed: int, **kw) -> tuple[torch.Tensor, dict]:
+    """Samples for ``labels`` in batches; batch i uses seed + i. Returns images (CPU) and the first stats."""
+    from tqdm import tqdm
+
+    out, stats = [], None
+    chunks = list(torch.split(labels_N, batch))
+    for i, y in enumerate(tqdm(chunks, leave=False, disable=not sys.stderr.isatty(), desc="sampling")):
+        imgs, st = model.sample(y.to(_device(model)), seed=seed + i, **kw)
+        out.append(imgs.float().cpu())
+        stats = stats or st
+    return torch.cat(out), stats
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def backbone_flops_per_scale(model, batch: int = 1) -> list[int]:
+    """FLOPs of each KV-cached backbone step (one image): the pyramid's growing attention cost."""
+    bb = model.backbone
+    y = torch.zeros(batch, dtype=torch.long, device=_device(model))
+    cache, cond, flops = bb.new_cache(), bb.class_emb(y), []
+    for k, side in enumerate(bb.cfg.schedule):
+        x = None if k == 0 else torch.zeros(batch, side * side, bb.cfg.in_dim, device=cond.device)
+        flops.append(count_flops(bb.step, x, cond, cache) // batch)
+    return flops
+
+
+def evaluate_samples(images, labels, real_feats, classifier, seed: int) -> dict:
+    feats = classifier.features(images)
+    kid_mean, kid_std = kid(real_feats, feats, subset_size=min(len(feats), len(real_feats), 1000),
+                            num_subsets=50, seed=seed)
+    pr = precision_recall(real_feats, feats, k=3)
+    return {"fid": fid_from_features(real_feats, feats), "kid": kid_mean, "kid_std": kid_std,
+            "precision": pr["precision"], "recall": pr["recall"],
+            "class_acc": None if labels is None else class_accuracy(classifier, images, labels)}
+
+
+def run(cfg: CompareConfig) -> dict:
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, *a, **kw):
+        t = time.perf_counter()
+        r = fn(*a, **kw)
+        timings[name] = round(time.perf_counter() - t, 2)
+        return r
+
+    _stage(f"data: {cfg.dataset}")
+    data: ImageData = load_dataset(cfg.dataset, side=cfg.side, seed=cfg.seed)
+    fp = data.fingerprint()
+
+    _stage("feature network: domain classifier on the real train split")
+    clf = timed("classifier", train_classifier, data, seed=cfg.seed, cache_dir=out / "checkpoints",
+                steps=cfg.classifier_steps, device=dev)
+    real_test = data.x_test
+    real_feats = clf.features(real_test)
+    n_floor = min(cfg.samples, len(data.x_train))
+    pick = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(cfg.seed))[:n_floor]
+    floor = evaluate_samples(data.x_train[pick], data.y_train[pick], real_feats, clf, cfg.seed)
+    floor["test_class_acc"] = class_accuracy(clf, real_test, data.y_test)
+
+    backbone = BackboneConfig(schedule=_schedule(data, cfg), in_dim=cfg.latent_channels,
+                              num_classes=data.num_classes, width=cfg.width, depth=cfg.depth, heads=cfg.heads)
+    labels = torch.arange(cfg.samples) % data.num_classes
+    results = {"models": {}, "rows": []}
+
+    for name in ("var", "flowar"):
+        _stage(f"{name}: autoencoder, then the generator on the shared backbone")
+        model, info = timed(f"train_{name}", _train_model, name, data, backbone, cfg, out, fp, dev)
+        info["backbone_flops_per_scale"] = backbone_flops_per_scale(model)
+        results["models"][name] = info
+        samplers = _samplers(name, cfg)
+        for label, kw in samplers:
+            _stage(f"{name} [{label}]: {cfg.samples} samples, metrics, cost")
+            t = time.perf_counter()
+            images, stats = generate(model, labels, cfg.sample_batch, cfg.seed, **kw)
+            row = {"model": name, "sampler": label, "settings": kw,
+                   **evaluate_samples(images, labels, real_feats, clf, cfg.seed)}
+            y_cost = labels[: cfg.cost_batch].to(dev)
+            row.update(measure_cost(lambda: model.sample(y_cost, seed=cfg.seed, **kw), batch_size=cfg.cost_batch,
+                                    repeats=cfg.cost_repeats, warmup=1, device=dev))
+            row["sample_seconds"] = round(time.perf_counter() - t, 2)
+            grid = out / f"samples_{name}_{_slug(label)}.png"
+            save_grid(_grid_images(images, labels, data.num_classes, 8), grid, nrow=8)
+            row["grid"] = grid.name
+            results["rows"].append(row)
+
+    results.update({
+        "config": asdict(cfg),
+        "backbone": config_to_dict(backbone),
+        "versions": {"nextscale": nextscale.__version__, "torch": torch.__version__,
+                     "python": platform.python_version(), "numpy": np.__version__},
+        "device": str(dev),
+        "seed": cfg.seed,
+        "data": {"name": data.name, "fingerprint": fp, "train": len(data.x_train), "test": len(data.x_test),
+                 "side": data.side, "channels": data.channels, "classes": data.num_classes},
+        "floor": floor,
+        "floor_samples": n_floor,
+        "timings_s": timings,
+    })
+    results["timings_s"]["total"] = round(time.perf_counter() - t_start, 2)
+    from .report import write_report
+    write_report(results, out)
+    return results
+
+
+def _schedule(data: ImageData, cfg: CompareConfig) -> tuple[int, ...]:
+    """Latent side = image side / 2 (one stride-2 stage); schedule 1,2,3,4,6,8,... up to it."""
+    latent = data.side // 2
+    base = [s for s in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if s < latent]
+    return tuple(base + [latent])
+
+
+def _samplers(name: str, cfg: CompareConfig):
+    if name == "var":
+        return [s for s in VAR_SAMPLERS if not cfg.quick or s[0] in QUICK_VAR]
+    return [(lbl, {**kw, "cfg_scale": cfg.flowar_cfg}) for lbl, kw in FLOWAR_SAMPLERS
+            if not cfg.quick or lbl in QUICK_FLOWAR]
+
+
+def _train_cfgs(cfg: CompareConfig, ae_steps: int, gen_steps: int):
+    ae = TrainConfig(steps=ae_steps, batch_size=cfg.batch_size, lr=2e-3, warmup_steps=min(20, ae_steps),
+                     seed=cfg.seed, log_every=max(1, ae_steps // 5))
+    gen = TrainConfig(steps=gen_steps, batch_size=cfg.batch_size, lr=1e-3, warmup_steps=min(50, gen_steps),
+                      seed=cfg.seed, ema_decay=0.99 if gen_steps >= 500 else 0.0,
+                      log_every=max(1, gen_steps // 10))
+    return ae, gen
+
+
+def _train_model(name, data, backbone, cfg, out, fp, dev):
+    """Train (or reuse) the autoencoder and the generator of one family; returns (model, info)."""
+    if name == "var":
+        from var.pipeline import default_configs, train_tokenizer as train_ae, train_var as train_gen
+        ae_steps, gen_steps = cfg.tokenizer_steps, cfg.var_steps
+    else:
+        from flowar.pipeline import default_configs, train_autoencoder as train_ae, train_flowar as train_gen
+        ae_steps, gen_steps = cfg.ae_steps, cfg.flowar_steps
+    ae_cfg, gen_cfg = default_configs(data, backbone)
+    ae_tc, gen_tc = _train_cfgs(cfg, ae_steps, gen_steps)
+    ae_ck = _ckpt(out, f"{name}-autoencoder", fp, config_to_dict(ae_cfg), config_to_dict(ae_tc))
+    gen_ck = _ckpt(out, name, fp, config_to_dict(gen_cfg), config_to_dict(gen_tc), ae_ck.name)
+    reused = ae_ck.exists() and gen_ck.exists()
+    t = time.perf_counter()
+    ae = train_ae(data, ae_cfg, ae_tc, ckpt_path=ae_ck, device=dev)
+    model = train_gen(data, ae, gen_cfg, gen_tc, ckpt_path=gen_ck, device=dev).eval()
+    info = {"reused_checkpoints": reused, "train_seconds": round(time.perf_counter() - t, 2),
+            "params_backbone": count_params(model.backbone),
+            "params_generator": count_params(model, trainable_only=True),
+            "params_autoencoder": count_params(ae),
+            "config": config_to_dict(gen_cfg), "autoencoder_config": config_to_dict(ae_cfg),
+            "checkpoints": [ae_ck.name, gen_ck.name]}
+    info.update(_holdout_losses(model, data))
+    return model, info
+
+
+@torch.no_grad()
+def _holdout_losses(model, data: ImageData, n: int = 256) -> dict:
+    """Mean training loss (and its per-scale parts) on fixed train and test subsets, eval mode."""
+    out = {}
+    for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
+        g = torch.Generator().manual_seed(0)
+        idx = torch.randperm(len(x), generator=g)[:n]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            logs = model(x[idx].to(_device(model)), y[idx].to(_device(model)))
+        out[f"{split}_loss"] = {k: float(v) for k, v in logs.items()}
+    return out
+
+
+def _grid_images(images, labels, num_classes: int, per_class: int) -> torch.Tensor:
+    """Rows = classes, columns = the first ``per_class`` samples of that class."""
+    rows = []
+    for c in range(num_classes):
+        got = images[labels == c][:per_class]
+        pad = torch.ones(per_class - len(got), *images.shape[1:])
+        rows.append(torch.cat([got, pad]))
+    return torch.cat(rows)
+
+
+def _slug(s: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in s).strip("_").replace("__", "_")
