@@ -1,0 +1,114 @@
+"""Train the VQ tokenizer, then VAR, through the one shared training loop; and measure them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from nextscale.autoencoder import ConvAEConfig
+from nextscale.backbone import BackboneConfig
+from nextscale.config import check_int
+from nextscale.data import ImageData
+from nextscale.train import TrainConfig, train
+
+from .model import VAR, VARConfig
+from .tokenizer import MultiScaleVQVAE, VQConfig
+
+
+def default_configs(data: ImageData, backbone: BackboneConfig | None = None, vocab_size: int = 512
+                    ) -> tuple[VQConfig, VARConfig]:
+    """Tokenizer and VAR configs for ``data`` around ``backbone`` (default: ``BackboneConfig`` for the
+    data's classes). The latent side is the schedule's last side and the latent channels its in_dim."""
+    bb = backbone if backbone is not None else BackboneConfig(num_classes=data.num_classes)
+    if bb.num_classes != data.num_classes:
+        raise ValueError(f"backbone.num_classes ({bb.num_classes}) must equal the data's ({data.num_classes})")
+    latent = bb.schedule[-1]
+    down = (data.side // latent).bit_length() - 1
+    if data.side % latent or data.side != latent * 2 ** down or down > 4:
+        raise ValueError(f"image side {data.side} must be the schedule's last side {latent} times 2**d, d in 0..4")
+    ae = ConvAEConfig(image_channels=data.channels, image_side=data.side, latent_channels=bb.in_dim,
+                      hidden=32, down=down)
+    return VQConfig(ae=ae, schedule=bb.schedule, vocab_size=vocab_size), VARConfig(backbone=bb, vocab_size=vocab_size)
+
+
+def default_train_configs(seed: int = 0, tokenizer_steps: int = 300, var_steps: int = 600, progress: bool = True
+                          ) -> tuple[TrainConfig, TrainConfig]:
+    """(tokenizer, VAR) training configs sized for digits on 2 CPU cores (~1-2 and ~4-5 minutes)."""
+    tok = TrainConfig(steps=tokenizer_steps, batch_size=64, lr=2e-3, warmup_steps=20, seed=seed, progress=progress)
+    var = TrainConfig(steps=var_steps, batch_size=64, lr=1e-3, warmup_steps=50, seed=seed, progress=progress)
+    return tok, var
+
+
+def train_tokenizer(data: ImageData, cfg: VQConfig, train_cfg: TrainConfig, ckpt_path: str | Path | None = None,
+                    device: str | torch.device | None = None) -> MultiScaleVQVAE:
+    """Train (or reload from a finished ``ckpt_path``) the multi-scale VQ-VAE; returns it in eval mode
+    (the EMA weights when ``train_cfg.ema_decay > 0``)."""
+    torch.manual_seed(train_cfg.seed)
+    model = MultiScaleVQVAE(cfg)
+    res = train(model, data.x_train, data.y_train, train_cfg, ckpt_path=ckpt_path, device=device, desc="vq tokenizer")
+    return res.best.eval()
+
+
+def train_var(data: ImageData, tokenizer: MultiScaleVQVAE, cfg: VARConfig, train_cfg: TrainConfig,
+              ckpt_path: str | Path | None = None, device: str | torch.device | None = None) -> VAR:
+    """Train (or reload) VAR on top of the frozen ``tokenizer``; returns it in eval mode (EMA when kept).
+    The checkpoint holds the tokenizer too, so a reloaded VAR decodes with the tokenizer it learned."""
+    torch.manual_seed(train_cfg.seed + 1)
+    model = VAR(cfg, tokenizer)
+    res = train(model, data.x_train, data.y_train, train_cfg, ckpt_path=ckpt_path, device=device, desc="var")
+    return res.best.eval()
+
+
+@torch.no_grad()
+def recon_mse(tokenizer: MultiScaleVQVAE, x_NCHW: torch.Tensor, batch_size: int = 256) -> float:
+    """Mean squared error of encode -> decode_tokens over ``x`` (images in [-1, 1])."""
+    check_int("batch_size", batch_size, 1)
+    dev = tokenizer.codebook.weight.device
+    total = 0.0
+    for i in range(0, len(x_NCHW), batch_size):
+        xb = x_NCHW[i:i + batch_size].to(dev)
+        total += float((tokenizer.reconstruct(xb) - xb).pow(2).sum())
+    return total / x_NCHW.numel()
+
+
+@torch.no_grad()
+def per_scale_ce(model: VAR, x_NCHW: torch.Tensor, y_N: torch.Tensor, batch_size: int = 256) -> list[float]:
+    """Teacher-forced cross-entropy (nats per token) of every scale over (x, y), eval mode."""
+    check_int("batch_size", batch_size, 1)
+    was = model.training
+    model.eval()
+    dev = model.head.weight.device
+    sums = torch.zeros(model.num_scales)
+    try:
+        for i in range(0, len(x_NCHW), batch_size):
+            out = model(x_NCHW[i:i + batch_size].to(dev), y_N[i:i + batch_size].to(dev))
+            n = len(x_NCHW[i:i + batch_size])
+            sums += torch.tensor([float(out[f"ce_s{k + 1}"]) * n for k in range(model.num_scales)])
+    finally:
+        model.train(was)
+    return (sums / len(x_NCHW)).tolist()
+
+
+def evaluate(tokenizer: MultiScaleVQVAE, model: VAR | None, data: ImageData) -> dict:
+    """Tokenizer reconstruction MSE and codebook usage (train and test), and VAR's per-scale CE."""
+    out = {"tokenizer": {"recon_mse_train": recon_mse(tokenizer, data.x_train),
+                         "recon_mse_test": recon_mse(tokenizer, data.x_test)}}
+    for split, x in (("train", data.x_train), ("test", data.x_test)):
+        usage, ppl = tokenizer.codebook_usage(x)
+        out["tokenizer"][f"codebook_usage_{split}"] = usage
+        out["tokenizer"][f"perplexity_{split}"] = ppl
+    if model is not None:
+        tr, te = per_scale_ce(model, data.x_train, data.y_train), per_scale_ce(model, data.x_test, data.y_test)
+        out["var"] = {"ce_train_per_scale": tr, "ce_test_per_scale": te,
+                      "ce_train": _token_mean(tr, model), "ce_test": _token_mean(te, model)}
+    return out
+
+
+def _token_mean(per_scale: list[float], model: VAR) -> float:
+    """Mean CE over all tokens (scales weighted by their token counts), like the training loss."""
+    sizes = [s * s for s in model.config.backbone.schedule]
+    return sum(c * n for c, n in zip(per_scale, sizes)) / sum(sizes)
+
+
+__all__ = ["default_configs", "default_train_configs", "train_tokenizer", "train_var", "recon_mse",
+           "per_scale_ce", "evaluate"]
