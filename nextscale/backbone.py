@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from .attention import KINDS, attention
+from .attention import KINDS, attention, check_options
 from .config import check_choice, check_float, check_int
 from .scales import level_ids, num_tokens, scale_slices, validate_schedule
 
@@ -84,6 +84,7 @@ class Block(nn.Module):
         super().__init__()
         C = cfg.width
         self.heads, self.attn_kind, self.dropout = cfg.heads, cfg.attn_kind, cfg.dropout
+        self.attn_opts: dict = {}  # options of an approximate kind, see Backbone.set_attention
         self.norm1 = nn.LayerNorm(C, elementwise_affine=False, eps=1e-6)
         self.qkv = nn.Linear(C, 3 * C)
         self.proj = nn.Linear(C, C)
@@ -100,7 +101,7 @@ class Block(nn.Module):
         if cache is not None:
             k, v = cache.append(layer, k, v)
         a = attention(q, k, v, q_level, k_level, kind=self.attn_kind,
-                      dropout_p=self.dropout if self.training else 0.0)
+                      dropout_p=self.dropout if self.training else 0.0, **self.attn_opts)
         x_BLC = x_BLC + g1[:, None] * self.drop(self.proj(rearrange(a, "B H L d -> B L (H d)")))
         return x_BLC + g2[:, None] * self.drop(self.mlp(modulate(self.norm2(x_BLC), sh2, sc2)))
 
@@ -134,6 +135,15 @@ class Backbone(nn.Module):
         for ada in [b.ada for b in self.blocks] + [self.ada_out]:  # adaLN-Zero: blocks start as identity
             nn.init.zeros_(ada[-1].weight)
             nn.init.zeros_(ada[-1].bias)
+
+    def set_attention(self, kind: str = "exact", **opts) -> "Backbone":
+        """Swap the attention of every block (e.g. a trained model to ``kind="poly", degree=4``), validating
+        ``opts`` as :func:`nextscale.attention.check_options` does. A runtime switch: ``cfg.attn_kind``
+        (what checkpoints record) is unchanged. Returns self."""
+        opts = check_options(kind, **opts)
+        for blk in self.blocks:
+            blk.attn_kind, blk.attn_opts = kind, dict(opts)
+        return self
 
     @property
     def null_class(self) -> int:
