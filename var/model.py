@@ -122,9 +122,12 @@ class VAR(nn.Module):
     def forward(self, x_BCHW: torch.Tensor, y_B: torch.Tensor) -> dict[str, torch.Tensor]:
         """Teacher-forced CE: {"loss": mean over all tokens, "ce_s1".."ce_sK": mean per scale}."""
         self.tokenizer.check_images(x_BCHW)
+        return self.token_loss(self.tokenizer.encode(x_BCHW), y_B)
+
+    def token_loss(self, tokens: list[torch.Tensor], y_B: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`forward` on already encoded token maps."""
         self.backbone.check_labels(y_B)
         with torch.no_grad():
-            tokens = self.tokenizer.encode(x_BCHW)
             x_in = self.tokenizer.teacher_inputs(tokens)
         target_BL = torch.cat([t.flatten(1) for t in tokens], 1)
         logp_BLV = self.head(self.backbone(x_in, y_B)).float().log_softmax(-1)

@@ -12,7 +12,7 @@ from nextscale.data import ImageData
 from nextscale.train import TrainConfig, train
 
 from .model import VAR, VARConfig
-from .tokenizer import MultiScaleVQVAE, VQConfig
+from .tokenizer import MultiScaleVQVAE, VQConfig, usage_from_hits
 
 
 def default_configs(data: ImageData, backbone: BackboneConfig | None = None, vocab_size: int = 512
@@ -60,47 +60,48 @@ def train_var(data: ImageData, tokenizer: MultiScaleVQVAE, cfg: VARConfig, train
 
 
 @torch.no_grad()
-def recon_mse(tokenizer: MultiScaleVQVAE, x_NCHW: torch.Tensor, batch_size: int = 256) -> float:
-    """Mean squared error of encode -> decode_tokens over ``x`` (images in [-1, 1])."""
+def measure(tokenizer: MultiScaleVQVAE, model: VAR | None, x_NCHW: torch.Tensor, y_N: torch.Tensor,
+            batch_size: int = 256) -> dict:
+    """One pass over (x, y), encoding each image once: tokenizer reconstruction MSE (encode ->
+    decode_tokens, images in [-1, 1]), codebook usage and perplexity over all scales, and with a
+    model its teacher-forced cross-entropy per scale (nats per token, eval mode)."""
     check_int("batch_size", batch_size, 1)
     dev = tokenizer.codebook.weight.device
-    total = 0.0
-    for i in range(0, len(x_NCHW), batch_size):
-        xb = x_NCHW[i:i + batch_size].to(dev)
-        total += float((tokenizer.reconstruct(xb) - xb).pow(2).sum())
-    return total / x_NCHW.numel()
-
-
-@torch.no_grad()
-def per_scale_ce(model: VAR, x_NCHW: torch.Tensor, y_N: torch.Tensor, batch_size: int = 256) -> list[float]:
-    """Teacher-forced cross-entropy (nats per token) of every scale over (x, y), eval mode."""
-    check_int("batch_size", batch_size, 1)
-    was = model.training
-    model.eval()
-    dev = model.head.weight.device
-    sums = torch.zeros(model.num_scales)
+    V, sq_err = tokenizer.config.vocab_size, 0.0
+    hits = torch.zeros(V)
+    ce_sum = None if model is None else torch.zeros(model.num_scales)
+    was = None if model is None else model.training
+    if model is not None:
+        model.eval()
     try:
         for i in range(0, len(x_NCHW), batch_size):
-            out = model(x_NCHW[i:i + batch_size].to(dev), y_N[i:i + batch_size].to(dev))
-            n = len(x_NCHW[i:i + batch_size])
-            sums += torch.tensor([float(out[f"ce_s{k + 1}"]) * n for k in range(model.num_scales)])
+            xb, yb = x_NCHW[i:i + batch_size].to(dev), y_N[i:i + batch_size].to(dev)
+            tokens = tokenizer.encode(xb)
+            sq_err += float((tokenizer.decode_tokens(tokens) - xb).pow(2).sum())
+            hits += torch.cat([t.flatten() for t in tokens]).bincount(minlength=V).float().cpu()
+            if model is not None:
+                out = model.token_loss(tokens, yb)
+                ce_sum += torch.tensor([float(out[f"ce_s{k + 1}"]) for k in range(model.num_scales)]) * len(xb)
     finally:
-        model.train(was)
-    return (sums / len(x_NCHW)).tolist()
+        if model is not None:
+            model.train(was)
+    usage, ppl = usage_from_hits(hits)
+    res = {"recon_mse": sq_err / x_NCHW.numel(), "codebook_usage": usage, "perplexity": ppl}
+    if model is not None:
+        res["ce_per_scale"] = (ce_sum / len(x_NCHW)).tolist()
+        res["ce"] = _token_mean(res["ce_per_scale"], model)
+    return res
 
 
 def evaluate(tokenizer: MultiScaleVQVAE, model: VAR | None, data: ImageData) -> dict:
-    """Tokenizer reconstruction MSE and codebook usage (train and test), and VAR's per-scale CE."""
-    out = {"tokenizer": {"recon_mse_train": recon_mse(tokenizer, data.x_train),
-                         "recon_mse_test": recon_mse(tokenizer, data.x_test)}}
-    for split, x in (("train", data.x_train), ("test", data.x_test)):
-        usage, ppl = tokenizer.codebook_usage(x)
-        out["tokenizer"][f"codebook_usage_{split}"] = usage
-        out["tokenizer"][f"perplexity_{split}"] = ppl
+    """:func:`measure` on the train and test splits, as {"tokenizer": {...}, "var": {...}}."""
+    tr = measure(tokenizer, model, data.x_train, data.y_train)
+    te = measure(tokenizer, model, data.x_test, data.y_test)
+    out = {"tokenizer": {f"{k}_{split}": m[k] for split, m in (("train", tr), ("test", te))
+                         for k in ("recon_mse", "codebook_usage", "perplexity")}}
     if model is not None:
-        tr, te = per_scale_ce(model, data.x_train, data.y_train), per_scale_ce(model, data.x_test, data.y_test)
-        out["var"] = {"ce_train_per_scale": tr, "ce_test_per_scale": te,
-                      "ce_train": _token_mean(tr, model), "ce_test": _token_mean(te, model)}
+        out["var"] = {"ce_train_per_scale": tr["ce_per_scale"], "ce_test_per_scale": te["ce_per_scale"],
+                      "ce_train": tr["ce"], "ce_test": te["ce"]}
     return out
 
 
@@ -110,5 +111,4 @@ def _token_mean(per_scale: list[float], model: VAR) -> float:
     return sum(c * n for c, n in zip(per_scale, sizes)) / sum(sizes)
 
 
-__all__ = ["default_configs", "default_train_configs", "train_tokenizer", "train_var", "recon_mse",
-           "per_scale_ce", "evaluate"]
+__all__ = ["default_configs", "default_train_configs", "train_tokenizer", "train_var", "measure", "evaluate"]

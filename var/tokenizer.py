@@ -265,14 +265,15 @@ class MultiScaleVQVAE(nn.Module):
             xb = x_NCHW[i:i + batch_size].to(self.codebook.weight.device)
             for t in self.encode(xb):
                 hits += t.flatten().bincount(minlength=V).float().cpu()
-        return _usage_from_hits(hits)
+        return usage_from_hits(hits)
 
     @property
     def seq_len(self) -> int:
         return num_tokens(self.config.schedule)
 
 
-def _usage_from_hits(hits_V: torch.Tensor) -> tuple[float, float]:
+def usage_from_hits(hits_V: torch.Tensor) -> tuple[float, float]:
+    """(fraction of codes with a hit, perplexity exp(entropy) of the code histogram)."""
     p = hits_V / hits_V.sum().clamp_min(1)
     entropy = -(p * p.clamp_min(1e-12).log()).sum()
     return float((hits_V > 0).float().mean()), float(math.exp(float(entropy)))
@@ -281,5 +282,5 @@ def _usage_from_hits(hits_V: torch.Tensor) -> tuple[float, float]:
 def usage_stats(tokens: list[torch.Tensor], vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(fraction of codes hit, perplexity) of one batch of token maps, as scalar tensors."""
     hits = torch.cat([t.flatten() for t in tokens]).bincount(minlength=vocab_size).float()
-    usage, ppl = _usage_from_hits(hits)
+    usage, ppl = usage_from_hits(hits)
     return hits.new_tensor(usage), hits.new_tensor(ppl)

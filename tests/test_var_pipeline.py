@@ -1,0 +1,37 @@
+import json
+
+import pytest
+from nextscale.backbone import BackboneConfig
+from var.__main__ import main
+from var.pipeline import default_configs
+
+
+def test_default_configs(digits):
+    vq, var = default_configs(digits)
+    assert vq.latent_side == 8 and vq.ae.down == 1 and vq.schedule == var.backbone.schedule == (1, 2, 3, 4, 6, 8)
+    assert vq.latent_channels == var.backbone.in_dim and vq.vocab_size == var.vocab_size
+    vq, var = default_configs(digits, BackboneConfig(schedule=(1, 2, 4), in_dim=3), vocab_size=64)
+    assert vq.ae.down == 2 and vq.latent_channels == 3 and var.vocab_size == 64
+    with pytest.raises(ValueError, match="num_classes"):
+        default_configs(digits, BackboneConfig(num_classes=7))
+    with pytest.raises(ValueError, match="last side"):
+        default_configs(digits, BackboneConfig(schedule=(1, 2, 3, 5)))
+
+
+@pytest.mark.slow  # ~20 s: two runs of the command, each evaluating on the whole data set
+def test_command_end_to_end_and_checkpoint_reuse(tmp_path):
+    args = ["--out", str(tmp_path), "--steps", "4", "--tokenizer-steps", "4", "--batch-size", "16",
+            "--per-class", "2", "--width", "32", "--depth", "1", "--heads", "2", "--vocab-size", "64"]
+    m1 = main(args)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"tokenizer.pt", "var.pt", "samples.png", "metrics.json"} <= files
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(saved["var"]["ce_train_per_scale"]) == len(saved["var"]["ce_test_per_scale"]) == 6
+    t = saved["tokenizer"]
+    assert 0 < t["recon_mse_test"] < 4 and 0 < t["codebook_usage_train"] <= 1 and t["perplexity_train"] >= 1
+    assert saved["sampling"]["num_images"] == 20 and saved["sampling"]["head_nfe"] == 12
+    stamps = {n: (tmp_path / n).stat().st_mtime_ns for n in ("tokenizer.pt", "var.pt")}
+    m2 = main(args)  # reuses both checkpoints: nothing retrained, same numbers, same samples
+    assert {n: (tmp_path / n).stat().st_mtime_ns for n in stamps} == stamps
+    assert m2["var"] == m1["var"] and m2["tokenizer"] == m1["tokenizer"]
+    assert m2["seconds"]["var_train"] < m1["seconds"]["var_train"]
