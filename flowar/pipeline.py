@@ -1,0 +1,72 @@
+"""Train FlowAR's autoencoder, then FlowAR, through the shared training loop."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from nextscale.autoencoder import ConvAEConfig
+from nextscale.backbone import BackboneConfig
+from nextscale.data import ImageData
+from nextscale.train import TrainConfig, train
+
+from .autoencoder import AEConfig, ContinuousAE
+from .model import FlowAR, FlowARConfig
+
+
+def default_configs(data: ImageData, backbone: BackboneConfig) -> tuple[AEConfig, FlowARConfig]:
+    """The digits default: a VAE with 8 latent channels at half the image side, and FlowAR on
+    ``backbone`` (whose schedule must end at that side; in_dim and num_classes are set from the data)."""
+    ae = AEConfig(ConvAEConfig(image_channels=data.channels, image_side=data.side, latent_channels=8,
+                               hidden=64, down=1, res_blocks=1), kind="vae", kl_weight=1e-4)
+    bb = replace(backbone, in_dim=ae.latent_channels, num_classes=data.num_classes)
+    return ae, FlowARConfig(ae=ae, backbone=bb)
+
+
+def train_autoencoder(data: ImageData, cfg: AEConfig, train_cfg: TrainConfig, ckpt_path: str | Path | None = None,
+                      device: str | torch.device | None = None) -> ContinuousAE:
+    """Train (or reload a finished checkpoint of) the autoencoder, then set its latent scale factor
+    from the training split. The checkpoint is written before calibration; calibration is a
+    deterministic function of the weights and the data, so a reused checkpoint gets the same factor."""
+    res = train(ContinuousAE(cfg), data.x_train, data.y_train, train_cfg, ckpt_path=ckpt_path, device=device,
+                desc="flowar-ae")
+    ae = res.best.eval()
+    ae.calibrate(data.x_train)
+    return ae
+
+
+def train_flowar(data: ImageData, autoencoder: ContinuousAE, cfg: FlowARConfig, train_cfg: TrainConfig,
+                 ckpt_path: str | Path | None = None, device: str | torch.device | None = None) -> FlowAR:
+    """Train (or reload) FlowAR on the frozen ``autoencoder``; returns the EMA weights when kept."""
+    if data.num_classes != cfg.backbone.num_classes:
+        raise ValueError(f"data has {data.num_classes} classes but backbone.num_classes is {cfg.backbone.num_classes}")
+    res = train(FlowAR(cfg, autoencoder), data.x_train, data.y_train, train_cfg, ckpt_path=ckpt_path,
+                device=device, desc="flowar")
+    return res.best.eval()
+
+
+@torch.no_grad()
+def recon_mse(autoencoder: ContinuousAE, x_NCHW: torch.Tensor, batch_size: int = 256) -> float:
+    """Mean squared reconstruction error (encode with the posterior mean, decode) over ``x``."""
+    autoencoder.eval()
+    dev = autoencoder.scale_factor.device
+    tot = sum(float((autoencoder.reconstruct(x_NCHW[i:i + batch_size].to(dev)) - x_NCHW[i:i + batch_size].to(dev))
+                    .pow(2).sum()) for i in range(0, len(x_NCHW), batch_size))
+    return tot / x_NCHW.numel()
+
+
+@torch.no_grad()
+def flow_losses(model: FlowAR, x_NCHW: torch.Tensor, y_N: torch.Tensor, seed: int = 0, batch_size: int = 256) -> dict:
+    """The training objective (noise, t drawn from ``seed``; no label dropout) averaged over ``x``:
+    ``{"loss": ..., "flow_s1": ..., ...}``."""
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed)
+    sums: dict[str, float] = {}
+    for i in range(0, len(x_NCHW), batch_size):
+        xb, yb = x_NCHW[i:i + batch_size].to(model.device), y_N[i:i + batch_size].to(model.device)
+        for k, v in model(xb, yb).items():
+            sums[k] = sums.get(k, 0.0) + float(v) * len(xb)
+    model.train(was_training)
+    return {k: v / len(x_NCHW) for k, v in sums.items()}

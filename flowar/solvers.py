@@ -1,0 +1,192 @@
+"""The ODE side of flow matching: the probability path, time grids, and integration with torchdiffeq.
+
+Time convention (the ONE used everywhere in ``flowar``, as in Meta's flow_matching and TorchCFM):
+**t = 0 is noise, t = 1 is data.** The linear (rectified) path is
+
+    x_t = t * x1 + (1 - t) * x0,        dx_t/dt = x1 - x0 (the velocity target),
+
+with x0 the source sample (Gaussian noise, or FlowAR's upsampled previous scale plus noise) and x1
+the data. Sampling integrates dx/dt = v(t, x) from t = 0 to t = 1. (The FlowAR release uses the
+reverse, t = 1 noise; its time grids are mirrored here as s = 1 - t.)
+
+torchdiffeq 0.2.5 facts this module works around (each checked by ``tests/test_flowar_solvers.py``):
+
+- fixed-grid methods (euler, midpoint, rk4) step between the points of ``t`` only, so ``t=[0, 1]``
+  is ONE step: we always pass an explicit grid (:func:`time_grid`);
+- adaptive methods (dopri5, bosh3) overshoot the end point and interpolate back, and their
+  first-step probe evaluates the field at ``t0 + h0`` with ``h0 = 0.01 |y0| / |f0|`` (unbounded):
+  we pin the end point with ``options={"step_t": [t1]}`` and always pass ``first_step``, so the
+  field is never evaluated outside [t0, t1];
+- the adaptive step size is shared across the batch: one stiff sample shrinks everybody's steps,
+  which changes its neighbours' results and the NFE. ``per_sample=True`` integrates every row on
+  its own (slower) so each sample's result and NFE do not depend on the rest of the batch;
+- a field the solver cannot resolve ends in ``AssertionError('underflow in dt ...')``: we raise a
+  ``FloatingPointError`` saying what to change (``min_step > 0`` accepts any step >= min_step);
+- there is no ``tsit5``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torchdiffeq import odeint
+
+from nextscale.config import check_choice, check_float, check_int
+
+FIXED_METHODS = ("euler", "midpoint", "rk4")
+ADAPTIVE_METHODS = ("dopri5", "bosh3")
+METHODS = FIXED_METHODS + ADAPTIVE_METHODS
+EVALS_PER_STEP = {"euler": 1, "midpoint": 2, "rk4": 4}
+TIME_GRIDS = ("uniform", "two_segment")
+# FlowAR's two-segment grid (mirrored to t = 0 noise): half the steps on [0, 0.7], the rest on [0.75, 1].
+TWO_SEGMENT_KNEE = (0.7, 0.75)
+
+
+# ----------------------------------------------------------------------------- the path
+
+def path_sample(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The linear path at times ``t``: returns (x_t, target velocity x1 - x0).
+
+    ``t`` is one time per row, shape (B,), or any shape that broadcasts against x (e.g. (B, L, 1))."""
+    if t.dim() == 1 and x0.dim() > 1:
+        t = t.reshape(-1, *([1] * (x0.dim() - 1)))
+    t = t.to(x0.dtype)
+    return t * x1 + (1 - t) * x0, x1 - x0
+
+
+def sample_t(n: int, kind: str = "uniform", mean: float = 0.0, std: float = 1.0,
+             device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training times in (0, 1): ``uniform``, or ``logit_normal`` (sigmoid of N(mean, std^2), as in SD3)."""
+    check_choice("t_sampling", kind, ("uniform", "logit_normal"))
+    if kind == "uniform":
+        return torch.rand(n, device=device, generator=generator)
+    return torch.sigmoid(mean + std * torch.randn(n, device=device, generator=generator))
+
+
+# ----------------------------------------------------------------------------- time grids
+
+def time_grid(steps: int, kind: str = "uniform", dtype=torch.float32, device=None) -> torch.Tensor:
+    """``steps + 1`` increasing times from 0 to 1 (exactly) for a fixed-step solver.
+
+    ``two_segment`` is FlowAR's grid: ``steps // 2`` points spread over [0, 0.7] (coarse, near the
+    noise) then ``steps - steps // 2 + 1`` points over [0.75, 1] (fine, near the data); steps >= 2."""
+    check_int("steps", steps, 1)
+    check_choice("time_grid", kind, TIME_GRIDS)
+    if kind == "uniform":
+        return torch.linspace(0, 1, steps + 1, dtype=dtype, device=device)
+    if steps < 2:
+        raise ValueError(f"the two_segment time grid needs steps >= 2, got {steps}")
+    a, b = TWO_SEGMENT_KNEE
+    n1 = steps // 2
+    return torch.cat([torch.linspace(0, a, n1, dtype=dtype, device=device),
+                      torch.linspace(b, 1, steps - n1 + 1, dtype=dtype, device=device)])
+
+
+# ----------------------------------------------------------------------------- solver settings
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """How to integrate one ODE from t = 0 to t = 1.
+
+    Fixed-step methods use ``steps`` and ``time_grid``; adaptive ones ``rtol``, ``atol``,
+    ``first_step`` (always passed, see the module doc), ``min_step`` (0: none; > 0 accepts any
+    step that small, so integration cannot underflow) and ``max_num_steps``."""
+    method: str = "euler"
+    steps: int = 4
+    time_grid: str = "uniform"
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    first_step: float = 0.05
+    min_step: float = 0.0
+    max_num_steps: int = 10_000
+
+    def __post_init__(self):
+        check_choice("solver", self.method, METHODS)
+        check_int("steps", self.steps, 1)
+        check_choice("time_grid", self.time_grid, TIME_GRIDS)
+        if self.time_grid == "two_segment" and self.steps < 2:
+            raise ValueError(f"the two_segment time grid needs steps >= 2, got {self.steps}")
+        check_float("rtol", self.rtol, 0, lo_open=True)
+        check_float("atol", self.atol, 0, lo_open=True)
+        check_float("first_step", self.first_step, 0, 1, lo_open=True)
+        check_float("min_step", self.min_step, 0, 1, hi_open=True)
+        check_int("max_num_steps", self.max_num_steps, 1)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.method in ADAPTIVE_METHODS
+
+    @property
+    def fixed_nfe(self) -> int | None:
+        """Field evaluations of one fixed-step solve (None for adaptive methods)."""
+        return None if self.adaptive else self.steps * EVALS_PER_STEP[self.method]
+
+
+# ----------------------------------------------------------------------------- integration
+
+# A velocity field: v(t (0-d tensor), x (b, ...), rows (the batch rows x holds)) -> (b, ...).
+Velocity = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
+
+
+@dataclass
+class Solution:
+    x: torch.Tensor                  # the state at the end (t = 1; t = 0 when reversed)
+    nfe: list[int]                   # evaluations seen by each row (cost-weighted, see ``solve``)
+    times: list[float] = field(default_factory=list)  # every t the field was evaluated at
+
+
+class _Counted:
+    """Calls ``velocity(t, x, rows)`` and counts ``cost(t)`` per call (e.g. 2 for a guided call)."""
+
+    def __init__(self, velocity: Velocity, rows: slice, cost: Callable[[float], int], times: list[float]):
+        self.velocity, self.rows, self.cost, self.times = velocity, rows, cost, times
+        self.nfe = 0
+
+    def __call__(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        tf = float(t)
+        self.times.append(tf)
+        self.nfe += self.cost(tf)
+        return self.velocity(t, x, self.rows)
+
+
+def _odeint(fn: _Counted, x_start: torch.Tensor, cfg: SolverConfig, reverse: bool) -> torch.Tensor:
+    if not cfg.adaptive:
+        grid = time_grid(cfg.steps, cfg.time_grid, x_start.dtype, x_start.device)
+        return odeint(fn, x_start, grid.flip(0) if reverse else grid, method=cfg.method)[-1]
+    t = torch.tensor([1.0, 0.0] if reverse else [0.0, 1.0], dtype=x_start.dtype, device=x_start.device)
+    options = {"step_t": [float(t[1])], "first_step": cfg.first_step, "min_step": cfg.min_step,
+               "max_num_steps": cfg.max_num_steps}
+    try:
+        return odeint(fn, x_start, t, method=cfg.method, rtol=cfg.rtol, atol=cfg.atol, options=options)[-1]
+    except AssertionError as e:  # torchdiffeq signals failures by assert
+        msg = str(e)
+        if "underflow in dt" in msg:
+            raise FloatingPointError(f"{cfg.method}: step size underflowed ({msg}); loosen rtol/atol "
+                                     f"(now {cfg.rtol}/{cfg.atol}) or set min_step > 0") from None
+        if "max_num_steps" in msg:
+            raise FloatingPointError(f"{cfg.method}: {msg}; loosen rtol/atol or raise max_num_steps") from None
+        raise
+
+
+def solve(velocity: Velocity, x_start: torch.Tensor, cfg: SolverConfig, *, per_sample: bool = False,
+          cost: Callable[[float], int] = lambda t: 1, reverse: bool = False) -> Solution:
+    """Integrate dx/dt = velocity(t, x, rows) from x(0) = x_start to t = 1 (``reverse``: from
+    x(1) = x_start back to t = 0, e.g. data -> noise; the same grid, walked backwards).
+
+    Batched (default): one solve for the whole batch, every row sees the same evaluations, so each
+    row's NFE is the total count (adaptive: the step is shared, see the module doc). ``per_sample``:
+    one solve per row (``rows = slice(i, i + 1)``), each with its own step sizes and NFE."""
+    if not isinstance(cfg, SolverConfig):
+        raise ValueError(f"cfg must be a SolverConfig, got {type(cfg).__name__}")
+    times: list[float] = []
+    if not per_sample:
+        fn = _Counted(velocity, slice(None), cost, times)
+        x_end = _odeint(fn, x_start, cfg, reverse)
+        return Solution(x_end, [fn.nfe] * len(x_start), times)
+    outs, nfe = [], []
+    for i in range(len(x_start)):
+        fn = _Counted(velocity, slice(i, i + 1), cost, times)
+        outs.append(_odeint(fn, x_start[i:i + 1], cfg, reverse))
+        nfe.append(fn.nfe)
+    return Solution(torch.cat(outs), nfe, times)
