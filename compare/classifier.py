@@ -17,7 +17,7 @@ from nextscale.config import check_int, config_to_dict
 from nextscale.data import ImageData
 from nextscale.train import TrainConfig, train
 
-from .features import FeatureNet, check_images
+from .features import FeatureNet
 
 
 @dataclass(frozen=True)
