@@ -42,7 +42,8 @@ def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 class DomainClassifier(FeatureNet):
-    """Two conv blocks (each halves the side), a 4x4 pooled map, a ``feature_dim`` layer, a linear head."""
+    """Two conv blocks (each halves the side), a 4x4 pooled map, an RMS-normalised ``feature_dim`` layer
+    (the features), a linear head."""
 
     name = "classifier"
 
@@ -57,7 +58,10 @@ class DomainClassifier(FeatureNet):
         self.head = nn.Linear(config.feature_dim, config.num_classes)
 
     def embed(self, x_BCHW: torch.Tensor) -> torch.Tensor:
-        return self.to_features(self.convs(x_BCHW))
+        # scaled to mean square 1 per image, so KID's kernel (x.y/d + 1)^3 sees x.y/d in [-1, 1] (the scale
+        # it was designed for) whatever training did to the weights; unlike LayerNorm this keeps full rank
+        f_BD = self.to_features(self.convs(x_BCHW))
+        return f_BD * f_BD.pow(2).mean(1, keepdim=True).add(1e-6).rsqrt()
 
     def forward(self, x_BCHW: torch.Tensor, y_B: torch.Tensor) -> dict[str, torch.Tensor]:
         logits_BK = self.head(self.embed(x_BCHW))

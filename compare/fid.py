@@ -54,8 +54,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     S1, S2 = (S1 + S1.T) / 2, (S2 + S2.T) / 2
     w1, V1 = np.linalg.eigh(S1)
     if _singular(w1) or _singular(np.linalg.eigvalsh(S2)):
-        warnings.warn(f"Frechet distance: singular covariance (fewer samples than {D} dims, or constant "
-                      f"features); adding {eps} to the diagonal of both covariances", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"Frechet distance: singular covariance (fewer samples than {D} dims, or features "
+                      f"confined to a subspace); adding {eps} to the diagonal of both covariances", RuntimeWarning, stacklevel=2)
         S1, S2, w1 = S1 + eps * np.eye(D), S2 + eps * np.eye(D), w1 + eps
     A = (V1 * np.sqrt(np.clip(w1, 0, None))) @ V1.T  # sqrt(S1); tiny negative roundoff clipped to 0
     M = A @ S2 @ A
