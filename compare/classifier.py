@@ -68,7 +68,7 @@ class DomainClassifier(FeatureNet):
         return {"loss": F.cross_entropy(logits_BK, y_B), "acc": (logits_BK.argmax(1) == y_B).float().mean()}
 
     @torch.no_grad()
-    def predict(self, images_BCHW: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    def predict(self, images_BCHW: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """(B,) predicted class ids (CPU long) of images in [-1, 1]."""
         return self.head(self.features(images_BCHW, batch_size).to(self.device)).argmax(1).cpu()
 

@@ -53,7 +53,7 @@ class FeatureNet(nn.Module):
         return next(self.parameters()).device
 
     @torch.no_grad()
-    def features(self, images_BCHW: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    def features(self, images_BCHW: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """(B, dim) float32 CPU features of images in [-1, 1], computed in batches in eval mode."""
         check_int("batch_size", batch_size, 1)
         x = check_images(images_BCHW, self.channels, self.side)

@@ -33,6 +33,7 @@ def test_feature_interface(digits, trained):
     f = clf.features(digits.x_test[:50], batch_size=16)
     assert f.shape == (50, 64) and f.dtype == torch.float32 and not f.requires_grad
     torch.testing.assert_close(f, clf.features(digits.x_test[:50], batch_size=50))
+    torch.testing.assert_close(f.pow(2).mean(1), torch.ones(50), atol=1e-4, rtol=0)  # RMS-normalised
     labels = clf.predict(digits.x_test[:50])
     assert labels.shape == (50,) and labels.dtype == torch.long
 
