@@ -61,7 +61,7 @@ class DomainClassifier(FeatureNet):
         # scaled to mean square 1 per image, so KID's kernel (x.y/d + 1)^3 sees x.y/d in [-1, 1] (the scale
         # it was designed for) whatever training did to the weights; unlike LayerNorm this keeps full rank
         f_BD = self.to_features(self.convs(x_BCHW))
-        return f_BD * f_BD.pow(2).mean(1, keepdim=True).add(1e-6).rsqrt()
+        return F.normalize(f_BD, dim=1) * f_BD.shape[1] ** 0.5
 
     def forward(self, x_BCHW: torch.Tensor, y_B: torch.Tensor) -> dict[str, torch.Tensor]:
         logits_BK = self.head(self.embed(x_BCHW))
