@@ -277,8 +277,7 @@ class FlowAR(nn.Module):
                                                cfg_scale, cfg_schedule, cfg_interval, cfg_max_scale)
         if seed is not None:
             check_int("seed", seed, 0)
-        gen = torch.Generator(self.device).manual_seed(
-            int(torch.randint(0, 2**62, (1,))) if seed is None else seed)
+        base = int(torch.randint(0, 2**31, (1,))) if seed is None else seed
         sch, B, C, dev = self.schedule, len(y_B), self.config.ae.latent_channels, self.device
         known = keep = None
         if known_BCHW is not None:
@@ -293,9 +292,13 @@ class FlowAR(nn.Module):
         inputs: list[torch.Tensor] = []      # backbone inputs fed so far (uncached path)
         nfe_scale, nfe_image = [], torch.zeros(B, dtype=torch.long)
         tic = time.perf_counter()
+        # image i's noise (all scales) comes from its own generator seeded by (seed, i): it does not
+        # depend on the batch size or on its neighbours
+        L = self.config.backbone.seq_len
+        noise_BLC = torch.stack([torch.randn(L, C, device=dev, generator=torch.Generator(dev).manual_seed(
+            (base * 1_000_003 + i) % 2**63)) for i in range(B)])
         prev = None
-        for k, side in enumerate(sch):
-            n = side * side
+        for k, (side, sl) in enumerate(zip(sch, scale_slices(sch))):
             up = None if k == 0 else _seq(resize(prev, side))                     # (B, n, C)
             x_in = None if up is None else (torch.cat([up, up]) if guided else up)
             if use_cache:
@@ -305,8 +308,7 @@ class FlowAR(nn.Module):
                     inputs.append(x_in)
                 h = self._uncached_h(inputs, y_in, k)
             w, ks = ws[k], (None if keep is None else (keep[k], known[k]))
-            noise = torch.randn(B, n, C, generator=gen, device=dev)
-            x0 = self._source(noise, up)
+            x0 = self._source(noise_BLC[:, sl], up)
 
             def guided_at(t: float) -> bool:
                 return w > 0 and t_lo <= t <= t_hi

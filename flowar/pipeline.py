@@ -1,7 +1,6 @@
 """Train FlowAR's autoencoder, then FlowAR, through the shared training loop."""
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -16,12 +15,25 @@ from .model import FlowAR, FlowARConfig
 
 
 def default_configs(data: ImageData, backbone: BackboneConfig) -> tuple[AEConfig, FlowARConfig]:
-    """The digits default: a VAE with 8 latent channels at half the image side, and FlowAR on
-    ``backbone`` (whose schedule must end at that side; in_dim and num_classes are set from the data)."""
-    ae = AEConfig(ConvAEConfig(image_channels=data.channels, image_side=data.side, latent_channels=8,
-                               hidden=64, down=1, res_blocks=1), kind="vae", kl_weight=1e-4)
-    bb = replace(backbone, in_dim=ae.latent_channels, num_classes=data.num_classes)
-    return ae, FlowARConfig(ae=ae, backbone=bb)
+    """A small VAE whose latent has ``backbone.in_dim`` channels at the schedule's last side (image
+    side / 2**d), and FlowAR on ``backbone`` (the digits default: 8 channels, side 8)."""
+    if backbone.num_classes != data.num_classes:
+        raise ValueError(f"backbone.num_classes ({backbone.num_classes}) must equal the data's ({data.num_classes})")
+    latent = backbone.schedule[-1]
+    down = (data.side // latent).bit_length() - 1
+    if data.side % latent or data.side != latent * 2 ** down or down > 4:
+        raise ValueError(f"image side {data.side} must be the schedule's last side {latent} times 2**d, d in 0..4")
+    ae = AEConfig(ConvAEConfig(image_channels=data.channels, image_side=data.side, latent_channels=backbone.in_dim,
+                               hidden=32, down=down, res_blocks=1), kind="vae", kl_weight=1e-4)
+    return ae, FlowARConfig(ae=ae, backbone=backbone)
+
+
+def default_train_configs(seed: int = 0, ae_steps: int = 300, flowar_steps: int = 600, progress: bool = True
+                          ) -> tuple[TrainConfig, TrainConfig]:
+    """(autoencoder, FlowAR) training configs sized for digits on 2 CPU cores."""
+    ae = TrainConfig(steps=ae_steps, batch_size=64, lr=2e-3, warmup_steps=20, seed=seed, progress=progress)
+    fl = TrainConfig(steps=flowar_steps, batch_size=64, lr=1e-3, warmup_steps=50, seed=seed, progress=progress)
+    return ae, fl
 
 
 def train_autoencoder(data: ImageData, cfg: AEConfig, train_cfg: TrainConfig, ckpt_path: str | Path | None = None,

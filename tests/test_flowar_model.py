@@ -1,0 +1,247 @@
+"""flowar.model: config checks, training loss, KV-cache equivalence, exact NFE, CFG, seeds, inpainting."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from nextscale.autoencoder import ConvAEConfig
+from nextscale.backbone import BackboneConfig
+from nextscale.data import load_digits
+from nextscale.train import TrainConfig, train
+
+from flowar.autoencoder import AEConfig, ContinuousAE
+from flowar.model import FlowAR, FlowARConfig
+from flowar.pipeline import flow_losses
+
+AE = AEConfig(ConvAEConfig(image_channels=1, image_side=8, latent_channels=4, hidden=8, down=1))
+BB = BackboneConfig(schedule=(1, 2, 4), in_dim=4, num_classes=10, width=32, depth=2, heads=2)
+CFG = FlowARConfig(ae=AE, backbone=BB, head_width=32, head_depth=2)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(side=8, seed=0)
+
+
+def make(cfg=CFG, seed=0, x=None):
+    torch.manual_seed(seed)
+    ae = ContinuousAE(cfg.ae)
+    if x is not None:
+        ae.calibrate(x)
+    model = FlowAR(cfg, ae)
+    # the heads are zero-initialised (adaLN-Zero); perturb them so sampling paths are non-trivial
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- config and training
+
+def test_config_checks_against_the_autoencoder():
+    with pytest.raises(ValueError, match=r"backbone.in_dim \(8\) must equal the autoencoder's latent channels \(4\)"):
+        FlowARConfig(ae=AE, backbone=replace(BB, in_dim=8))
+    with pytest.raises(ValueError, match=r"must end at the autoencoder's latent side 4"):
+        FlowARConfig(ae=AE, backbone=replace(BB, schedule=(1, 2, 3)))
+    with pytest.raises(ValueError, match=r"path must be one of \('noise', 'prev_noise'\)"):
+        replace(CFG, path="data")
+    with pytest.raises(ValueError, match=r"t_sampling must be one of \('uniform', 'logit_normal'\)"):
+        replace(CFG, t_sampling="cosine")
+    with pytest.raises(ValueError, match=r"loss_weight must be one of"):
+        replace(CFG, loss_weight="area")
+    with pytest.raises(ValueError, match="head_width"):
+        replace(CFG, head_width=0)
+    other = ContinuousAE(replace(AE, kind="ae"))
+    with pytest.raises(ValueError, match="built from config.ae"):
+        FlowAR(CFG, other)
+
+
+def test_forward_per_scale_losses_weighted_by_tokens(digits):
+    model = make(x=digits.x_train).train()
+    x, y = digits.x_train[:16], digits.y_train[:16]
+    torch.manual_seed(0)
+    out = model(x, y)
+    assert set(out) == {"loss", "flow_s1", "flow_s2", "flow_s3"}
+    per = torch.stack([out["flow_s1"], out["flow_s2"], out["flow_s3"]])
+    assert torch.allclose(out["loss"], (per * torch.tensor([1, 4, 16]) / 21).sum())
+    model_u = FlowAR(replace(CFG, loss_weight="uniform"), model.ae)
+    model_u.load_state_dict(model.state_dict())
+    torch.manual_seed(0)
+    out_u = model_u.train()(x, y)
+    assert torch.allclose(out_u["loss"], per.mean(), atol=1e-6)
+
+
+def test_autoencoder_is_frozen(digits):
+    model = make(x=digits.x_train)
+    model.train()
+    assert not model.ae.training and model.backbone.training
+    assert all(not p.requires_grad for p in model.ae.parameters())
+    model(digits.x_train[:8], digits.y_train[:8])["loss"].backward()
+    assert all(p.grad is None for p in model.ae.parameters())
+    assert any(p.grad is not None for p in model.head.parameters())
+
+
+@pytest.mark.parametrize("path,t_sampling", [("noise", "logit_normal"), ("prev_noise", "uniform")])
+def test_loss_decreases_on_a_fixed_batch(digits, path, t_sampling):
+    cfg = replace(CFG, path=path, t_sampling=t_sampling)
+    torch.manual_seed(0)
+    ae = ContinuousAE(AE)
+    ae.calibrate(digits.x_train)
+    model = FlowAR(cfg, ae)
+    x, y = digits.x_train[:32], digits.y_train[:32]
+    before = flow_losses(model, x, y, seed=0)
+    train(model, x, y, TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup_steps=5, progress=False))
+    after = flow_losses(model, x, y, seed=0)
+    assert after["loss"] < 0.8 * before["loss"], (before, after)
+    assert all(after[f"flow_s{k}"] < before[f"flow_s{k}"] for k in (1, 2, 3))
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def test_kv_cache_equivalence(digits):
+    model = make(x=digits.x_train)
+    y = torch.arange(6)
+    for kw in (dict(), dict(cfg_scale=2.0, solver="midpoint", steps=2)):
+        a, sa = model.sample(y, seed=3, use_cache=True, **kw)
+        b, sb = model.sample(y, seed=3, use_cache=False, **kw)
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+        assert sa["head_nfe"] == sb["head_nfe"] and sa["backbone_forwards"] == sb["backbone_forwards"] == 3
+
+
+def test_kv_cache_matches_teacher_forced_backbone(digits):
+    """The cached per-scale steps give the same h as one teacher-forced pass over the same inputs."""
+    model = make(x=digits.x_train)
+    bb = model.backbone
+    y = digits.y_train[:4]
+    ins = torch.randn(4, 2 * 2 + 4 * 4, 4)
+    full = bb(ins, y)
+    cache, cond = bb.new_cache(), bb.class_emb(y)
+    steps = [bb.step(None, cond, cache), bb.step(ins[:, :4], cond, cache), bb.step(ins[:, 4:], cond, cache)]
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("solver,per_step", [("euler", 1), ("midpoint", 2), ("rk4", 4)])
+def test_sample_nfe_is_exact(digits, solver, per_step):
+    model = make(x=digits.x_train)
+    y = torch.arange(3)
+    for steps in (1, 3):
+        img, st = model.sample(y, solver=solver, steps=steps, seed=0)
+        assert img.shape == (3, 1, 8, 8)
+        assert st["head_nfe_per_scale"] == [steps * per_step] * 3
+        assert st["head_nfe"] == 3 * steps * per_step and st["backbone_forwards"] == 3 and not st["guided"]
+    _, st = model.sample(y, solver=solver, steps=(4, 2, 1), seed=0)
+    assert st["head_nfe_per_scale"] == [4 * per_step, 2 * per_step, per_step]
+    # CFG: constant guidance doubles every evaluation; linear has w = 0 at scale 1
+    _, st = model.sample(y, solver=solver, steps=2, cfg_scale=1.5, cfg_schedule="constant", seed=0)
+    assert st["head_nfe_per_scale"] == [4 * per_step] * 3 and st["guided"]
+    _, st = model.sample(y, solver=solver, steps=2, cfg_scale=1.5, cfg_schedule="linear", seed=0)
+    assert st["head_nfe_per_scale"] == [2 * per_step, 4 * per_step, 4 * per_step]
+    assert st["cfg_per_scale"] == [0.0, 0.75, 1.5]
+    # CFG off at scale 3
+    _, st = model.sample(y, solver=solver, steps=2, cfg_scale=1.5, cfg_schedule="constant", cfg_max_scale=2, seed=0)
+    assert st["head_nfe_per_scale"] == [4 * per_step, 4 * per_step, 2 * per_step]
+
+
+def test_guidance_interval_counts_only_guided_evaluations(digits):
+    model = make(x=digits.x_train)
+    # euler, 4 steps: evaluations at t = 0, .25, .5, .75; guidance on for t in [0.3, 0.8] -> 2 of them
+    _, st = model.sample(torch.arange(2), steps=4, cfg_scale=1.0, cfg_schedule="constant",
+                         cfg_interval=(0.3, 0.8), seed=0)
+    assert st["head_nfe_per_scale"] == [6, 6, 6]
+
+
+def test_adaptive_sampling_stats(digits):
+    model = make(x=digits.x_train)
+    y = torch.arange(4)
+    img, st = model.sample(y, solver="dopri5", rtol=1e-3, atol=1e-3, seed=0)
+    assert st["head_nfe"] == sum(st["head_nfe_per_scale"]) and all(n >= 7 for n in st["head_nfe_per_scale"])
+    assert st["head_nfe_per_image"] == [st["head_nfe"]] * 4  # batch-shared step: every image sees them all
+    img2, st2 = model.sample(y, solver="dopri5", rtol=1e-3, atol=1e-3, seed=0, per_sample=True)
+    assert len(st2["head_nfe_per_image"]) == 4 and st2["head_nfe"] == max(st2["head_nfe_per_image"])
+    # per-sample: an image's result and NFE do not depend on its batch neighbours
+    one, st3 = model.sample(y[:1], solver="dopri5", rtol=1e-3, atol=1e-3, seed=0, per_sample=True)
+    assert st3["head_nfe_per_image"][0] == st2["head_nfe_per_image"][0]
+    assert torch.allclose(one[0], img2[0], atol=1e-4)
+
+
+def test_same_seed_same_images(digits):
+    model = make(x=digits.x_train)
+    y = torch.tensor([1, 7, 7])
+    a, _ = model.sample(y, seed=5, cfg_scale=1.0)
+    b, _ = model.sample(y, seed=5, cfg_scale=1.0)
+    c, _ = model.sample(y, seed=6, cfg_scale=1.0)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    assert not torch.allclose(a[1], a[2])  # same class, different noise
+    # an image's noise depends on (seed, its index), not on the batch size
+    d, _ = model.sample(y[:2], seed=5, cfg_scale=1.0)
+    assert torch.allclose(d, a[:2], atol=1e-4)
+
+
+def test_cfg_zero_equals_conditional(digits):
+    model = make(x=digits.x_train)
+    y = torch.arange(5)
+    cond, st = model.sample(y, seed=1, cfg_scale=0.0)
+    assert not st["guided"]
+    off, st_off = model.sample(y, seed=1, cfg_scale=4.0, cfg_max_scale=0)  # guidance switched off everywhere
+    assert torch.equal(cond, off) and not st_off["guided"]
+    # the guided code path (doubled batch, v_c + w (v_c - v_u)) at vanishing w gives the conditional model
+    tiny, st_tiny = model.sample(y, seed=1, cfg_scale=1e-9, cfg_schedule="constant")
+    assert st_tiny["guided"] and torch.allclose(tiny, cond, atol=1e-5)
+    strong, _ = model.sample(y, seed=1, cfg_scale=3.0, cfg_schedule="constant")
+    assert not torch.allclose(strong, cond, atol=1e-3)
+
+
+@pytest.mark.parametrize("region", ["inpaint", "outpaint"])
+def test_inpainting_keeps_the_kept_region(digits, region):
+    model = make(x=digits.x_train)
+    x, y = digits.x_test[:4], digits.y_test[:4]
+    mask = torch.zeros(4, 1, 8, 8, dtype=torch.bool)
+    if region == "inpaint":
+        mask[..., :, :4] = True           # keep the left half, regenerate the right half
+    else:
+        mask[..., 2:6, 2:6] = True        # keep the centre, regenerate the border
+    known = model.ae.encode(x)
+    keep_lat = torch.nn.functional.interpolate(mask.float(), size=4, mode="area") >= 1
+    for kw in (dict(), dict(solver="dopri5"), dict(cfg_scale=2.0, solver="rk4", steps=2)):
+        z, st = model.generate_latents(y, known_BCHW=known, keep_B1HW=keep_lat, seed=0, **kw)
+        kept = keep_lat.expand_as(z)
+        assert torch.equal(z[kept], known[kept])              # kept latents exact
+        assert not torch.allclose(z[~kept], known[~kept], atol=1e-2)  # the rest is generated
+        img, _ = model.inpaint(x, mask, y, seed=0, **kw)
+        assert torch.equal(img[mask.expand_as(img)], x[mask.expand_as(x)])  # kept pixels pasted back
+        raw, _ = model.inpaint(x, mask, y, seed=0, paste=False, **kw)
+        assert torch.allclose(raw, model.ae.decode(z), atol=1e-5)
+
+
+def test_bad_arguments_raise_with_allowed_values(digits):
+    model = make(x=digits.x_train)
+    y = torch.arange(2)
+    cases = [
+        (dict(y_B=torch.tensor([3, 10])), r"class ids must lie in \[0, 9\]"),
+        (dict(y_B=torch.tensor([1.0])), "long tensor"),
+        (dict(solver="tsit5"), r"solver must be one of \('euler', 'midpoint', 'rk4', 'dopri5', 'bosh3'\)"),
+        (dict(steps=0), r"steps must lie in \[1, inf\)"),
+        (dict(steps=(2, 2)), "one per scale"),
+        (dict(steps=(2, 0, 2)), r"steps\[1\] must lie in \[1, inf\)"),
+        (dict(solver="dopri5", rtol=0.0), r"rtol must lie in \(0, inf\)"),
+        (dict(solver="dopri5", atol=-1.0), r"atol must lie in \(0, inf\)"),
+        (dict(time_grid="cosine"), r"time_grid must be one of \('uniform', 'two_segment'\)"),
+        (dict(cfg_scale=-1.0), r"cfg_scale must lie in \[0, inf\)"),
+        (dict(cfg_schedule="cosine"), r"cfg_schedule must be one of \('linear', 'constant'\)"),
+        (dict(cfg_interval=(0.6, 0.2)), r"cfg_interval\[1\] must lie in \[0.6, 1\]"),
+        (dict(cfg_interval=0.5), "pair"),
+        (dict(cfg_max_scale=4), r"cfg_max_scale must lie in \[0, 3\]"),
+        (dict(seed=-1), r"seed must lie in \[0, inf\)"),
+    ]
+    for kw, msg in cases:
+        kw = {"y_B": y, **kw}
+        with pytest.raises(ValueError, match=msg):
+            model.sample(**kw)
+    x = digits.x_test[:2]
+    with pytest.raises(ValueError, match=r"images must have shape \(B, 1, 8, 8\)"):
+        model.inpaint(torch.zeros(2, 1, 16, 16), torch.ones(2, 1, 16, 16, dtype=torch.bool), y)
+    with pytest.raises(ValueError, match=r"mask must be a bool tensor of shape \(2, 1, 8, 8\)"):
+        model.inpaint(x, torch.ones(2, 1, 8, 8), y)
+    with pytest.raises(ValueError, match="one label per image"):
+        model.inpaint(x, torch.ones(2, 1, 8, 8, dtype=torch.bool), torch.arange(3))
