@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="VAR training steps (default 600)")
     p.add_argument("--tokenizer-steps", type=int, default=None, help="tokenizer training steps (default 300)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size of both trainings (default 64)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size of both trainings (default: 64 tokenizer, 32 VAR)")
     p.add_argument("--vocab-size", type=int, default=512)
     p.add_argument("--width", type=int, default=128, help="backbone width")
     p.add_argument("--depth", type=int, default=4, help="backbone depth")

@@ -35,7 +35,7 @@ def default_train_configs(seed: int = 0, tokenizer_steps: int = 300, var_steps: 
                           ) -> tuple[TrainConfig, TrainConfig]:
     """(tokenizer, VAR) training configs sized for digits on 2 CPU cores (~1-2 and ~4-5 minutes)."""
     tok = TrainConfig(steps=tokenizer_steps, batch_size=64, lr=2e-3, warmup_steps=20, seed=seed, progress=progress)
-    var = TrainConfig(steps=var_steps, batch_size=64, lr=1e-3, warmup_steps=50, seed=seed, progress=progress)
+    var = TrainConfig(steps=var_steps, batch_size=32, lr=1e-3, warmup_steps=50, seed=seed, progress=progress)
     return tok, var
 
 
