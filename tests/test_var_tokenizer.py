@@ -151,3 +151,12 @@ def test_codebook_usage_counts_all_scales():
     frac, ppl = m.codebook_usage(x, batch_size=3)
     assert frac == pytest.approx(len(used) / 16)
     assert 1 <= ppl <= len(used) + 1e-6
+
+
+def test_config_round_trips_through_plain_data():
+    from nextscale.config import config_from_dict, config_to_dict
+    from var.model import VARConfig
+    cfg = VQConfig(ae=ConvAEConfig(image_side=16, latent_channels=4, hidden=16, down=2), schedule=(1, 2, 4))
+    assert config_from_dict(VQConfig, config_to_dict(cfg)) == cfg
+    var = VARConfig(vocab_size=64)
+    assert config_from_dict(VARConfig, config_to_dict(var)) == var
