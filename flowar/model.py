@@ -48,7 +48,7 @@ CFG_SCHEDULES = ("linear", "constant")
 class FlowARConfig:
     ae: AEConfig = field(default_factory=AEConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    head_width: int = 256
+    head_width: int = 128
     head_depth: int = 3            # adaLN residual MLP blocks
     path: str = "noise"            # "noise" | "prev_noise" (upsampled previous scale + noise)
     prev_noise_std: float = 1.0    # std of the noise added to the previous scale (prev_noise only)
@@ -134,7 +134,12 @@ class VelocityHead(nn.Module):
             nn.init.zeros_(lin.bias)
 
     def forward(self, x_NC, t_N, h_NW):
-        c = self.c_in(h_NW) + self.t_emb(t_N)
+        return self.velocity(x_NC, t_N, self.c_in(h_NW))
+
+    def velocity(self, x_NC, t_N, hc_NW):
+        """``hc = c_in(h)``, computed once per scale when sampling; ``t`` may be one time for all
+        positions (shape (1, 1)), so its embedding is computed once per evaluation."""
+        c = hc_NW + self.t_emb(t_N)
         x = self.x_in(x_NC)
         for blk in self.blocks:
             x = blk(x, c)
@@ -308,22 +313,23 @@ class FlowAR(nn.Module):
                     inputs.append(x_in)
                 h = self._uncached_h(inputs, y_in, k)
             w, ks = ws[k], (None if keep is None else (keep[k], known[k]))
+            hc = self.head.c_in(h)                                                 # fixed during the solve
             x0 = self._source(noise_BLC[:, sl], up)
 
             def guided_at(t: float) -> bool:
                 return w > 0 and t_lo <= t <= t_hi
 
-            def velocity(t, x, rows, h=h, w=w, ks=ks, x0=x0):
-                t_b = t.to(x.dtype).expand(x.shape[:2])
+            def velocity(t, x, rows, hc=hc, w=w, ks=ks, x0=x0):
+                t_11 = t.to(x.dtype).reshape(1, 1)
                 if ks is not None:  # kept positions follow the known path exactly
                     kp, x1k = ks[0][rows], ks[1][rows]
                     x = torch.where(kp, t * x1k + (1 - t) * x0[rows], x)
                 if guided_at(float(t)):
-                    h2 = torch.cat([h[:B][rows], h[B:][rows]])
-                    v_c, v_u = self.head(torch.cat([x, x]), torch.cat([t_b, t_b]), h2).chunk(2)
+                    hc2 = torch.cat([hc[:B][rows], hc[B:][rows]])
+                    v_c, v_u = self.head.velocity(torch.cat([x, x]), t_11, hc2).chunk(2)
                     v = v_c + w * (v_c - v_u)
                 else:
-                    v = self.head(x, t_b, h[:B][rows])
+                    v = self.head.velocity(x, t_11, hc[:B][rows])
                 if ks is not None:
                     v = torch.where(kp, x1k - x0[rows], v)
                 return v
