@@ -1,0 +1,80 @@
+"""The experiment scripts in --quick mode: they run, write JSON + PNG, and their numbers say what they should."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from experiments import attention_cost, attention_error, universality  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def outputs(out: Path, name: str) -> dict:
+    assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
+    return json.loads((out / f"{name}.json").read_text())
+
+
+def test_attention_error_cli_quick(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "experiments.attention_error", "--out", str(tmp_path), "--quick"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "error passes 0.01 at B" in proc.stdout
+    s = outputs(tmp_path, "attention_error")
+    m = s["methods"]
+    for fit in ("relative", "taylor"):
+        low, high = m[f"poly-{fit} g=2 (r=45)"], m[f"poly-{fit} g=4 (r=495)"]
+        assert low["threshold_B"] is not None and high["threshold_B"] is not None
+        assert high["threshold_B"] > low["threshold_B"]          # higher degree holds to larger entries
+        assert low["max_error"][0] < 1e-6 and high["max_error"][0] < 1e-10
+    perf = m["performer m=495"]
+    assert perf["max_error"][0] < 1e-2 and perf["threshold_B"] < m["poly-relative g=4 (r=495)"]["threshold_B"]
+    ranks = [r for r in s["realised"]["rank_needed"] if r is not None]
+    assert ranks == sorted(ranks) and ranks[-1] > s["L"]           # past the threshold the rank exceeds L
+    assert s["realised"]["max_logit"] == sorted(s["realised"]["max_logit"])
+
+
+def test_attention_error_is_seeded(tmp_path):
+    a = attention_error.main(["--out", str(tmp_path / "a"), "--quick", "--seed", "3"])
+    b = attention_error.main(["--out", str(tmp_path / "b"), "--quick", "--seed", "3"])
+    assert a["methods"] == b["methods"] and a["realised"] == b["realised"]
+
+
+def test_attention_cost_quick(tmp_path):
+    s = attention_cost.main(["--out", str(tmp_path), "--quick"])
+    s = outputs(tmp_path, "attention_cost")
+    m = s["methods"]
+    assert s["sides"] == [8, 16, 32]
+    exact, masked = m["exact (per scale)"], m["exact (masked)"]
+    assert abs(exact["flops_exponent"] - 4) < 0.15 and abs(masked["flops_exponent"] - 4) < 0.15
+    poly = m["poly g=2 (r=153)"]
+    perf = m["performer m=256"]
+    assert abs(poly["flops_exponent"] - 2) < 0.05 and abs(perf["flops_exponent"] - 2) < 0.05
+    # the cost model is what torch's FLOP counter measures for exact attention
+    assert exact["flops_counted"] == exact["flops_model"] and masked["flops_counted"] == masked["flops_model"]
+    assert max(poly["error"]) < 1e-2 and max(exact["error"]) < 1e-5
+    assert all(t > 0 for t in exact["seconds"] + poly["seconds"] + perf["seconds"])
+    assert poly["crossover_n_flops"] == 16 and perf["crossover_n_flops"] == 32
+
+
+def test_universality_quick(tmp_path):
+    universality.main(["--out", str(tmp_path), "--quick"])
+    s = outputs(tmp_path, "universality")
+    assert s["num_tokens"] == 16 + 36 + 64
+    assert s["sqrt_log_L"] == pytest.approx(math.sqrt(math.log(116)))
+    curve = s["width_curves"]["var/blur"]
+    assert curve["widths"] == [4, 16]
+    assert curve["test_relative_mse"][1] < 0.5 * curve["test_relative_mse"][0]   # wider fits better
+    assert "flow/blur" in s["width_curves"]
+    assert s["lipschitz_curve"]["lipschitz"] == [1.0, 4.0]
+    for r in s["runs"]:
+        assert r["max_logit"] > 0 and r["lipschitz_bound"] > 0 and math.isfinite(r["test_relative_mse"])
+    assert 0 <= s["logits"]["fraction_above_log_L"] <= 1
