@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m flowar", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/flowar", help="output folder (checkpoints, PNGs, metrics.json)")
     p.add_argument("--data", default="digits", help="'digits', an .npz file or an image folder")
+    p.add_argument("--side", type=int, default=None, help="image side (default: 16 for digits)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="FlowAR training steps (default 600)")
     p.add_argument("--ae-steps", type=int, default=None, help="autoencoder training steps (default 300)")
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
 def run(a: argparse.Namespace) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(a.data, seed=a.seed)
+    data = load_dataset(a.data, side=a.side, seed=a.seed)
     latent = data.side // 2
     schedule = tuple(s for s in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32) if s < latent) + (latent,)
     backbone = BackboneConfig(schedule=schedule, in_dim=a.latent_channels, num_classes=data.num_classes,

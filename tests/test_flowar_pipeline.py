@@ -1,0 +1,92 @@
+"""flowar.pipeline and ``python -m flowar``: training through the shared loop, checkpoint reuse, metrics."""
+import json
+
+import pytest
+import torch
+
+from nextscale.backbone import BackboneConfig
+from nextscale.data import load_digits
+from nextscale.train import TrainConfig
+
+from flowar.__main__ import main
+from flowar.pipeline import default_configs, flow_losses, recon_mse, train_autoencoder, train_flowar
+
+BB = BackboneConfig(schedule=(1, 2, 4), in_dim=4, num_classes=10, width=32, depth=1, heads=2)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(side=8, seed=0)
+
+
+def test_default_configs(digits):
+    ae, fl = default_configs(digits, BB)
+    assert ae.latent_channels == 4 and ae.latent_side == 4 and fl.backbone == BB and fl.ae == ae
+    d16 = load_digits(side=16, seed=0)
+    ae16, fl16 = default_configs(d16, BackboneConfig())  # the digits default: 8 channels at side 8
+    assert (ae16.latent_channels, ae16.latent_side, ae16.ae.down) == (8, 8, 1)
+    with pytest.raises(ValueError, match="num_classes"):
+        default_configs(digits, BackboneConfig(schedule=(1, 2, 4), in_dim=4, num_classes=3))
+    with pytest.raises(ValueError, match="image side 8 must be the schedule's last side 3"):
+        default_configs(digits, BackboneConfig(schedule=(1, 3), in_dim=4))
+
+
+def test_train_and_reuse_checkpoints(digits, tmp_path):
+    ae_cfg, fl_cfg = default_configs(digits, BB)
+    tc = TrainConfig(steps=4, batch_size=16, warmup_steps=1, progress=False)
+    ae = train_autoencoder(digits, ae_cfg, tc, ckpt_path=tmp_path / "ae.pt")
+    scale = float(ae.scale_factor)
+    assert scale != 1.0 and not ae.training
+    with torch.no_grad():
+        z = ae.encode(digits.x_train)
+    assert float(z.double().std()) == pytest.approx(1.0, abs=1e-4)  # calibrated on the train split
+    mtime = (tmp_path / "ae.pt").stat().st_mtime_ns
+    ae2 = train_autoencoder(digits, ae_cfg, tc, ckpt_path=tmp_path / "ae.pt")
+    assert (tmp_path / "ae.pt").stat().st_mtime_ns == mtime  # reused: nothing trained or written
+    assert float(ae2.scale_factor) == scale  # the same scale factor from the reused checkpoint
+    assert torch.equal(ae2.encode(digits.x_test), ae.encode(digits.x_test))
+
+    model = train_flowar(digits, ae, fl_cfg, tc, ckpt_path=tmp_path / "fl.pt")
+    assert not model.training and float(model.ae.scale_factor) == scale
+    a, st = model.sample(torch.arange(3), seed=0, steps=2)
+    model2 = train_flowar(digits, ae2, fl_cfg, tc, ckpt_path=tmp_path / "fl.pt")
+    b, _ = model2.sample(torch.arange(3), seed=0, steps=2)
+    assert torch.equal(a, b) and st["head_nfe"] == 6
+
+    assert recon_mse(ae, digits.x_test) > 0
+    fl = flow_losses(model, digits.x_test, digits.y_test, seed=0)
+    assert set(fl) == {"loss", "flow_s1", "flow_s2", "flow_s3"}
+    assert fl == flow_losses(model, digits.x_test, digits.y_test, seed=0)  # seeded: same numbers
+
+
+def test_ema_weights_are_returned(digits):
+    ae_cfg, fl_cfg = default_configs(digits, BB)
+    tc = TrainConfig(steps=3, batch_size=16, warmup_steps=1, progress=False)
+    ae = train_autoencoder(digits, ae_cfg, tc)
+    raw = train_flowar(digits, ae, fl_cfg, tc)
+    ema = train_flowar(digits, ae, fl_cfg, TrainConfig(steps=3, batch_size=16, warmup_steps=1, progress=False,
+                                                       ema_decay=0.9))
+    w_raw, w_ema = raw.head.out.weight, ema.head.out.weight
+    assert not torch.allclose(w_raw, w_ema)
+
+
+@pytest.mark.slow
+def test_command_writes_samples_and_metrics(tmp_path):
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--steps", "3", "--ae-steps", "3", "--width", "32", "--depth", "1", "--heads", "2",
+            "--per-class", "1", "--batch-size", "16", "--side", "8", "--latent-channels", "4"]
+    m = main(args)
+    files = {p.name for p in out.iterdir()}
+    assert {"autoencoder.pt", "flowar.pt", "samples.png", "inpaint.png", "metrics.json",
+            "samples_euler_x1.png", "samples_dopri5.png"} <= files
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["autoencoder"]["recon_mse_test"] == pytest.approx(m["autoencoder"]["recon_mse_test"])
+    assert set(saved["flowar"]["flow_loss_test"]) == {"loss"} | {f"flow_s{k}" for k in range(1, 5)}
+    s = saved["sampling"]["samplers"]
+    assert [s[f"euler x{n}"]["head_nfe_per_scale"][0] for n in (1, 2, 4, 8)] == [1, 2, 4, 8]
+    assert s["rk4 x2"]["head_nfe_per_scale"][0] == 8 and s["dopri5"]["head_nfe"] > 0
+    # a second run reuses both checkpoints and gives the same numbers
+    mtimes = [(out / f).stat().st_mtime_ns for f in ("autoencoder.pt", "flowar.pt")]
+    m2 = main(args)
+    assert m2["flowar"] == m["flowar"] and m2["autoencoder"] == m["autoencoder"]
+    assert [(out / f).stat().st_mtime_ns for f in ("autoencoder.pt", "flowar.pt")] == mtimes
