@@ -238,3 +238,18 @@ def test_bad_images_and_masks_raise():
         m.inpaint(images(2), torch.ones(2, 1, 16, 16, dtype=torch.bool), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="class ids"):
         m(images(2), torch.tensor([0, 11]))
+
+
+def test_label_smoothing_loss():
+    m = model()
+    smooth = VAR(VARConfig(m.config.backbone, vocab_size=32, label_smoothing=0.1), m.tokenizer).eval()
+    smooth.load_state_dict(m.state_dict())
+    x, y = images(2), torch.tensor([3, 4])
+    plain, ls = m(x, y), smooth(x, y)
+    tokens = m.tokenizer.encode(x)
+    logits = teacher_forced_logits(m, tokens, y)
+    target = torch.cat([t.flatten(1) for t in tokens], 1)
+    want = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), label_smoothing=0.1)
+    torch.testing.assert_close(ls["loss"], want)
+    torch.testing.assert_close(plain["loss"], torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten()))
+    assert all(torch.equal(plain[k], ls[k]) for k in plain if k != "loss")  # logged CE stays plain
