@@ -78,3 +78,46 @@ def test_universality_quick(tmp_path):
     for r in s["runs"]:
         assert r["max_logit"] > 0 and r["lipschitz_bound"] > 0 and math.isfinite(r["test_relative_mse"])
     assert 0 <= s["logits"]["fraction_above_log_L"] <= 1
+
+
+def test_power_law_fit_recovers_known_exponents():
+    from experiments.scaling import fit_power_law
+
+    N = [1e4, 3e4, 1e5, 3e5, 1e6]
+    f = fit_power_law(N, [7.0 * n ** -0.3 for n in N])
+    assert f["power_law"]["b"] == pytest.approx(0.3, rel=1e-6) and f["power_law"]["r_logN_logL"] < -0.999
+    g = fit_power_law(N, [50.0 * n ** -0.5 + 0.2 for n in N])
+    assert g["with_offset"]["b"] == pytest.approx(0.5, rel=1e-3) and g["with_offset"]["c"] == pytest.approx(0.2, rel=1e-3)
+    assert g["with_offset"]["r2"] > 0.9999
+
+
+@pytest.mark.slow
+def test_scaling_quick(tmp_path):
+    from experiments import scaling
+
+    scaling.main(["--out", str(tmp_path), "--quick"])
+    s = outputs(tmp_path, "scaling")
+    for head in ("var", "flowar"):
+        rows = s["results"][head]
+        assert len(rows) == 4
+        params = [r["params"] for r in rows]
+        assert params == sorted(params) and len(set(params)) == 4      # four distinct sizes
+        assert all(math.isfinite(r["test_loss"]) and r["test_loss"] > 0 for r in rows)
+        assert "b" in s["fits"][head]["power_law"]
+    assert list((tmp_path / "checkpoints").glob("var-*.pt")) and list((tmp_path / "checkpoints").glob("flowar-*.pt"))
+
+
+@pytest.mark.slow
+def test_approx_sampling_quick(tmp_path):
+    from experiments import approx_sampling
+
+    approx_sampling.main(["--out", str(tmp_path), "--quick"])
+    s = outputs(tmp_path, "approx_sampling")
+    for head in ("var", "flowar"):
+        r = s["results"][head]
+        assert r["entry_bound"]["B"] > 0 and r["entry_bound"]["num_tokens"] == s["backbone"]["L"]
+        ex = r["settings"]["exact"]
+        assert 0 <= ex["accuracy"] <= 1 and ex["speedup"] == 1.0 and ex["pixel_change_vs_exact"] is None
+        for name, row in r["settings"].items():
+            assert "failed" in row or ("speedup" in row and math.isfinite(row["fid"]))
+        assert (tmp_path / f"samples_{head}_exact.png").read_bytes()[:8] == PNG_MAGIC
