@@ -49,7 +49,7 @@ FLOWAR_SAMPLERS = (
     ("rk4 x4", dict(solver="rk4", steps=4)),
     ("dopri5", dict(solver="dopri5", rtol=1e-3, atol=1e-3)),
 )
-QUICK_FLOWAR = ("euler x1", "euler x4", "rk4 x2", "dopri5")
+QUICK_FLOWAR = ("euler x1", "euler x2", "rk4 x2")
 QUICK_VAR = ("cfg 0", "cfg 1.5")
 
 
@@ -190,9 +190,9 @@ def run(cfg: CompareConfig) -> dict:
             images, stats = generate(model, labels, cfg.sample_batch, cfg.seed, **kw)
             row = {"model": name, "sampler": label, "settings": kw,
                    **evaluate_samples(images, labels, real_feats, clf, cfg.seed)}
-            y_cost = labels[: cfg.cost_batch].to(dev)
-            row.update(measure_cost(lambda: model.sample(y_cost, seed=cfg.seed, **kw), batch_size=cfg.cost_batch,
-                                    repeats=cfg.cost_repeats, warmup=1, device=dev))
+            row.update(measure_cost(lambda b: model.sample(labels[:b].to(dev), seed=cfg.seed, **kw),
+                                    batch_size=cfg.cost_batch, repeats=cfg.cost_repeats, warmup=1, device=dev,
+                                    seed=cfg.seed))
             row["sample_seconds"] = round(time.perf_counter() - t, 2)
             grid = out / f"samples_{name}_{_slug(label)}.png"
             save_grid(_grid_images(images, labels, data.num_classes, 8), grid, nrow=8)

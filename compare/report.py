@@ -25,7 +25,7 @@ def main_table(results: dict) -> str:
         lines.append(
             f"| {r['model']} | {r['sampler']} | {_fmt(r['fid'])} | {_fmt(r['kid'] * 1e3)} | {_fmt(r['class_acc'])} "
             f"| {_fmt(r['precision'])} | {_fmt(r['recall'])} | {r['backbone_forwards']} | {r['head_nfe']} "
-            f"| {_fmt(r['flops_per_image'] / 1e9)} | {_fmt(r['ms_per_image'])} | {_fmt(r['peak_mem_mb'])} |")
+            f"| {_fmt(r['flops_per_image'] / 1e9)} | {_fmt(r['ms_per_image'])} | {_fmt(r['peak_mem_bytes'] / 2**20)} |")
     return "\n".join(lines)
 
 
@@ -118,10 +118,11 @@ def write_plots(results: dict, out: Path) -> list[Path]:
     axes[0].set_ylabel("backbone MFLOPs per image")
     axes[0].set_title("backbone cost per scale step")
     axes[0].legend()
-    for r in rows:
+    cmap = plt.get_cmap("tab10")
+    for i, r in enumerate(rows):
         nfe = r.get("head_nfe_per_scale") or []
-        axes[1].plot(range(1, len(nfe) + 1), nfe, marker=".", label=f"{r['model']} {r['sampler']}",
-                     color=colors[r["model"]], alpha=0.4 + 0.6 * (r["model"] == "flowar"))
+        axes[1].plot(range(1, len(nfe) + 1), nfe, marker="o" if r["model"] == "var" else ".",
+                     ls="--" if r["model"] == "var" else "-", label=f"{r['model']} {r['sampler']}", color=cmap(i % 10))
     axes[1].set_xlabel("scale k")
     axes[1].set_ylabel("head NFE per image")
     axes[1].set_yscale("log")
