@@ -152,7 +152,7 @@ def test_same_seed_same_images_different_seed_different():
 def test_filters():
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
     assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[True, False, True, False]]
-    assert torch.equal(filter_logits(logits, top_k=0), logits) and torch.equal(filter_logits(logits, top_k=9), logits)
+    assert torch.equal(filter_logits(logits, top_k=None), logits) and torch.equal(filter_logits(logits, top_k=9), logits)
     p = logits.softmax(-1)[0]  # ~ [.03, .64, .09, .24]
     keep2 = ~torch.isinf(filter_logits(logits, top_p=float(p[1] + p[3]) - 1e-4))
     assert keep2.tolist() == [[False, True, False, True]]
@@ -207,7 +207,7 @@ def test_inpainting_keeps_the_kept_region(kind):
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(top_k=-1), "top_k"), (dict(top_k=2.5), "top_k"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
+    (dict(top_k=-1), "top_k"), (dict(top_k=0), "top_k"), (dict(top_k=2.5), "top_k"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
     (dict(top_p=-0.2), "top_p"), (dict(temperature=0.0), "temperature"), (dict(temperature=-1.0), "temperature"),
     (dict(cfg_scale=-1.0), "cfg_scale"), (dict(cfg_schedule="cosine"), "cfg_schedule"),
     (dict(seed=-3), "seed"), (dict(greedy="yes"), "greedy"), (dict(y=torch.tensor([10])), "unknown class id"),

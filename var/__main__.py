@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--per-class", type=int, default=8, help="samples per class in samples.png")
     p.add_argument("--cfg-scale", type=float, default=1.5)
     p.add_argument("--cfg-schedule", default="linear", choices=["linear", "constant"])
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (default: off)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")

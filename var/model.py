@@ -57,10 +57,10 @@ def cfg_weights(cfg_scale: float, schedule: str, num_scales: int) -> list[float]
     return [cfg_scale * k / (num_scales - 1) for k in range(num_scales)]
 
 
-def filter_logits(logits_NV: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Keep the top_k largest logits (0: all) and the smallest set whose probability reaches top_p
+def filter_logits(logits_NV: torch.Tensor, top_k: int | None = None, top_p: float = 1.0) -> torch.Tensor:
+    """Keep the top_k largest logits (None: all) and the smallest set whose probability reaches top_p
     (1: all); the others become -inf. The most likely token always survives."""
-    if top_k and top_k < logits_NV.shape[-1]:
+    if top_k is not None and top_k < logits_NV.shape[-1]:
         kth = logits_NV.topk(top_k, dim=-1).values[..., -1:]
         logits_NV = logits_NV.masked_fill(logits_NV < kth, float("-inf"))
     if top_p < 1.0:
@@ -72,7 +72,7 @@ def filter_logits(logits_NV: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -
     return logits_NV
 
 
-def sample_tokens(logits_NV: torch.Tensor, generator: torch.Generator, *, top_k: int = 0, top_p: float = 1.0,
+def sample_tokens(logits_NV: torch.Tensor, generator: torch.Generator, *, top_k: int | None = None, top_p: float = 1.0,
                   temperature: float = 1.0, greedy: bool = False) -> torch.Tensor:
     """One token per row: argmax when greedy, else a draw from the filtered, tempered softmax."""
     if greedy:
@@ -149,7 +149,8 @@ class VAR(nn.Module):
             raise ValueError(f"unknown class id in y: ids must lie in [0, {n - 1}], got {sorted(set(y_B.tolist()))}")
         check_float("cfg_scale", cfg_scale, 0)
         check_choice("cfg_schedule", cfg_schedule, CFG_SCHEDULES)
-        check_int("top_k", top_k, 0)  # 0 = off
+        if top_k is not None:  # None = off
+            check_int("top_k", top_k, 1)
         check_float("top_p", top_p, 0, 1, lo_open=True)
         check_float("temperature", temperature, 0, lo_open=True)
         if not isinstance(greedy, bool):
@@ -208,13 +209,13 @@ class VAR(nn.Module):
         finally:
             self.train(was)
 
-    def sample(self, y_B: torch.Tensor, *, cfg_scale: float = 1.5, cfg_schedule: str = "linear", top_k: int = 0,
+    def sample(self, y_B: torch.Tensor, *, cfg_scale: float = 1.5, cfg_schedule: str = "linear", top_k: int | None = None,
                top_p: float = 1.0, temperature: float = 1.0, greedy: bool = False, seed: int | None = None,
                use_cache: bool = True, return_tokens: bool = False):
         """Class-conditional images (B, C, S, S) in [-1, 1] and stats {"backbone_forwards", "head_nfe",
         "head_nfe_per_scale", "guided"} (head NFE per image: a guided evaluation counts 2).
 
-        top_k: keep the k most likely tokens (0 = off; negative raises). top_p: nucleus mass in (0, 1].
+        top_k: keep the k most likely tokens (None = off; k <= 0 raises). top_p: nucleus mass in (0, 1].
         greedy: argmax (ignores temperature/top-k/top-p). seed: same seed -> identical images (None:
         drawn from the global torch RNG). use_cache=False recomputes the full teacher-forced pass at
         every scale (for checking the KV cache). return_tokens adds the sampled token maps."""
@@ -225,7 +226,7 @@ class VAR(nn.Module):
         return (images, stats, tokens) if return_tokens else (images, stats)
 
     def inpaint(self, x_BCHW: torch.Tensor, mask_B1HW: torch.Tensor, y_B: torch.Tensor, *, cfg_scale: float = 1.5,
-                cfg_schedule: str = "linear", top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0,
+                cfg_schedule: str = "linear", top_k: int | None = None, top_p: float = 1.0, temperature: float = 1.0,
                 greedy: bool = False, seed: int | None = None, use_cache: bool = True, return_tokens: bool = False):
         """Zero-shot in/outpainting: regenerate the pixels where ``mask`` is False, keeping the tokens
         whose whole footprint is True (see the module doc). Same options and returns as :meth:`sample`."""
