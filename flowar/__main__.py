@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="FlowAR training steps (default 600)")
     p.add_argument("--ae-steps", type=int, default=None, help="autoencoder training steps (default 300)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size of both trainings (default 64)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size of both trainings (default: 64 autoencoder, 32 FlowAR)")
     p.add_argument("--width", type=int, default=128, help="backbone width")
     p.add_argument("--depth", type=int, default=4, help="backbone depth")
     p.add_argument("--heads", type=int, default=4, help="backbone attention heads")
