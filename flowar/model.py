@@ -234,12 +234,15 @@ class FlowAR(nn.Module):
         K = len(self.schedule)
         check_choice("solver", solver, METHODS)
         check_choice("time_grid", time_grid, TIME_GRIDS)
-        steps_k = [steps] * K if isinstance(steps, int) and not isinstance(steps, bool) else list(steps) \
-            if isinstance(steps, (list, tuple)) else None
-        if steps_k is None or len(steps_k) != K:
+        if isinstance(steps, (list, tuple)) and len(steps) == K:
+            for k, n in enumerate(steps):
+                check_int(f"steps[{k}]", n, 1)
+            steps_k = list(steps)
+        elif isinstance(steps, int) and not isinstance(steps, bool):
+            check_int("steps", steps, 1)
+            steps_k = [steps] * K
+        else:
             raise ValueError(f"steps must be an int >= 1 or a sequence of {K} ints (one per scale), got {steps!r}")
-        for k, s in enumerate(steps_k):
-            check_int(f"steps[{k}]" if not isinstance(steps, int) else "steps", s, 1)
         solvers = [SolverConfig(solver, s, time_grid, rtol, atol, first_step, min_step) for s in steps_k]
         check_float("cfg_scale", cfg_scale, 0)
         check_choice("cfg_schedule", cfg_schedule, CFG_SCHEDULES)
@@ -258,25 +261,26 @@ class FlowAR(nn.Module):
         return solvers, ws, (float(lo), float(hi))
 
     @torch.no_grad()
-    def generate_latents(self, y_B: torch.Tensor, **kwargs) -> tuple[torch.Tensor, dict]:
-        """Sample normalised latents (B, C, s, s) scale by scale (in eval mode); arguments as :meth:`sample`.
-
-        ``known_BCHW`` / ``keep_B1HW`` (latent side, bool): latents imposed where keep is True, at
-        every scale (keep area-resized, a position is kept only if fully covered) and along the path."""
+    def generate_latents(self, y_B: torch.Tensor, *, known_BCHW: torch.Tensor | None = None,
+                         keep_B1HW: torch.Tensor | None = None, **sampling) -> tuple[torch.Tensor, dict]:
+        """Sample normalised latents (B, C, s, s) scale by scale, in eval mode; ``sampling`` as in
+        :meth:`sample`. ``known_BCHW`` / ``keep_B1HW`` (latent side, bool): latents imposed where keep
+        is True, at every scale (keep area-resized; a position is kept only if fully covered) and
+        along each ODE path."""
+        if (known_BCHW is None) != (keep_B1HW is None):
+            raise ValueError("give both known_BCHW and keep_B1HW, or neither")
         was_training = self.training
         self.eval()
         try:
-            return self._generate(y_B, **kwargs)
+            return self._generate(y_B, known_BCHW, keep_B1HW, **sampling)
         finally:
             self.train(was_training)
 
-    def _generate(self, y_B: torch.Tensor, *, solver: str = "euler", steps: int | Sequence[int] = 4,
-                  rtol: float = 1e-3, atol: float = 1e-3, cfg_scale: float = 0.0,
-                  cfg_schedule: str = "linear", cfg_interval: tuple[float, float] = (0.0, 1.0),
-                  cfg_max_scale: int | None = None, time_grid: str = "uniform", per_sample: bool = False,
-                  seed: int | None = None, use_cache: bool = True, first_step: float = 0.05,
-                  min_step: float = 0.0, known_BCHW: torch.Tensor | None = None,
-                  keep_B1HW: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    def _generate(self, y_B, known_BCHW, keep_B1HW, *, solver: str = "euler", steps: int | Sequence[int] = 4,
+                  rtol: float = 1e-3, atol: float = 1e-3, cfg_scale: float = 1.0, cfg_schedule: str = "linear",
+                  cfg_interval: tuple[float, float] = (0.0, 1.0), cfg_max_scale: int | None = None,
+                  time_grid: str = "uniform", per_sample: bool = False, seed: int | None = None,
+                  use_cache: bool = True, first_step: float = 0.05, min_step: float = 0.0):
         y_B = self._check_y(y_B)
         solvers, ws, (t_lo, t_hi) = self._plan(solver, steps, rtol, atol, time_grid, first_step, min_step,
                                                cfg_scale, cfg_schedule, cfg_interval, cfg_max_scale)
@@ -355,16 +359,22 @@ class FlowAR(nn.Module):
         return self.backbone(torch.cat([fed, pad], 1), y_in)[:, scale_slices(cfg.schedule)[k]]
 
     @torch.no_grad()
-    def sample(self, y_B: torch.Tensor, **kwargs) -> tuple[torch.Tensor, dict]:
+    def sample(self, y_B: torch.Tensor, *, solver: str = "euler", steps: int | Sequence[int] = 4,
+               rtol: float = 1e-3, atol: float = 1e-3, cfg_scale: float = 1.0, cfg_schedule: str = "linear",
+               cfg_interval: tuple[float, float] = (0.0, 1.0), cfg_max_scale: int | None = None,
+               time_grid: str = "uniform", per_sample: bool = False, seed: int | None = None,
+               use_cache: bool = True, first_step: float = 0.05, min_step: float = 0.0
+               ) -> tuple[torch.Tensor, dict]:
         """Class-conditional samples: returns (images (B, C_img, S, S) in about [-1, 1], stats).
 
-        Keyword arguments (all validated, bad values raise ``ValueError`` naming the allowed ones):
+        Arguments (all validated, bad values raise ``ValueError`` naming the allowed ones):
         ``solver`` one of euler/midpoint/rk4 (fixed step) or dopri5/bosh3 (adaptive); ``steps`` per
         scale for fixed-step solvers, an int or one per scale; ``rtol``/``atol``, ``first_step``,
         ``min_step`` for adaptive ones; ``time_grid`` "uniform" or "two_segment" (FlowAR's);
         ``cfg_scale`` w >= 0 (0: the conditional model, exactly), ``cfg_schedule`` "linear"
         (w_k = w (k-1)/(K-1)) or "constant", ``cfg_interval`` (t_lo, t_hi) where guidance is on,
-        ``cfg_max_scale`` (guidance only at scales k <= it); ``per_sample`` integrates every image
+        ``cfg_max_scale`` (guidance only at scales k <= it; 0 turns it off); t = 0 is noise, so
+        FlowAR's ``guidance_high=0.9`` (t = 1 noise) is ``cfg_interval=(0.1, 1.0)`` here; ``per_sample`` integrates every image
         on its own (adaptive: reproducible per-image NFE); ``seed`` (same seed -> same images);
         ``use_cache`` (False: recompute the full backbone pass at every scale, for testing).
 
@@ -372,12 +382,15 @@ class FlowAR(nn.Module):
         counting 2; with per_sample, the largest over the batch), ``head_nfe_per_scale``,
         ``head_nfe_per_image``, ``guided``, ``cfg_per_scale``, ``solver``, ``steps_per_scale``, ``seconds``.
         With a batch-shared adaptive step every image sees the whole batch's evaluations."""
-        z, stats = self.generate_latents(y_B, **kwargs)
+        z, stats = self.generate_latents(
+            y_B, solver=solver, steps=steps, rtol=rtol, atol=atol, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
+            cfg_interval=cfg_interval, cfg_max_scale=cfg_max_scale, time_grid=time_grid, per_sample=per_sample,
+            seed=seed, use_cache=use_cache, first_step=first_step, min_step=min_step)
         return self.ae.decode(z), stats
 
     @torch.no_grad()
     def inpaint(self, x_BCHW: torch.Tensor, mask_B1HW: torch.Tensor, y_B: torch.Tensor, *,
-                paste: bool = True, **kwargs) -> tuple[torch.Tensor, dict]:
+                paste: bool = True, **sampling) -> tuple[torch.Tensor, dict]:
         """Zero-shot inpainting / outpainting: regenerate where ``mask`` is False, keep where it is True.
 
         The kept region's latents (of ``x``) are imposed at every scale and along each ODE path
@@ -397,7 +410,7 @@ class FlowAR(nn.Module):
         x = x_BCHW.to(self.device)
         s = self.config.ae.latent_side
         keep_lat = resize(mask_B1HW.to(self.device).float(), s) >= 1 - 1e-6
-        z, stats = self.generate_latents(y_B, known_BCHW=self.ae.encode(x), keep_B1HW=keep_lat, **kwargs)
+        z, stats = self.generate_latents(y_B, known_BCHW=self.ae.encode(x), keep_B1HW=keep_lat, **sampling)
         img = self.ae.decode(z)
         if paste:
             img = torch.where(mask_B1HW.to(self.device), x, img)

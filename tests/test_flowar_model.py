@@ -126,12 +126,14 @@ def test_sample_nfe_is_exact(digits, solver, per_step):
     model = make(x=digits.x_train)
     y = torch.arange(3)
     for steps in (1, 3):
-        img, st = model.sample(y, solver=solver, steps=steps, seed=0)
+        img, st = model.sample(y, solver=solver, steps=steps, seed=0, cfg_scale=0.0)
         assert img.shape == (3, 1, 8, 8)
         assert st["head_nfe_per_scale"] == [steps * per_step] * 3
         assert st["head_nfe"] == 3 * steps * per_step and st["backbone_forwards"] == 3 and not st["guided"]
-    _, st = model.sample(y, solver=solver, steps=(4, 2, 1), seed=0)
+    _, st = model.sample(y, solver=solver, steps=(4, 2, 1), seed=0, cfg_scale=0.0)
     assert st["head_nfe_per_scale"] == [4 * per_step, 2 * per_step, per_step]
+    _, st = model.sample(y, solver=solver, steps=4, time_grid="two_segment", seed=0, cfg_scale=0.0)
+    assert st["head_nfe_per_scale"] == [4 * per_step] * 3
     # CFG: constant guidance doubles every evaluation; linear has w = 0 at scale 1
     _, st = model.sample(y, solver=solver, steps=2, cfg_scale=1.5, cfg_schedule="constant", seed=0)
     assert st["head_nfe_per_scale"] == [4 * per_step] * 3 and st["guided"]
@@ -233,11 +235,14 @@ def test_bad_arguments_raise_with_allowed_values(digits):
         (dict(cfg_interval=0.5), "pair"),
         (dict(cfg_max_scale=4), r"cfg_max_scale must lie in \[0, 3\]"),
         (dict(seed=-1), r"seed must lie in \[0, inf\)"),
+        (dict(time_grid="two_segment", steps=1), "steps >= 2"),
     ]
     for kw, msg in cases:
         kw = {"y_B": y, **kw}
         with pytest.raises(ValueError, match=msg):
             model.sample(**kw)
+    with pytest.raises(ValueError, match="give both"):
+        model.generate_latents(y, known_BCHW=torch.zeros(2, 4, 4, 4))
     x = digits.x_test[:2]
     with pytest.raises(ValueError, match=r"images must have shape \(B, 1, 8, 8\)"):
         model.inpaint(torch.zeros(2, 1, 16, 16), torch.ones(2, 1, 16, 16, dtype=torch.bool), y)

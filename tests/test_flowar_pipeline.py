@@ -48,9 +48,9 @@ def test_train_and_reuse_checkpoints(digits, tmp_path):
 
     model = train_flowar(digits, ae, fl_cfg, tc, ckpt_path=tmp_path / "fl.pt")
     assert not model.training and float(model.ae.scale_factor) == scale
-    a, st = model.sample(torch.arange(3), seed=0, steps=2)
+    a, st = model.sample(torch.arange(3), seed=0, steps=2, cfg_scale=0.0)
     model2 = train_flowar(digits, ae2, fl_cfg, tc, ckpt_path=tmp_path / "fl.pt")
-    b, _ = model2.sample(torch.arange(3), seed=0, steps=2)
+    b, _ = model2.sample(torch.arange(3), seed=0, steps=2, cfg_scale=0.0)
     assert torch.equal(a, b) and st["head_nfe"] == 6
 
     assert recon_mse(ae, digits.x_test) > 0
