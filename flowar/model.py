@@ -269,6 +269,13 @@ class FlowAR(nn.Module):
         along each ODE path."""
         if (known_BCHW is None) != (keep_B1HW is None):
             raise ValueError("give both known_BCHW and keep_B1HW, or neither")
+        if known_BCHW is not None:
+            B, C, s = len(y_B), self.config.ae.latent_channels, self.config.ae.latent_side
+            if tuple(known_BCHW.shape) != (B, C, s, s) or tuple(keep_B1HW.shape) != (B, 1, s, s) \
+                    or keep_B1HW.dtype != torch.bool:
+                raise ValueError(f"known_BCHW must have shape ({B}, {C}, {s}, {s}) and keep_B1HW be bool of shape "
+                                 f"({B}, 1, {s}, {s}), got {tuple(known_BCHW.shape)} and {keep_B1HW.dtype} "
+                                 f"{tuple(keep_B1HW.shape)}")
         was_training = self.training
         self.eval()
         try:

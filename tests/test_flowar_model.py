@@ -243,6 +243,8 @@ def test_bad_arguments_raise_with_allowed_values(digits):
             model.sample(**kw)
     with pytest.raises(ValueError, match="give both"):
         model.generate_latents(y, known_BCHW=torch.zeros(2, 4, 4, 4))
+    with pytest.raises(ValueError, match=r"known_BCHW must have shape \(2, 4, 4, 4\)"):
+        model.generate_latents(y, known_BCHW=torch.zeros(2, 4, 8, 8), keep_B1HW=torch.ones(2, 1, 4, 4).bool())
     x = digits.x_test[:2]
     with pytest.raises(ValueError, match=r"images must have shape \(B, 1, 8, 8\)"):
         model.inpaint(torch.zeros(2, 1, 16, 16), torch.ones(2, 1, 16, 16, dtype=torch.bool), y)
