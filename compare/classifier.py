@@ -3,8 +3,6 @@ FID/KID/precision-recall on small images (where InceptionV3's ImageNet features 
 predictions give the class accuracy of class-conditional samples."""
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nextscale.config import check_int, config_to_dict
+from nextscale.checkpoint import keyed_path
+from nextscale.config import check_int
 from nextscale.data import ImageData
 from nextscale.train import TrainConfig, train
 
@@ -82,10 +81,6 @@ def class_accuracy(classifier: DomainClassifier, images_BCHW: torch.Tensor, labe
     return (classifier.predict(images_BCHW) == labels_B.cpu().long()).double().mean().item()
 
 
-# Fields that change no weights: left out of the cache key.
-_LOG_FIELDS = ("log_every", "progress", "ckpt_every")
-
-
 def train_classifier(data: ImageData, seed: int = 0, cache_dir: str | Path | None = None, steps: int = 400,
                      device: str | torch.device | None = None, progress: bool = True) -> DomainClassifier:
     """Train a :class:`DomainClassifier` on ``data``'s train split with the shared training loop.
@@ -102,10 +97,7 @@ def train_classifier(data: ImageData, seed: int = 0, cache_dir: str | Path | Non
         model = DomainClassifier(cfg)
     ckpt = None
     if cache_dir is not None:
-        key = {"model": config_to_dict(cfg),
-               "train": {k: v for k, v in config_to_dict(tcfg).items() if k not in _LOG_FIELDS}}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
         name = re.sub(r"[^\w.-]", "_", data.name)
-        ckpt = Path(cache_dir) / f"classifier-{name}-{data.fingerprint()}-seed{seed}-{digest}.pt"
+        ckpt = keyed_path(cache_dir, f"classifier-{name}-{data.fingerprint()}-seed{seed}", cfg, tcfg)
     result = train(model, data.x_train, data.y_train, tcfg, ckpt_path=ckpt, device=device, desc="classifier")
     return result.model.eval().requires_grad_(False)

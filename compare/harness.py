@@ -8,8 +8,6 @@ weights, so a second run with the same config trains nothing.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 import sys
 import time
@@ -21,6 +19,7 @@ import torch
 
 import nextscale
 from nextscale.backbone import BackboneConfig
+from nextscale.checkpoint import keyed_path
 from nextscale.config import check_float, check_int, config_to_dict
 from nextscale.cost import count_flops, count_params
 from nextscale.data import ImageData, load_dataset
@@ -92,14 +91,6 @@ class CompareConfig:
         base = dict(samples=100, tokenizer_steps=60, var_steps=80, ae_steps=60, flowar_steps=80,
                     classifier_steps=150, cost_batch=10, cost_repeats=1, width=64, depth=2, heads=2, quick=True)
         return CompareConfig(**{**base, **overrides})
-
-
-def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def _ckpt(out: Path, name: str, *parts) -> Path:
-    return out / "checkpoints" / f"{name}-{_key(*parts)}.pt"
 
 
 def _stage(msg: str):
@@ -251,8 +242,8 @@ def _train_model(name, data, backbone, cfg, out, fp, dev):
         ae_steps, gen_steps = cfg.ae_steps, cfg.flowar_steps
     ae_cfg, gen_cfg = default_configs(data, backbone)
     ae_tc, gen_tc = _train_cfgs(cfg, ae_steps, gen_steps)
-    ae_ck = _ckpt(out, f"{name}-autoencoder", fp, config_to_dict(ae_cfg), config_to_dict(ae_tc))
-    gen_ck = _ckpt(out, name, fp, config_to_dict(gen_cfg), config_to_dict(gen_tc), ae_ck.name)
+    ae_ck = keyed_path(out / "checkpoints", f"{name}-autoencoder", fp, ae_cfg, ae_tc)
+    gen_ck = keyed_path(out / "checkpoints", name, fp, gen_cfg, gen_tc, ae_ck.name)
     reused = ae_ck.exists() and gen_ck.exists()
     t = time.perf_counter()
     ae = train_ae(data, ae_cfg, ae_tc, ckpt_path=ae_ck, device=dev)

@@ -52,3 +52,19 @@ def check_config(path, stored: dict, current: dict, what: str = "model config") 
             if stored.get(k) != current.get(k)]
     if diff:
         raise ValueError(f"checkpoint {path} was written with a different {what}: " + "; ".join(diff))
+
+
+def keyed_path(folder: str | Path, name: str, *parts) -> Path:
+    """``folder/name-<hash>.pt`` where the hash covers ``parts`` (dataclass configs as plain data, data
+    fingerprints, ...): everything that shapes the weights, so a changed setting never reuses a stale file.
+    Fields that shape no weights (``progress``, ``log_every``, ``ckpt_every`` of a TrainConfig) are left out."""
+    import hashlib
+    import json
+    from dataclasses import is_dataclass
+
+    from .config import config_to_dict
+
+    quiet = ("progress", "log_every", "ckpt_every")
+    plain = [{k: v for k, v in config_to_dict(p).items() if k not in quiet} if is_dataclass(p) else p for p in parts]
+    digest = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path(folder) / f"{name}-{digest}.pt"
