@@ -15,7 +15,7 @@ def parse(argv=None) -> CompareConfig:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--samples", type=int, default=None, help=f"samples per model and sampler (default {d.samples})")
     p.add_argument("--steps", type=int, default=None,
-                   help=f"training steps of each generator (default {d.var_steps}); autoencoders get a quarter")
+                   help=f"training steps of each generator (default {d.var_steps}); autoencoders get half")
     p.add_argument("--side", type=int, default=None, help="image side to resize to")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--quick", action="store_true", help="the reduced run the tests use (< 3 minutes on 2 cores)")
@@ -24,8 +24,8 @@ def parse(argv=None) -> CompareConfig:
     if a.samples is not None:
         kw["samples"] = a.samples
     if a.steps is not None:
-        kw.update(var_steps=a.steps, flowar_steps=a.steps, tokenizer_steps=max(1, a.steps // 4),
-                  ae_steps=max(1, a.steps // 4))
+        kw.update(var_steps=a.steps, flowar_steps=a.steps, tokenizer_steps=max(1, a.steps // 2),
+                  ae_steps=max(1, a.steps // 2))
     try:
         return CompareConfig.quick_config(**kw) if a.quick else CompareConfig(**kw)
     except ValueError as e:

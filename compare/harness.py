@@ -58,12 +58,13 @@ class CompareConfig:
     out: str = "runs/compare"
     seed: int = 0
     samples: int = 500            # generated images per model and sampler (class-balanced)
-    tokenizer_steps: int = 400
-    var_steps: int = 1500
-    ae_steps: int = 400
-    flowar_steps: int = 1500
-    classifier_steps: int = 600
-    batch_size: int = 64          # training batch
+    tokenizer_steps: int = 300
+    var_steps: int = 600
+    ae_steps: int = 300
+    flowar_steps: int = 600
+    classifier_steps: int = 400
+    batch_size: int = 32          # generator training batch (the same for VAR and FlowAR)
+    ae_batch_size: int = 64       # tokenizer / autoencoder training batch
     sample_batch: int = 250       # sampling batch for the quality metrics
     cost_batch: int = 50          # batch for the timed cost measurement
     cost_repeats: int = 3
@@ -80,7 +81,7 @@ class CompareConfig:
         check_int("seed", self.seed, 0)
         check_int("samples", self.samples, 2)
         for name in ("tokenizer_steps", "var_steps", "ae_steps", "flowar_steps", "classifier_steps",
-                     "batch_size", "sample_batch", "cost_batch", "cost_repeats", "width", "depth", "heads",
+                     "batch_size", "ae_batch_size", "sample_batch", "cost_batch", "cost_repeats", "width", "depth", "heads",
                      "latent_channels"):
             check_int(name, getattr(self, name), 1)
         check_float("flowar_cfg", self.flowar_cfg, 0)
@@ -224,10 +225,11 @@ def _samplers(name: str, cfg: CompareConfig):
 
 
 def _train_cfgs(cfg: CompareConfig, ae_steps: int, gen_steps: int):
-    ae = TrainConfig(steps=ae_steps, batch_size=cfg.batch_size, lr=2e-3, warmup_steps=min(20, ae_steps),
+    """The same recipe for both families: only the model differs."""
+    ae = TrainConfig(steps=ae_steps, batch_size=cfg.ae_batch_size, lr=2e-3, warmup_steps=min(20, ae_steps),
                      seed=cfg.seed, log_every=max(1, ae_steps // 5))
     gen = TrainConfig(steps=gen_steps, batch_size=cfg.batch_size, lr=1e-3, warmup_steps=min(50, gen_steps),
-                      seed=cfg.seed, ema_decay=0.99 if gen_steps >= 500 else 0.0,
+                      seed=cfg.seed, ema_decay=0.99 if gen_steps >= 300 else 0.0,
                       log_every=max(1, gen_steps // 10))
     return ae, gen
 
