@@ -40,11 +40,14 @@ def default_train_configs(seed: int = 0, ae_steps: int = 300, flowar_steps: int 
 
 def train_autoencoder(data: ImageData, cfg: AEConfig, train_cfg: TrainConfig, ckpt_path: str | Path | None = None,
                       device: str | torch.device | None = None) -> ContinuousAE:
-    """Train (or reload a finished checkpoint of) the autoencoder, then set its latent scale factor
+    """Train (or reload a finished checkpoint of) the autoencoder (initialised from ``train_cfg.seed``),
+    then set its latent scale factor
     from the training split. The checkpoint is written before calibration; calibration is a
     deterministic function of the weights and the data, so a reused checkpoint gets the same factor."""
-    res = train(ContinuousAE(cfg), data.x_train, data.y_train, train_cfg, ckpt_path=ckpt_path, device=device,
-                desc="flowar-ae")
+    with torch.random.fork_rng(devices=[]):  # seeded init that leaves the caller's RNG alone
+        torch.manual_seed(train_cfg.seed)
+        model = ContinuousAE(cfg)
+    res = train(model, data.x_train, data.y_train, train_cfg, ckpt_path=ckpt_path, device=device, desc="flowar-ae")
     ae = res.best.eval()
     ae.calibrate(data.x_train)
     return ae
@@ -52,11 +55,14 @@ def train_autoencoder(data: ImageData, cfg: AEConfig, train_cfg: TrainConfig, ck
 
 def train_flowar(data: ImageData, autoencoder: ContinuousAE, cfg: FlowARConfig, train_cfg: TrainConfig,
                  ckpt_path: str | Path | None = None, device: str | torch.device | None = None) -> FlowAR:
-    """Train (or reload) FlowAR on the frozen ``autoencoder``; returns the EMA weights when kept."""
+    """Train (or reload) FlowAR (initialised from ``train_cfg.seed + 1``) on the frozen ``autoencoder``;
+    returns the EMA weights when kept. The checkpoint holds the autoencoder too."""
     if data.num_classes != cfg.backbone.num_classes:
         raise ValueError(f"data has {data.num_classes} classes but backbone.num_classes is {cfg.backbone.num_classes}")
-    res = train(FlowAR(cfg, autoencoder), data.x_train, data.y_train, train_cfg, ckpt_path=ckpt_path,
-                device=device, desc="flowar")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(train_cfg.seed + 1)
+        model = FlowAR(cfg, autoencoder)
+    res = train(model, data.x_train, data.y_train, train_cfg, ckpt_path=ckpt_path, device=device, desc="flowar")
     return res.best.eval()
 
 

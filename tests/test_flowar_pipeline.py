@@ -59,6 +59,19 @@ def test_train_and_reuse_checkpoints(digits, tmp_path):
     assert fl == flow_losses(model, digits.x_test, digits.y_test, seed=0)  # seeded: same numbers
 
 
+def test_same_seed_same_models(digits):
+    ae_cfg, fl_cfg = default_configs(digits, BB)
+    tc = TrainConfig(steps=2, batch_size=16, warmup_steps=1, progress=False)
+    torch.manual_seed(123)  # the global RNG state must not matter
+    a = train_autoencoder(digits, ae_cfg, tc)
+    b = train_autoencoder(digits, ae_cfg, tc)
+    c = train_autoencoder(digits, ae_cfg, TrainConfig(steps=2, batch_size=16, warmup_steps=1, progress=False, seed=1))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.decoder.net[0].weight, c.decoder.net[0].weight)
+    fa, fb = train_flowar(digits, a, fl_cfg, tc), train_flowar(digits, a, fl_cfg, tc)
+    assert all(torch.equal(p, q) for p, q in zip(fa.state_dict().values(), fb.state_dict().values()))
+
+
 def test_ema_weights_are_returned(digits):
     ae_cfg, fl_cfg = default_configs(digits, BB)
     tc = TrainConfig(steps=3, batch_size=16, warmup_steps=1, progress=False)
