@@ -142,12 +142,15 @@ def run(args) -> dict:
 def plot(s: dict, path):
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.3))
+    names = list(s["results"]["var"]["settings"])
+    colors = {n: f"C{i}" for i, n in enumerate(names)}
     for ax, metric in zip(axes, ("accuracy", "fid")):
         for head, marker in (("var", "o"), ("flowar", "^")):
             for name, row in s["results"][head]["settings"].items():
                 if "speedup" in row:
-                    ax.scatter(row["speedup"], row[metric], marker=marker)
-                    ax.annotate(f"{head}: {name.split(' (')[0]}", (row["speedup"], row[metric]), fontsize=7)
+                    ax.scatter(row["speedup"], row[metric], marker=marker, color=colors[name], s=40,
+                               label=f"{head}: {name}")
+        ax.legend(fontsize=6)
         ax.axvline(1.0, color="k", ls=":", lw=1)
         ax.set_xscale("log")
         ax.set_xlabel("sampling speedup vs exact attention")
