@@ -24,6 +24,7 @@ from nextscale.config import check_float, check_int, config_to_dict
 from nextscale.cost import count_flops, count_params
 from nextscale.data import ImageData, load_dataset
 from nextscale.train import TrainConfig, pick_device
+from nextscale.scales import default_schedule
 from nextscale.viz import save_grid
 
 from .classifier import class_accuracy, train_classifier
@@ -165,7 +166,7 @@ def run(cfg: CompareConfig) -> dict:
     floor = evaluate_samples(data.x_train[pick], data.y_train[pick], real_feats, clf, cfg.seed)
     floor["test_class_acc"] = class_accuracy(clf, real_test, data.y_test)
 
-    backbone = BackboneConfig(schedule=_schedule(data, cfg), in_dim=cfg.latent_channels,
+    backbone = BackboneConfig(schedule=default_schedule(data.side // 2), in_dim=cfg.latent_channels,
                               num_classes=data.num_classes, width=cfg.width, depth=cfg.depth, heads=cfg.heads)
     labels = torch.arange(cfg.samples) % data.num_classes
     results = {"models": {}, "rows": []}
@@ -208,13 +209,6 @@ def run(cfg: CompareConfig) -> dict:
     from .report import write_report
     write_report(results, out)
     return results
-
-
-def _schedule(data: ImageData, cfg: CompareConfig) -> tuple[int, ...]:
-    """Latent side = image side / 2 (one stride-2 stage); schedule 1,2,3,4,6,8,... up to it."""
-    latent = data.side // 2
-    base = [s for s in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if s < latent]
-    return tuple(base + [latent])
 
 
 def _samplers(name: str, cfg: CompareConfig):

@@ -22,6 +22,7 @@ import nextscale
 from nextscale.backbone import BackboneConfig
 from nextscale.config import config_to_dict
 from nextscale.data import load_dataset
+from nextscale.scales import default_schedule
 from nextscale.viz import save_grid
 
 from .pipeline import default_configs, default_train_configs, flow_losses, recon_mse, train_autoencoder, train_flowar
@@ -63,9 +64,8 @@ def run(a: argparse.Namespace) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(a.data, side=a.side, seed=a.seed)
-    latent = data.side // 2
-    schedule = tuple(s for s in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32) if s < latent) + (latent,)
-    backbone = BackboneConfig(schedule=schedule, in_dim=a.latent_channels, num_classes=data.num_classes,
+    backbone = BackboneConfig(schedule=default_schedule(data.side // 2), in_dim=a.latent_channels,
+                              num_classes=data.num_classes,
                               width=a.width, depth=a.depth, heads=a.heads)
     ae_cfg, fl_cfg = default_configs(data, backbone)
     ae_train, fl_train = default_train_configs(seed=a.seed)

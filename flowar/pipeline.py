@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from nextscale.autoencoder import ConvAEConfig
+from nextscale.autoencoder import conv_ae_config
 from nextscale.backbone import BackboneConfig
 from nextscale.data import ImageData
 from nextscale.train import TrainConfig, train
@@ -17,14 +17,7 @@ from .model import FlowAR, FlowARConfig
 def default_configs(data: ImageData, backbone: BackboneConfig) -> tuple[AEConfig, FlowARConfig]:
     """A small VAE whose latent has ``backbone.in_dim`` channels at the schedule's last side (image
     side / 2**d), and FlowAR on ``backbone`` (the digits default: 8 channels, side 8)."""
-    if backbone.num_classes != data.num_classes:
-        raise ValueError(f"backbone.num_classes ({backbone.num_classes}) must equal the data's ({data.num_classes})")
-    latent = backbone.schedule[-1]
-    down = (data.side // latent).bit_length() - 1
-    if data.side % latent or data.side != latent * 2 ** down or down > 4:
-        raise ValueError(f"image side {data.side} must be the schedule's last side {latent} times 2**d, d in 0..4")
-    ae = AEConfig(ConvAEConfig(image_channels=data.channels, image_side=data.side, latent_channels=backbone.in_dim,
-                               hidden=32, down=down, res_blocks=1), kind="vae", kl_weight=1e-4)
+    ae = AEConfig(conv_ae_config(data, backbone), kind="vae", kl_weight=1e-4)
     return ae, FlowARConfig(ae=ae, backbone=backbone)
 
 

@@ -79,3 +79,16 @@ class Decoder(nn.Module):
 
     def forward(self, z_BCHW):
         return self.net(z_BCHW)
+
+
+def conv_ae_config(data, backbone, hidden: int = 32, res_blocks: int = 1) -> ConvAEConfig:
+    """The conv AE that fits ``data`` (an ImageData) to ``backbone``: ``backbone.in_dim`` latent channels at
+    the schedule's last side, which must be the image side over a power of two (d = 0..4 halvings)."""
+    if backbone.num_classes != data.num_classes:
+        raise ValueError(f"backbone.num_classes ({backbone.num_classes}) must equal the data's ({data.num_classes})")
+    latent = backbone.schedule[-1]
+    down = (data.side // latent).bit_length() - 1
+    if data.side % latent or data.side != latent * 2 ** down or down > 4:
+        raise ValueError(f"image side {data.side} must be the schedule's last side {latent} times 2**d, d in 0..4")
+    return ConvAEConfig(image_channels=data.channels, image_side=data.side, latent_channels=backbone.in_dim,
+                        hidden=hidden, down=down, res_blocks=res_blocks)

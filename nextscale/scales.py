@@ -88,3 +88,10 @@ def seq_to_maps(x_BLC: torch.Tensor, schedule: Sequence[int]) -> list[torch.Tens
         raise ValueError(f"sequence length {x_BLC.shape[1]} does not match schedule {tuple(schedule)}")
     B, _, C = x_BLC.shape
     return [x_BLC[:, sl].transpose(1, 2).reshape(B, C, s, s) for sl, s in zip(scale_slices(schedule), schedule)]
+
+
+def default_schedule(latent_side: int) -> tuple[int, ...]:
+    """VAR-like sides below ``latent_side`` (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48), then the latent side itself."""
+    if latent_side < 1:
+        raise ValueError(f"latent side must be positive, got {latent_side}")
+    return tuple(s for s in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48) if s < latent_side) + (latent_side,)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from nextscale.autoencoder import ConvAEConfig
+from nextscale.autoencoder import conv_ae_config
 from nextscale.backbone import BackboneConfig
 from nextscale.config import check_int
 from nextscale.data import ImageData
@@ -20,14 +20,7 @@ def default_configs(data: ImageData, backbone: BackboneConfig | None = None, voc
     """Tokenizer and VAR configs for ``data`` around ``backbone`` (default: ``BackboneConfig`` for the
     data's classes). The latent side is the schedule's last side and the latent channels its in_dim."""
     bb = backbone if backbone is not None else BackboneConfig(num_classes=data.num_classes)
-    if bb.num_classes != data.num_classes:
-        raise ValueError(f"backbone.num_classes ({bb.num_classes}) must equal the data's ({data.num_classes})")
-    latent = bb.schedule[-1]
-    down = (data.side // latent).bit_length() - 1
-    if data.side % latent or data.side != latent * 2 ** down or down > 4:
-        raise ValueError(f"image side {data.side} must be the schedule's last side {latent} times 2**d, d in 0..4")
-    ae = ConvAEConfig(image_channels=data.channels, image_side=data.side, latent_channels=bb.in_dim,
-                      hidden=32, down=down)
+    ae = conv_ae_config(data, bb)
     return VQConfig(ae=ae, schedule=bb.schedule, vocab_size=vocab_size), VARConfig(backbone=bb, vocab_size=vocab_size)
 
 
