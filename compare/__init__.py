@@ -4,9 +4,9 @@ from .cost import SAMPLER_STATS, measure_cost
 from .features import FeatureNet
 from .fid import fid_from_features, frechet_distance, gaussian_stats
 from .inception import FID_WEIGHTS_URL, InceptionV3FID, load_inception
-from .kid import kid, mmd2_polynomial
+from .kid import mmd2_polynomial  # kid() stays in compare.kid: re-exporting it would shadow the module
 from .prdc import precision_recall
 
 __all__ = ["ClassifierConfig", "DomainClassifier", "class_accuracy", "train_classifier", "SAMPLER_STATS",
            "measure_cost", "FeatureNet", "fid_from_features", "frechet_distance", "gaussian_stats",
-           "FID_WEIGHTS_URL", "InceptionV3FID", "load_inception", "kid", "mmd2_polynomial", "precision_recall"]
+           "FID_WEIGHTS_URL", "InceptionV3FID", "load_inception", "mmd2_polynomial", "precision_recall"]
