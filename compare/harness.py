@@ -246,7 +246,7 @@ def _train_model(name, data, backbone, cfg, out, fp, dev):
     model = train_gen(data, ae, gen_cfg, gen_tc, ckpt_path=gen_ck, device=dev).eval()
     info = {"reused_checkpoints": reused, "train_seconds": round(time.perf_counter() - t, 2),
             "params_backbone": count_params(model.backbone),
-            "params_generator": count_params(model, trainable_only=True),
+            "params_generator": count_params(model) - count_params(ae),  # backbone + head (EMA copies are frozen)
             "params_autoencoder": count_params(ae),
             "config": config_to_dict(gen_cfg), "autoencoder_config": config_to_dict(ae_cfg),
             "checkpoints": [ae_ck.name, gen_ck.name]}
