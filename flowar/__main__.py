@@ -13,7 +13,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -69,12 +68,8 @@ def run(a: argparse.Namespace) -> dict:
                               width=a.width, depth=a.depth, heads=a.heads)
     ae_cfg, fl_cfg = default_configs(data, backbone)
     ae_train, fl_train = default_train_configs(seed=a.seed)
-    if a.ae_steps is not None:
-        ae_train = replace(ae_train, steps=a.ae_steps, warmup_steps=min(ae_train.warmup_steps, a.ae_steps))
-    if a.steps is not None:
-        fl_train = replace(fl_train, steps=a.steps, warmup_steps=min(fl_train.warmup_steps, a.steps))
-    if a.batch_size is not None:
-        ae_train, fl_train = replace(ae_train, batch_size=a.batch_size), replace(fl_train, batch_size=a.batch_size)
+    ae_train = ae_train.override(steps=a.ae_steps, batch_size=a.batch_size)
+    fl_train = fl_train.override(steps=a.steps, batch_size=a.batch_size)
 
     t0 = time.perf_counter()
     ae = train_autoencoder(data, ae_cfg, ae_train, ckpt_path=out / "autoencoder.pt", device=a.device)

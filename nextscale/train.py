@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -63,6 +63,15 @@ class TrainConfig:
         check_int("seed", self.seed, 0)
         check_int("ckpt_every", self.ckpt_every, 0)
         check_int("log_every", self.log_every, 1)
+
+    def override(self, steps: int | None = None, batch_size: int | None = None) -> "TrainConfig":
+        """A copy with ``steps`` (warmup clipped to it) and/or ``batch_size`` replaced; None keeps a value."""
+        cfg = self
+        if steps is not None:
+            cfg = replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps))
+        if batch_size is not None:
+            cfg = replace(cfg, batch_size=batch_size)
+        return cfg
 
 
 @dataclass

@@ -176,3 +176,12 @@ def test_two_process_ddp_matches_one_process(d8, tmp_path):
     for a, b in zip(one, two):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
     assert two[-1] < two[0]
+
+
+def test_override_replaces_steps_and_clips_warmup():
+    cfg = TrainConfig(steps=100, warmup_steps=50, batch_size=64)
+    assert cfg.override() == cfg
+    short = cfg.override(steps=20, batch_size=8)
+    assert (short.steps, short.warmup_steps, short.batch_size) == (20, 20, 8)
+    with pytest.raises(ValueError, match="steps"):
+        cfg.override(steps=-1)

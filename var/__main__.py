@@ -11,7 +11,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -58,12 +57,8 @@ def run(a: argparse.Namespace) -> dict:
     backbone = BackboneConfig(num_classes=data.num_classes, width=a.width, depth=a.depth, heads=a.heads)
     vq_cfg, var_cfg = default_configs(data, backbone, vocab_size=a.vocab_size)
     tok_train, var_train = default_train_configs(seed=a.seed)
-    if a.tokenizer_steps is not None:
-        tok_train = replace(tok_train, steps=a.tokenizer_steps, warmup_steps=min(tok_train.warmup_steps, a.tokenizer_steps))
-    if a.steps is not None:
-        var_train = replace(var_train, steps=a.steps, warmup_steps=min(var_train.warmup_steps, a.steps))
-    if a.batch_size is not None:
-        tok_train, var_train = replace(tok_train, batch_size=a.batch_size), replace(var_train, batch_size=a.batch_size)
+    tok_train = tok_train.override(steps=a.tokenizer_steps, batch_size=a.batch_size)
+    var_train = var_train.override(steps=a.steps, batch_size=a.batch_size)
 
     t0 = time.perf_counter()
     tok = train_tokenizer(data, vq_cfg, tok_train, ckpt_path=out / "tokenizer.pt", device=a.device)
