@@ -32,6 +32,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from nextscale.backbone import Backbone, BackboneConfig
+from nextscale.guidance import CFG_SCHEDULES, cfg_weights, guide
 from nextscale.config import check_choice, check_float, check_int
 from nextscale.scales import maps_to_seq, pyramid, resize, scale_slices
 
@@ -41,7 +42,6 @@ from .solvers import METHODS, TIME_GRIDS, SolverConfig, path_sample, sample_t, s
 PATHS = ("noise", "prev_noise")
 T_SAMPLINGS = ("uniform", "logit_normal")
 LOSS_WEIGHTS = ("tokens", "uniform")
-CFG_SCHEDULES = ("linear", "constant")
 
 
 @dataclass(frozen=True)
@@ -253,11 +253,8 @@ class FlowAR(nn.Module):
         check_float("cfg_interval[1]", hi, lo, 1)
         if cfg_max_scale is not None:
             check_int("cfg_max_scale", cfg_max_scale, 0, K)
-        ws = []
-        for k in range(K):
-            ramp = 1.0 if cfg_schedule == "constant" or K == 1 else k / (K - 1)
-            on = cfg_max_scale is None or k + 1 <= cfg_max_scale
-            ws.append(float(cfg_scale) * ramp if on else 0.0)
+        ws = [w if cfg_max_scale is None or k + 1 <= cfg_max_scale else 0.0
+              for k, w in enumerate(cfg_weights(cfg_scale, cfg_schedule, K))]
         return solvers, ws, (float(lo), float(hi))
 
     @torch.no_grad()
@@ -338,7 +335,7 @@ class FlowAR(nn.Module):
                 if guided_at(float(t)):
                     hc2 = torch.cat([hc[:B][rows], hc[B:][rows]])
                     v_c, v_u = self.head.velocity(torch.cat([x, x]), t_11, hc2).chunk(2)
-                    v = v_c + w * (v_c - v_u)
+                    v = guide(v_c, v_u, w)
                 else:
                     v = self.head.velocity(x, t_11, hc[:B][rows])
                 if ks is not None:

@@ -58,3 +58,16 @@ def test_pyramid_sequence_round_trip():
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="sequence length"):
         seq_to_maps(seq[:, 1:], sch)
+
+
+def test_default_schedule_and_guidance_ramp():
+    from nextscale.guidance import cfg_weights, guide
+    from nextscale.scales import default_schedule
+
+    assert default_schedule(8) == (1, 2, 3, 4, 6, 8) and default_schedule(1) == (1,)
+    assert default_schedule(10) == (1, 2, 3, 4, 6, 8, 10)
+    assert cfg_weights(2.0, "linear", 3) == [0.0, 1.0, 2.0] and cfg_weights(2.0, "constant", 3) == [2.0] * 3
+    with pytest.raises(ValueError, match="cfg_schedule"):
+        cfg_weights(1.0, "cosine", 3)
+    c, u = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 3.0])
+    assert torch.equal(guide(c, u, 0.0), c) and torch.allclose(guide(c, u, 1.0), 2 * c - u)

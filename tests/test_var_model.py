@@ -3,8 +3,9 @@ import torch
 
 from nextscale.autoencoder import ConvAEConfig
 from nextscale.backbone import BackboneConfig
+from nextscale.guidance import cfg_weights
 from nextscale.train import TrainConfig, train
-from var.model import VAR, VARConfig, cfg_weights, filter_logits, keep_masks, sample_tokens
+from var.model import VAR, VARConfig, filter_logits, keep_masks, sample_tokens
 from var.tokenizer import MultiScaleVQVAE, VQConfig
 
 SCHEDULES = [(16, 1, (1, 2, 3, 4, 6, 8)), (16, 2, (1, 2, 4)), (10, 1, (2, 3, 5))]

@@ -28,11 +28,11 @@ import torch.nn.functional as F
 
 from nextscale.backbone import Backbone, BackboneConfig
 from nextscale.config import check_choice, check_float, check_int
+from nextscale.guidance import CFG_SCHEDULES, cfg_weights, guide
 from nextscale.scales import scale_slices
 
 from .tokenizer import MultiScaleVQVAE
 
-CFG_SCHEDULES = ("linear", "constant")
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,6 @@ class VARConfig:
             raise ValueError(f"backbone must be a BackboneConfig, got {type(self.backbone).__name__}")
         check_int("vocab_size", self.vocab_size, 2)
         check_float("label_smoothing", self.label_smoothing, 0, 1, hi_open=True)
-
-
-def cfg_weights(cfg_scale: float, schedule: str, num_scales: int) -> list[float]:
-    """Guidance weight w_k of every scale: VAR's linear ramp cfg_scale * k / (K - 1), or constant."""
-    if schedule == "constant" or num_scales == 1:
-        return [float(cfg_scale)] * num_scales
-    return [cfg_scale * k / (num_scales - 1) for k in range(num_scales)]
 
 
 def filter_logits(logits_NV: torch.Tensor, top_k: int | None = None, top_p: float = 1.0) -> torch.Tensor:
@@ -188,7 +181,7 @@ class VAR(nn.Module):
             logits = self.head(h).float()
             if guided:
                 c, u = logits.chunk(2)
-                logits = (1 + ws[k]) * c - ws[k] * u
+                logits = guide(c, u, ws[k])
             idx = sample_tokens(logits.flatten(0, 1), g, top_k=top_k, top_p=top_p, temperature=temperature,
                                 greedy=greedy).view(B, s, s)
             if keep_tokens is not None:
