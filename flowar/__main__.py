@@ -18,10 +18,8 @@ from pathlib import Path
 import torch
 
 import nextscale
-from nextscale.backbone import BackboneConfig
+from nextscale.cli import add_run_args, data_and_backbone
 from nextscale.config import config_to_dict
-from nextscale.data import load_dataset
-from nextscale.scales import default_schedule
 from nextscale.viz import save_grid
 
 from .pipeline import default_configs, default_train_configs, flow_losses, recon_mse, train_autoencoder, train_flowar
@@ -35,23 +33,15 @@ SAMPLERS = (("euler x1", dict(solver="euler", steps=1)), ("euler x2", dict(solve
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m flowar", description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="runs/flowar", help="output folder (checkpoints, PNGs, metrics.json)")
-    p.add_argument("--data", default="digits", help="'digits', an .npz file or an image folder")
-    p.add_argument("--side", type=int, default=None, help="image side (default: 16 for digits)")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_args(p, out="runs/flowar")
     p.add_argument("--steps", type=int, default=None, help="FlowAR training steps (default 600)")
     p.add_argument("--ae-steps", type=int, default=None, help="autoencoder training steps (default 300)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size of both trainings (default: 64 autoencoder, 32 FlowAR)")
-    p.add_argument("--width", type=int, default=128, help="backbone width")
-    p.add_argument("--depth", type=int, default=4, help="backbone depth")
-    p.add_argument("--heads", type=int, default=4, help="backbone attention heads")
-    p.add_argument("--latent-channels", type=int, default=8)
     p.add_argument("--per-class", type=int, default=8, help="samples per class in the PNGs")
     p.add_argument("--solver", default="euler", choices=METHODS, help="sampler of samples.png")
     p.add_argument("--sample-steps", type=int, default=8, help="steps per scale of samples.png (fixed-step solvers)")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="w in v = v_c + w (v_c - v_u); 0 = no guidance")
     p.add_argument("--cfg-schedule", default="linear", choices=["linear", "constant"])
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     a = p.parse_args(argv)
     try:
         return run(a)
@@ -62,10 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
 def run(a: argparse.Namespace) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(a.data, side=a.side, seed=a.seed)
-    backbone = BackboneConfig(schedule=default_schedule(data.side // 2), in_dim=a.latent_channels,
-                              num_classes=data.num_classes,
-                              width=a.width, depth=a.depth, heads=a.heads)
+    data, backbone = data_and_backbone(a)
     ae_cfg, fl_cfg = default_configs(data, backbone)
     ae_train, fl_train = default_train_configs(seed=a.seed)
     ae_train = ae_train.override(steps=a.ae_steps, batch_size=a.batch_size)

@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 
 import nextscale
-from nextscale.backbone import BackboneConfig
+from nextscale.cli import add_run_args, data_and_backbone
 from nextscale.config import config_to_dict
-from nextscale.data import load_dataset
 from nextscale.viz import save_grid
 
 from .pipeline import default_configs, default_train_configs, evaluate, train_tokenizer, train_var
@@ -26,23 +25,17 @@ from .pipeline import default_configs, default_train_configs, evaluate, train_to
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m var", description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="runs/var", help="output folder (checkpoints, samples.png, metrics.json)")
-    p.add_argument("--data", default="digits", help="'digits', an .npz file or an image folder")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_args(p, out="runs/var")
     p.add_argument("--steps", type=int, default=None, help="VAR training steps (default 600)")
     p.add_argument("--tokenizer-steps", type=int, default=None, help="tokenizer training steps (default 300)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size of both trainings (default: 64 tokenizer, 32 VAR)")
     p.add_argument("--vocab-size", type=int, default=512)
-    p.add_argument("--width", type=int, default=128, help="backbone width")
-    p.add_argument("--depth", type=int, default=4, help="backbone depth")
-    p.add_argument("--heads", type=int, default=4, help="backbone attention heads")
     p.add_argument("--per-class", type=int, default=8, help="samples per class in samples.png")
     p.add_argument("--cfg-scale", type=float, default=1.5)
     p.add_argument("--cfg-schedule", default="linear", choices=["linear", "constant"])
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (default: off)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     a = p.parse_args(argv)
     try:
         return run(a)
@@ -53,8 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
 def run(a: argparse.Namespace) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(a.data, seed=a.seed)
-    backbone = BackboneConfig(num_classes=data.num_classes, width=a.width, depth=a.depth, heads=a.heads)
+    data, backbone = data_and_backbone(a)
     vq_cfg, var_cfg = default_configs(data, backbone, vocab_size=a.vocab_size)
     tok_train, var_train = default_train_configs(seed=a.seed)
     tok_train = tok_train.override(steps=a.tokenizer_steps, batch_size=a.batch_size)

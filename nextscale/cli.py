@@ -1,0 +1,27 @@
+"""Command-line options every head's command shares: output, data, seed, backbone shape, device."""
+from __future__ import annotations
+
+import argparse
+
+from .backbone import BackboneConfig
+from .data import ImageData, load_dataset
+from .scales import default_schedule
+
+
+def add_run_args(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--out", default=out, help="output folder (checkpoints, PNGs, metrics.json)")
+    p.add_argument("--data", default="digits", help="'digits', an .npz file or an image folder")
+    p.add_argument("--side", type=int, default=None, help="image side (default: 16 for digits)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=128, help="backbone width")
+    p.add_argument("--depth", type=int, default=4, help="backbone depth")
+    p.add_argument("--heads", type=int, default=4, help="backbone attention heads")
+    p.add_argument("--latent-channels", type=int, default=8, help="latent channels (the backbone's in_dim)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+
+
+def data_and_backbone(a: argparse.Namespace) -> tuple[ImageData, BackboneConfig]:
+    """The data set the options name and the backbone over its latent pyramid (latent side = image side / 2)."""
+    data = load_dataset(a.data, side=a.side, seed=a.seed)
+    return data, BackboneConfig(schedule=default_schedule(data.side // 2), in_dim=a.latent_channels,
+                                num_classes=data.num_classes, width=a.width, depth=a.depth, heads=a.heads)
