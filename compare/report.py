@@ -78,7 +78,7 @@ def write_report(results: dict, out: Path) -> None:
     md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     md += ["", "## Samples (rows: classes)", ""]
     md += [f"- {r['model']} [{r['sampler']}]: [{r['grid']}]({r['grid']})" for r in results["rows"]]
-    md += ["", f"Stage times (s): " + ", ".join(f"{k} {v}" for k, v in results["timings_s"].items()), ""]
+    md += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in results["timings_s"].items()), ""]
     (out / "report.md").write_text("\n".join(md))
 
 

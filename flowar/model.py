@@ -1,28 +1,35 @@
-"""FlowAR: the shared scale-wise backbone + a flow-matching velocity head on continuous latents.
+"""FlowAR (Ren et al., ICML 2025): the shared scale-wise backbone + a flow-matching velocity head.
 
 Time convention: t = 0 noise, t = 1 data (see ``flowar.solvers``).
 
-Training (teacher forcing). The frozen autoencoder gives the latent z (B, C, s, s); its pyramid is
-z_k = area-resize(z, side_k). The backbone input of scale k > 1 is z_{k-1} upsampled (bicubic) to
-side_k; its output h at each position of scale k conditions the head, a per-position MLP with
-adaptive layer norm on [h + embedding of t] (MAR's / FlowAR's small head), which predicts the
-velocity of the linear path x_t = t x1 + (1 - t) x0 with x1 = z_k and x0 = Gaussian noise
-(``path="noise"``) or, FlowAR's variant, the upsampled previous scale plus noise
-(``path="prev_noise"``; scale 1 has no previous scale and starts from noise). t is drawn per
-position (uniform or logit-normal); each scale's loss is weighted by its token count.
+Training (teacher forcing). The frozen autoencoder gives the latent z (B, C, S, S); its pyramid is
+z_k = area-resize(z, side_k). The backbone input of scale k > 1 is made from z_{k-1} as the release
+does (``input_resize="via_full"``: bicubic up to the full latent side S, then area down to side_k;
+``"direct"``: bicubic straight to side_k). The backbone output h_k conditions the velocity head
+(``flowar.heads``: FlowAR's transformer over the tokens of the scale, or MAR's per-token MLP), which
+predicts the velocity of the linear path x_t = t x1 + (1 - t) x0, x1 = z_k, x0 ~ N(0, I) at every
+scale (``path="noise"``, FlowAR's). t is uniform, one per image and scale (``t_per="scale"``,
+FlowAR's; ``"token"`` draws one per position; ``t_sampling="logit_normal"`` is SD3's). Each scale's
+loss is weighted by its token count (the mean over all tokens, as in the release).
 
-Sampling, scale by scale with the KV cache: one backbone step per scale gives h, then
-dx/dt = v(t, x | h) is integrated from t = 0 to 1 with torchdiffeq, the result is the next input.
+Not FlowAR's, kept as a variant of this project: ``path="prev_noise"`` starts scale k from the
+upsampled previous scale plus noise (closer to a bridge between scales than to FlowAR).
+
+Sampling, scale by scale with the KV cache: one backbone step per scale gives h_k, then
+dx/dt = v(t, x | h_k) is integrated from pure noise at t = 0 to t = 1 (torchdiffeq ODE solvers, or
+Euler–Maruyama on the SDE with the same marginals); the result is the next scale's input.
 
 Classifier-free guidance on the velocity, in the form where w = 0 is exactly the conditional model:
     v = v_c + w_k (v_c - v_u)          (FlowAR's / MAR's cfg = 1 + w)
 with w_k = cfg_scale (``"constant"``) or cfg_scale * (k - 1) / (K - 1) (``"linear"``, growing with
 the scale index k = 1..K), only inside ``cfg_interval`` in t and only at scales k <= ``cfg_max_scale``.
 A guided evaluation costs 2 head calls (cond + uncond), an unguided one 1.
+
+Where we differ from FlowAR: one block-causal backbone stack serves both heads (FlowAR's
+release conditions its head on a separate stack); see ``flowar/README.md``.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -34,25 +41,32 @@ from einops import rearrange
 from nextscale.backbone import Backbone, BackboneConfig
 from nextscale.guidance import CFG_SCHEDULES, cfg_weights, guide
 from nextscale.config import check_choice, check_float, check_int
-from nextscale.scales import maps_to_seq, pyramid, resize, scale_slices
+from nextscale.scales import pyramid, resize, scale_slices
 
 from .autoencoder import AEConfig, ContinuousAE
+from .heads import HEADS, make_head
 from .solvers import METHODS, TIME_GRIDS, SolverConfig, path_sample, sample_t, solve
 
 PATHS = ("noise", "prev_noise")
+T_PER = ("scale", "token")
 T_SAMPLINGS = ("uniform", "logit_normal")
 LOSS_WEIGHTS = ("tokens", "uniform")
+INPUT_RESIZES = ("via_full", "direct")
 
 
 @dataclass(frozen=True)
 class FlowARConfig:
     ae: AEConfig = field(default_factory=AEConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    head_width: int = 128
-    head_depth: int = 3            # adaLN residual MLP blocks
-    path: str = "noise"            # "noise" | "prev_noise" (upsampled previous scale + noise)
+    head: str = "transformer"      # "transformer" (FlowAR's) | "mlp" (MAR's per-token head)
+    head_width: int | None = None  # None: the backbone's width
+    head_depth: int = 2            # transformer blocks / adaLN residual MLP blocks
+    head_heads: int | None = None  # attention heads of the transformer head (None: the backbone's)
+    path: str = "noise"            # "noise" (FlowAR's) | "prev_noise" (upsampled previous scale + noise; ours)
     prev_noise_std: float = 1.0    # std of the noise added to the previous scale (prev_noise only)
-    t_sampling: str = "logit_normal"
+    input_resize: str = "via_full" # next-scale input: "via_full" (release: bicubic to S, area down) | "direct"
+    t_per: str = "scale"           # one t per image and scale (FlowAR's) | "token"
+    t_sampling: str = "uniform"
     logit_mean: float = 0.0
     logit_std: float = 1.0
     loss_weight: str = "tokens"    # "tokens": scale k weighted by its token count (FlowAR); "uniform"
@@ -68,83 +82,25 @@ class FlowARConfig:
         if self.backbone.schedule[-1] != self.ae.latent_side:
             raise ValueError(f"backbone.schedule {self.backbone.schedule} must end at the autoencoder's latent "
                              f"side {self.ae.latent_side}")
+        check_choice("head", self.head, HEADS)
+        if self.head_width is None:
+            object.__setattr__(self, "head_width", self.backbone.width)
+        if self.head_heads is None:
+            object.__setattr__(self, "head_heads", self.backbone.heads)
         check_int("head_width", self.head_width, 1)
         check_int("head_depth", self.head_depth, 1)
+        check_int("head_heads", self.head_heads, 1)
+        if self.head == "transformer" and (self.head_width % self.head_heads or (self.head_width // self.head_heads) % 4):
+            raise ValueError(f"head_width ({self.head_width}) must be head_heads ({self.head_heads}) times a multiple "
+                             f"of 4 (the 2-D rotary embedding splits each head's channels in 4)")
         check_choice("path", self.path, PATHS)
+        check_choice("input_resize", self.input_resize, INPUT_RESIZES)
+        check_choice("t_per", self.t_per, T_PER)
         check_float("prev_noise_std", self.prev_noise_std, 0)
         check_choice("t_sampling", self.t_sampling, T_SAMPLINGS)
         check_float("logit_mean", self.logit_mean)
         check_float("logit_std", self.logit_std, 0, lo_open=True)
         check_choice("loss_weight", self.loss_weight, LOSS_WEIGHTS)
-
-
-# ----------------------------------------------------------------------------- the velocity head
-
-def _modulate(x, shift, scale):
-    return x * (1 + scale) + shift
-
-
-class TimeEmbedding(nn.Module):
-    """Sinusoidal features of t in [0, 1] (times 1000, as DiT) followed by an MLP."""
-
-    def __init__(self, width: int, freq_dim: int = 256):
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
-
-    def forward(self, t):  # (...) -> (..., width)
-        half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        arg = (1000 * t.float())[..., None] * freqs
-        return self.mlp(torch.cat([torch.cos(arg), torch.sin(arg)], dim=-1))
-
-
-class AdaLNBlock(nn.Module):
-    """x + gate * MLP(modulate(LN(x))), shift/scale/gate from the condition (adaLN-Zero)."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
-
-    def forward(self, x, c):
-        shift, scale, gate = self.ada(c).chunk(3, dim=-1)
-        return x + gate * self.mlp(_modulate(self.norm(x), shift, scale))
-
-
-class VelocityHead(nn.Module):
-    """v(x_t, t | h), independently at every position: (..., C), (...), (..., W_backbone) -> (..., C)."""
-
-    def __init__(self, channels: int, cond_width: int, width: int, depth: int):
-        super().__init__()
-        self.x_in = nn.Linear(channels, width)
-        self.c_in = nn.Linear(cond_width, width)
-        self.t_emb = TimeEmbedding(width)
-        self.blocks = nn.ModuleList(AdaLNBlock(width) for _ in range(depth))
-        self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
-        self.out = nn.Linear(width, channels)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-        for lin in [b.ada[-1] for b in self.blocks] + [self.ada_out[-1], self.out]:
-            nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
-
-    def forward(self, x_NC, t_N, h_NW):
-        return self.velocity(x_NC, t_N, self.c_in(h_NW))
-
-    def velocity(self, x_NC, t_N, hc_NW):
-        """``hc = c_in(h)``, computed once per scale when sampling; ``t`` may be one time for all
-        positions (shape (1, 1)), so its embedding is computed once per evaluation."""
-        c = hc_NW + self.t_emb(t_N)
-        x = self.x_in(x_NC)
-        for blk in self.blocks:
-            x = blk(x, c)
-        shift, scale = self.ada_out(c).chunk(2, dim=-1)
-        return self.out(_modulate(self.norm_out(x), shift, scale))
 
 
 # ----------------------------------------------------------------------------- the model
@@ -167,8 +123,8 @@ class FlowAR(nn.Module):
         self.config = config
         self.ae = autoencoder.eval().requires_grad_(False)  # frozen; its weights ride along in checkpoints
         self.backbone = Backbone(config.backbone)
-        self.head = VelocityHead(config.ae.latent_channels, config.backbone.width, config.head_width,
-                                 config.head_depth)
+        self.head = make_head(config.head, config.ae.latent_channels, config.backbone.width, config.head_width,
+                              config.head_depth, config.head_heads, config.backbone.schedule)
         sch = config.backbone.schedule
         n = torch.tensor([s * s for s in sch], dtype=torch.float32)
         w = n / n.sum() if config.loss_weight == "tokens" else torch.full_like(n, 1 / len(sch))
@@ -200,20 +156,31 @@ class FlowAR(nn.Module):
             return noise_BnC
         return up_BnC + self.config.prev_noise_std * noise_BnC
 
+    def next_input(self, prev_BCHW: torch.Tensor, k: int) -> torch.Tensor:
+        """Backbone input of scale k (0-based, k >= 1) from the latent of scale k - 1, as tokens (B, n_k, C)."""
+        side = self.schedule[k]
+        if self.config.input_resize == "via_full":
+            prev_BCHW = resize(prev_BCHW, self.schedule[-1])
+        return _seq(resize(prev_BCHW, side))
+
+    def _t(self, B: int, n: int, device) -> torch.Tensor:
+        """Training times of one scale: (B, 1) (one per image) or (B, n) (one per token)."""
+        cfg = self.config
+        shape = (B, 1) if cfg.t_per == "scale" else (B, n)
+        return sample_t(shape[0] * shape[1], cfg.t_sampling, cfg.logit_mean, cfg.logit_std, device=device).view(shape)
+
     def forward(self, x_BCHW: torch.Tensor, y_B: torch.Tensor) -> dict[str, torch.Tensor]:
-        sch, cfg = self.schedule, self.config
         maps = self.latent_pyramid(x_BCHW)
-        ups = [_seq(resize(m, s)) for m, s in zip(maps[:-1], sch[1:])]  # inputs of scales 2..K
+        ups = [self.next_input(m, k + 1) for k, m in enumerate(maps[:-1])]  # inputs of scales 2..K
         h_BLW = self.backbone(torch.cat(ups, 1), y_B)
-        x1 = maps_to_seq(maps)                                            # (B, L, C)
-        noise = torch.randn_like(x1)
-        slices = scale_slices(sch)
-        x0 = torch.cat([self._source(noise[:, sl], None if k == 0 else ups[k - 1]) for k, sl in enumerate(slices)], 1)
-        t_BL = sample_t(x1.shape[0] * x1.shape[1], cfg.t_sampling, cfg.logit_mean, cfg.logit_std,
-                        device=x1.device).view(x1.shape[:2])
-        x_t, target = path_sample(x0, x1, t_BL[..., None])
-        err_BL = (self.head(x_t, t_BL, h_BLW) - target).pow(2).mean(-1)
-        per_scale = torch.stack([err_BL[:, sl].mean() for sl in slices])
+        per_scale = []
+        for k, sl in enumerate(scale_slices(self.schedule)):
+            x1 = _seq(maps[k])                                                  # (B, n, C)
+            x0 = self._source(torch.randn_like(x1), None if k == 0 else ups[k - 1])
+            t = self._t(*x1.shape[:2], x1.device)
+            x_t, target = path_sample(x0, x1, t[..., None])
+            per_scale.append((self.head(x_t, t, h_BLW[:, sl], k) - target).pow(2).mean())
+        per_scale = torch.stack(per_scale)
         out = {"loss": (per_scale * self.scale_weights).sum()}
         out.update({f"flow_s{k + 1}": l for k, l in enumerate(per_scale)})
         return out
@@ -228,7 +195,7 @@ class FlowAR(nn.Module):
         self.backbone.check_labels(y_B, allow_null=False)
         return y_B.to(self.device)
 
-    def _plan(self, solver, steps, rtol, atol, time_grid, first_step, min_step, cfg_scale, cfg_schedule,
+    def _plan(self, solver, steps, rtol, atol, time_grid, first_step, min_step, sde_noise, cfg_scale, cfg_schedule,
               cfg_interval, cfg_max_scale) -> tuple[list[SolverConfig], list[float], tuple[float, float]]:
         """Validate the sampling arguments; returns one SolverConfig and one guidance weight per scale."""
         K = len(self.schedule)
@@ -243,7 +210,8 @@ class FlowAR(nn.Module):
             steps_k = [steps] * K
         else:
             raise ValueError(f"steps must be an int >= 1 or a sequence of {K} ints (one per scale), got {steps!r}")
-        solvers = [SolverConfig(solver, s, time_grid, rtol, atol, first_step, min_step) for s in steps_k]
+        solvers = [SolverConfig(solver, s, time_grid, rtol, atol, first_step, min_step, sde_noise=sde_noise)
+                   for s in steps_k]
         check_float("cfg_scale", cfg_scale, 0)
         check_choice("cfg_schedule", cfg_schedule, CFG_SCHEDULES)
         if not (isinstance(cfg_interval, (tuple, list)) and len(cfg_interval) == 2):
@@ -284,10 +252,10 @@ class FlowAR(nn.Module):
                   rtol: float = 1e-3, atol: float = 1e-3, cfg_scale: float = 1.0, cfg_schedule: str = "linear",
                   cfg_interval: tuple[float, float] = (0.0, 1.0), cfg_max_scale: int | None = None,
                   time_grid: str = "uniform", per_sample: bool = False, seed: int | None = None,
-                  use_cache: bool = True, first_step: float = 0.05, min_step: float = 0.0):
+                  use_cache: bool = True, first_step: float = 0.05, min_step: float = 0.0, sde_noise: float = 1.0):
         y_B = self._check_y(y_B)
         solvers, ws, (t_lo, t_hi) = self._plan(solver, steps, rtol, atol, time_grid, first_step, min_step,
-                                               cfg_scale, cfg_schedule, cfg_interval, cfg_max_scale)
+                                               sde_noise, cfg_scale, cfg_schedule, cfg_interval, cfg_max_scale)
         if seed is not None:
             check_int("seed", seed, 0)
         base = int(torch.randint(0, 2**31, (1,))) if seed is None else seed
@@ -308,11 +276,15 @@ class FlowAR(nn.Module):
         # image i's noise (all scales) comes from its own generator seeded by (seed, i): it does not
         # depend on the batch size or on its neighbours
         L = self.config.backbone.seq_len
-        noise_BLC = torch.stack([torch.randn(L, C, device=dev, generator=torch.Generator(dev).manual_seed(
-            (base * 1_000_003 + i) % 2**63)) for i in range(B)])
+        gens = [torch.Generator(dev).manual_seed((base * 1_000_003 + i) % 2**63) for i in range(B)]
+        noise_BLC = torch.stack([torch.randn(L, C, device=dev, generator=g) for g in gens])
+
+        def draw_noise(rows: slice, n: int) -> torch.Tensor:  # drawn after the start noise, per image
+            return torch.stack([torch.randn(n, C, device=dev, generator=gens[i]) for i in range(B)[rows]])
+
         prev = None
         for k, (side, sl) in enumerate(zip(sch, scale_slices(sch))):
-            up = None if k == 0 else _seq(resize(prev, side))                     # (B, n, C)
+            up = None if k == 0 else self.next_input(prev, k)                     # (B, n, C)
             x_in = None if up is None else (torch.cat([up, up]) if guided else up)
             if use_cache:
                 h = self.backbone.step(x_in, cond, cache)                          # (B or 2B, n, W)
@@ -321,29 +293,29 @@ class FlowAR(nn.Module):
                     inputs.append(x_in)
                 h = self._uncached_h(inputs, y_in, k)
             w, ks = ws[k], (None if keep is None else (keep[k], known[k]))
-            hc = self.head.c_in(h)                                                 # fixed during the solve
+            hc = self.head.condition(h, k)                                         # fixed during the solve
             x0 = self._source(noise_BLC[:, sl], up)
 
             def guided_at(t: float) -> bool:
                 return w > 0 and t_lo <= t <= t_hi
 
-            def velocity(t, x, rows, hc=hc, w=w, ks=ks, x0=x0):
+            def velocity(t, x, rows, hc=hc, w=w, ks=ks, x0=x0, k=k):
                 t_11 = t.to(x.dtype).reshape(1, 1)
                 if ks is not None:  # kept positions follow the known path exactly
                     kp, x1k = ks[0][rows], ks[1][rows]
                     x = torch.where(kp, t * x1k + (1 - t) * x0[rows], x)
                 if guided_at(float(t)):
                     hc2 = torch.cat([hc[:B][rows], hc[B:][rows]])
-                    v_c, v_u = self.head.velocity(torch.cat([x, x]), t_11, hc2).chunk(2)
+                    v_c, v_u = self.head.velocity(torch.cat([x, x]), t_11, hc2, k).chunk(2)
                     v = guide(v_c, v_u, w)
                 else:
-                    v = self.head.velocity(x, t_11, hc[:B][rows])
+                    v = self.head.velocity(x, t_11, hc[:B][rows], k)
                 if ks is not None:
                     v = torch.where(kp, x1k - x0[rows], v)
                 return v
 
             sol = solve(velocity, x0, solvers[k], per_sample=per_sample,
-                        cost=lambda t: 2 if guided_at(t) else 1)
+                        cost=lambda t: 2 if guided_at(t) else 1, noise=lambda rows, n=side * side: draw_noise(rows, n))
             x1 = sol.x if ks is None else torch.where(ks[0], ks[1], sol.x)
             prev = _map(x1, side)
             nfe_image += torch.tensor(sol.nfe)
@@ -367,12 +339,14 @@ class FlowAR(nn.Module):
                rtol: float = 1e-3, atol: float = 1e-3, cfg_scale: float = 1.0, cfg_schedule: str = "linear",
                cfg_interval: tuple[float, float] = (0.0, 1.0), cfg_max_scale: int | None = None,
                time_grid: str = "uniform", per_sample: bool = False, seed: int | None = None,
-               use_cache: bool = True, first_step: float = 0.05, min_step: float = 0.0
+               use_cache: bool = True, first_step: float = 0.05, min_step: float = 0.0, sde_noise: float = 1.0
                ) -> tuple[torch.Tensor, dict]:
         """Class-conditional samples: returns (images (B, C_img, S, S) in about [-1, 1], stats).
 
         Arguments (all validated, bad values raise ``ValueError`` naming the allowed ones):
-        ``solver`` one of euler/midpoint/rk4 (fixed step) or dopri5/bosh3 (adaptive); ``steps`` per
+        ``solver`` one of euler/midpoint/rk4/euler_maruyama (fixed step; euler_maruyama samples the
+        SDE with the flow's marginals, noise scale ``sde_noise``, see ``flowar.solvers``) or
+        dopri5/bosh3 (adaptive); ``steps`` per
         scale for fixed-step solvers, an int or one per scale; ``rtol``/``atol``, ``first_step``,
         ``min_step`` for adaptive ones; ``time_grid`` "uniform" or "two_segment" (FlowAR's);
         ``cfg_scale`` w >= 0 (0: the conditional model, exactly), ``cfg_schedule`` "linear"
@@ -389,7 +363,7 @@ class FlowAR(nn.Module):
         z, stats = self.generate_latents(
             y_B, solver=solver, steps=steps, rtol=rtol, atol=atol, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
             cfg_interval=cfg_interval, cfg_max_scale=cfg_max_scale, time_grid=time_grid, per_sample=per_sample,
-            seed=seed, use_cache=use_cache, first_step=first_step, min_step=min_step)
+            seed=seed, use_cache=use_cache, first_step=first_step, min_step=min_step, sde_noise=sde_noise)
         return self.ae.decode(z), stats
 
     @torch.no_grad()

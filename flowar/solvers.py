@@ -23,6 +23,16 @@ torchdiffeq 0.2.5 facts this module works around (each checked by ``tests/test_f
 - a field the solver cannot resolve ends in ``AssertionError('underflow in dt ...')``: we raise a
   ``FloatingPointError`` saying what to change (``min_step > 0`` accepts any step >= min_step);
 - there is no ``tsit5``.
+
+Euler–Maruyama (``euler_maruyama``, FlowAR's release ships one beside Euler) is ours, not torchdiffeq's.
+It integrates the SDE with the same marginals p_t as the flow (Song et al. 2021; SiT, Ma et al. 2024):
+
+    dx = [v + (g^2 / 2) s] dt + g dW,   s(x, t) = grad log p_t(x) = -(x - t v) / (1 - t),
+    g(t)^2 = 2 eps (1 - t)   =>   dx = [v - eps (x - t v)] dt + sqrt(2 eps (1 - t)) dW,
+
+(the score follows from the velocity for the linear path with x0 ~ N(0, I): E[x0 | x_t] = x - t v).
+``eps`` is ``SolverConfig.sde_noise`` (0: plain Euler); the noise vanishes at the data end, and the
+last step is a plain Euler step (no noise), so one step is Euler. One evaluation per step.
 """
 from __future__ import annotations
 
@@ -34,10 +44,10 @@ from torchdiffeq import odeint
 
 from nextscale.config import check_choice, check_float, check_int
 
-FIXED_METHODS = ("euler", "midpoint", "rk4")
+FIXED_METHODS = ("euler", "midpoint", "rk4", "euler_maruyama")
 ADAPTIVE_METHODS = ("dopri5", "bosh3")
 METHODS = FIXED_METHODS + ADAPTIVE_METHODS
-EVALS_PER_STEP = {"euler": 1, "midpoint": 2, "rk4": 4}
+EVALS_PER_STEP = {"euler": 1, "midpoint": 2, "rk4": 4, "euler_maruyama": 1}
 TIME_GRIDS = ("uniform", "two_segment")
 # FlowAR's two-segment grid (mirrored to t = 0 noise): half the steps on [0, 0.7], the rest on [0.75, 1].
 TWO_SEGMENT_KNEE = (0.7, 0.75)
@@ -89,7 +99,8 @@ def time_grid(steps: int, kind: str = "uniform", dtype=torch.float32, device=Non
 class SolverConfig:
     """How to integrate one ODE from t = 0 to t = 1.
 
-    Fixed-step methods use ``steps`` and ``time_grid``; adaptive ones ``rtol``, ``atol``,
+    Fixed-step methods use ``steps`` and ``time_grid`` (``euler_maruyama`` also ``sde_noise``,
+    eps in the module doc); adaptive ones ``rtol``, ``atol``,
     ``first_step`` (always passed, see the module doc), ``min_step`` (0: none; > 0 accepts any
     step that small, so integration cannot underflow) and ``max_num_steps``."""
     method: str = "euler"
@@ -100,6 +111,7 @@ class SolverConfig:
     first_step: float = 0.05
     min_step: float = 0.0
     max_num_steps: int = 10_000
+    sde_noise: float = 1.0
 
     def __post_init__(self):
         check_choice("solver", self.method, METHODS)
@@ -112,6 +124,7 @@ class SolverConfig:
         check_float("first_step", self.first_step, 0, 1, lo_open=True)
         check_float("min_step", self.min_step, 0, 1, hi_open=True)
         check_int("max_num_steps", self.max_num_steps, 1)
+        check_float("sde_noise", self.sde_noise, 0)
 
     @property
     def adaptive(self) -> bool:
@@ -127,6 +140,8 @@ class SolverConfig:
 
 # A velocity field: v(t (0-d tensor), x (b, ...), rows (the batch rows x holds)) -> (b, ...).
 Velocity = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
+# Standard normal noise for the SDE: noise(rows) -> a tensor shaped like x[rows]; called once per step.
+Noise = Callable[[slice], torch.Tensor]
 
 
 @dataclass
@@ -150,7 +165,26 @@ class _Counted:
         return self.velocity(t, x, self.rows)
 
 
-def _odeint(fn: _Counted, x_start: torch.Tensor, cfg: SolverConfig, reverse: bool) -> torch.Tensor:
+def _euler_maruyama(fn: _Counted, x: torch.Tensor, cfg: SolverConfig, noise: Noise | None) -> torch.Tensor:
+    grid = time_grid(cfg.steps, cfg.time_grid, x.dtype, x.device)
+    eps = cfg.sde_noise
+    for i in range(cfg.steps):
+        t, dt = grid[i], grid[i + 1] - grid[i]
+        v = fn(t, x)
+        if i == cfg.steps - 1 or eps == 0:
+            x = x + dt * v
+            continue
+        xi = torch.randn_like(x) if noise is None else noise(fn.rows)
+        x = x + dt * (v - eps * (x - t * v)) + torch.sqrt(2 * eps * (1 - t) * dt) * xi
+    return x
+
+
+def _odeint(fn: _Counted, x_start: torch.Tensor, cfg: SolverConfig, reverse: bool,
+            noise: Noise | None = None) -> torch.Tensor:
+    if cfg.method == "euler_maruyama":
+        if reverse:
+            raise ValueError("euler_maruyama integrates noise -> data only; use an ODE solver with reverse=True")
+        return _euler_maruyama(fn, x_start, cfg, noise)
     if not cfg.adaptive:
         grid = time_grid(cfg.steps, cfg.time_grid, x_start.dtype, x_start.device)
         return odeint(fn, x_start, grid.flip(0) if reverse else grid, method=cfg.method)[-1]
@@ -170,23 +204,25 @@ def _odeint(fn: _Counted, x_start: torch.Tensor, cfg: SolverConfig, reverse: boo
 
 
 def solve(velocity: Velocity, x_start: torch.Tensor, cfg: SolverConfig, *, per_sample: bool = False,
-          cost: Callable[[float], int] = lambda t: 1, reverse: bool = False) -> Solution:
+          cost: Callable[[float], int] = lambda t: 1, reverse: bool = False, noise: Noise | None = None
+          ) -> Solution:
     """Integrate dx/dt = velocity(t, x, rows) from x(0) = x_start to t = 1 (``reverse``: from
     x(1) = x_start back to t = 0, e.g. data -> noise; the same grid, walked backwards).
 
     Batched (default): one solve for the whole batch, every row sees the same evaluations, so each
     row's NFE is the total count (adaptive: the step is shared, see the module doc). ``per_sample``:
-    one solve per row (``rows = slice(i, i + 1)``), each with its own step sizes and NFE."""
+    one solve per row (``rows = slice(i, i + 1)``), each with its own step sizes and NFE.
+    ``noise`` feeds ``euler_maruyama`` (default: ``torch.randn_like``, the global generator)."""
     if not isinstance(cfg, SolverConfig):
         raise ValueError(f"cfg must be a SolverConfig, got {type(cfg).__name__}")
     times: list[float] = []
     if not per_sample:
         fn = _Counted(velocity, slice(None), cost, times)
-        x_end = _odeint(fn, x_start, cfg, reverse)
+        x_end = _odeint(fn, x_start, cfg, reverse, noise)
         return Solution(x_end, [fn.nfe] * len(x_start), times)
     outs, nfe = [], []
     for i in range(len(x_start)):
         fn = _Counted(velocity, slice(i, i + 1), cost, times)
-        outs.append(_odeint(fn, x_start[i:i + 1], cfg, reverse))
+        outs.append(_odeint(fn, x_start[i:i + 1], cfg, reverse, noise))
         nfe.append(fn.nfe)
     return Solution(torch.cat(outs), nfe, times)

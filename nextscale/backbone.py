@@ -2,7 +2,8 @@
 
 A decoder-only transformer over the concatenated token maps of all scales, with block-causal
 attention (scale k sees scales <= k), class conditioning by adaptive layer norm and a KV cache
-for scale-by-scale sampling.
+for scale-by-scale sampling. Two options of the VAR release, both off by default: query/key L2
+normalisation with a learnable per-head scale (``qk_norm``) and stochastic depth (``drop_path``).
 
 Inputs, as in VAR: scale 1 is the start token (the class embedding, broadcast over the first
 map's positions); scale k > 1 is an ``in_dim``-channel map the head provides (VAR: the running
@@ -11,10 +12,12 @@ The output is one hidden vector per position, ``h_BLC``; each head maps it its o
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from einops import rearrange
 
 from .attention import KINDS, attention, check_options
@@ -34,6 +37,8 @@ class BackboneConfig:
     dropout: float = 0.0
     class_dropout: float = 0.1  # probability of replacing the label by the null class in training
     attn_kind: str = "exact"
+    qk_norm: bool = False       # VAR's attn_l2_norm: L2-normalised q, k with a learnable per-head scale
+    drop_path: float = 0.0      # stochastic depth, rate rising linearly over the blocks to this value (VAR)
 
     def __post_init__(self):
         object.__setattr__(self, "schedule", validate_schedule(self.schedule))
@@ -48,6 +53,9 @@ class BackboneConfig:
         check_float("dropout", self.dropout, 0, 1, hi_open=True)
         check_float("class_dropout", self.class_dropout, 0, 1)
         check_choice("attn_kind", self.attn_kind, KINDS)
+        if not isinstance(self.qk_norm, bool):
+            raise ValueError(f"qk_norm must be True or False, got {self.qk_norm!r}")
+        check_float("drop_path", self.drop_path, 0, 1, hi_open=True)
 
     @property
     def seq_len(self) -> int:
@@ -77,13 +85,26 @@ def modulate(x_BLC, shift_BC, scale_BC):
     return x_BLC * (1 + scale_BC[:, None]) + shift_BC[:, None]
 
 
+def drop_path(x_BLC: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth (Huang et al. 2016): zero a residual branch per sample with prob p, rescale the rest."""
+    if p == 0.0 or not training:
+        return x_BLC
+    keep_B11 = torch.rand(x_BLC.shape[0], 1, 1, device=x_BLC.device) >= p
+    return x_BLC * keep_B11.to(x_BLC.dtype) / (1 - p)
+
+
+# VAR's attn_l2_norm: q and k L2-normalised per head, logits scaled by a learned per-head factor,
+# initialised to 4 and capped at 100 (as the VAR release does).
+QK_SCALE_INIT, QK_SCALE_MAX = 4.0, 100.0
+
+
 class Block(nn.Module):
     """Pre-norm transformer block with adaLN-Zero conditioning (DiT)."""
 
-    def __init__(self, cfg: BackboneConfig):
+    def __init__(self, cfg: BackboneConfig, drop_path: float = 0.0):
         super().__init__()
         C = cfg.width
-        self.heads, self.attn_kind, self.dropout = cfg.heads, cfg.attn_kind, cfg.dropout
+        self.heads, self.attn_kind, self.dropout, self.drop_path = cfg.heads, cfg.attn_kind, cfg.dropout, drop_path
         self.attn_opts: dict = {}  # options of an approximate kind, see Backbone.set_attention
         self.norm1 = nn.LayerNorm(C, elementwise_affine=False, eps=1e-6)
         self.qkv = nn.Linear(C, 3 * C)
@@ -93,17 +114,24 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(C, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, C))
         self.drop = nn.Dropout(cfg.dropout)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+        if cfg.qk_norm:  # log of the per-head logit scale
+            self.qk_log_scale = nn.Parameter(torch.full((1, cfg.heads, 1, 1), math.log(QK_SCALE_INIT)))
 
     def forward(self, x_BLC, cond_BC, q_level, k_level, cache: KVCache | None = None, layer: int = 0):
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(cond_BC).chunk(6, dim=-1)
         q, k, v = rearrange(self.qkv(modulate(self.norm1(x_BLC), sh1, sc1)), "B L (n H d) -> n B H L d",
                             n=3, H=self.heads)
+        if hasattr(self, "qk_log_scale"):  # times sqrt(d): SDPA divides the logits by sqrt(d) again
+            scale = self.qk_log_scale.clamp(max=math.log(QK_SCALE_MAX)).exp() * q.shape[-1] ** 0.5
+            q, k = F.normalize(q, dim=-1) * scale, F.normalize(k, dim=-1)
         if cache is not None:
             k, v = cache.append(layer, k, v)
         a = attention(q, k, v, q_level, k_level, kind=self.attn_kind,
                       dropout_p=self.dropout if self.training else 0.0, **self.attn_opts)
-        x_BLC = x_BLC + g1[:, None] * self.drop(self.proj(rearrange(a, "B H L d -> B L (H d)")))
-        return x_BLC + g2[:, None] * self.drop(self.mlp(modulate(self.norm2(x_BLC), sh2, sc2)))
+        a = g1[:, None] * self.drop(self.proj(rearrange(a, "B H L d -> B L (H d)")))
+        x_BLC = x_BLC + drop_path(a, self.drop_path, self.training)
+        m = g2[:, None] * self.drop(self.mlp(modulate(self.norm2(x_BLC), sh2, sc2)))
+        return x_BLC + drop_path(m, self.drop_path, self.training)
 
 
 class Backbone(nn.Module):
@@ -116,7 +144,8 @@ class Backbone(nn.Module):
         self.word_emb = nn.Linear(cfg.in_dim, C)
         self.pos_emb = nn.Parameter(torch.zeros(1, cfg.seq_len, C))
         self.level_emb = nn.Embedding(len(cfg.schedule), C)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
         self.norm_out = nn.LayerNorm(C, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))
         self.register_buffer("levels", level_ids(cfg.schedule), persistent=False)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -24,6 +26,7 @@ def inputs(cfg, B=3, seed=1):
     (dict(width=30, heads=4), "divisible"), (dict(depth=0), "depth"), (dict(dropout=1.0), "dropout"),
     (dict(class_dropout=-0.1), "class_dropout"), (dict(schedule=(1, 3, 2)), "schedule"),
     (dict(attn_kind="magic"), "attn_kind"), (dict(in_dim=0), "in_dim"), (dict(mlp_ratio=0), "mlp_ratio"),
+    (dict(drop_path=-0.1), r"drop_path must lie in \[0, 1\)"), (dict(qk_norm="yes"), "qk_norm must be True or False"),
 ])
 def test_config_validation(bad, field):
     with pytest.raises(ValueError, match=field):
@@ -48,8 +51,9 @@ def test_block_causal_no_leak_from_later_scales(schedule):
 
 
 @pytest.mark.parametrize("schedule", [(1, 2, 3, 4, 6, 8), (1, 2, 4, 8, 16), (2, 3, 5)])
-def test_kv_cache_matches_teacher_forced_pass(schedule):
-    cfg = BackboneConfig(schedule=schedule, in_dim=4, width=64, depth=3, heads=4)
+@pytest.mark.parametrize("options", [dict(), dict(qk_norm=True, drop_path=0.3)])
+def test_kv_cache_matches_teacher_forced_pass(schedule, options):
+    cfg = BackboneConfig(schedule=schedule, in_dim=4, width=64, depth=3, heads=4, **options)
     m = randomized(cfg)
     x, y = inputs(cfg), torch.tensor([1, 7, 10])
     with torch.no_grad():
@@ -114,3 +118,40 @@ def test_param_and_flop_counts():
     mm = 2 * B * ((L - 1) * D * C + 2 * (L * C * 3 * C + L * C * C + 2 * L * C * 4 * C + C * 6 * C
                                         + 2 * L * L * C) + C * 2 * C)
     assert flops == mm
+
+
+def test_options_off_are_bit_identical_to_the_original_backbone():
+    """qk_norm=False, drop_path=0 (the defaults): the same parameters and bit-identical outputs as the
+    backbone before these options existed (a state dict and output saved from that code)."""
+    ref = torch.load(Path(__file__).parent / "data" / "backbone_golden.pt")
+    cfg = BackboneConfig(schedule=(1, 2, 4), in_dim=3, num_classes=5, width=32, depth=2, heads=2, class_dropout=0.0)
+    m = Backbone(cfg)
+    m.load_state_dict(ref["state"])  # strict: no new parameters when the options are off
+    assert torch.equal(m.eval()(ref["x"], ref["y"]), ref["h"])
+    assert torch.equal(m.train()(ref["x"], ref["y"]), ref["h"])  # no dropout anywhere: train == eval
+
+
+def test_qk_norm_and_drop_path_do_what_they_say():
+    cfg = BackboneConfig(schedule=(1, 2, 4), in_dim=3, width=32, depth=3, heads=2, class_dropout=0.0,
+                         qk_norm=True, drop_path=0.5)
+    m = randomized(cfg)
+    assert [b.drop_path for b in m.blocks] == [0.0, 0.25, 0.5]  # linear over depth, as VAR
+    assert m.blocks[0].qk_log_scale.shape == (1, 2, 1, 1)
+    x, y = inputs(cfg), torch.tensor([1, 2, 3])
+    ev = m.eval()(x, y)
+    m.train()
+    torch.manual_seed(0)
+    a = m(x, y)
+    torch.manual_seed(0)
+    assert torch.equal(a, m(x, y)) and not torch.allclose(a, ev)   # seeded, and branches were dropped
+    # the logit scale is a learned parameter: changing it changes the output
+    with torch.no_grad():
+        m.eval().blocks[1].qk_log_scale.add_(1.0)
+    assert not torch.allclose(m(x, y), ev)
+    # with q, k normalised, rescaling the qkv weights of q and k leaves attention unchanged
+    m2 = randomized(BackboneConfig(schedule=(1, 2, 4), in_dim=3, width=32, depth=1, heads=2, qk_norm=True))
+    h = m2(x, y)
+    with torch.no_grad():
+        m2.blocks[0].qkv.weight[:64] *= 3.0
+        m2.blocks[0].qkv.bias[:64] *= 3.0
+    assert torch.allclose(m2(x, y), h, atol=1e-5)

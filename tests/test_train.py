@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 
 from nextscale.checkpoint import load_checkpoint
 from nextscale.data import load_digits

@@ -1,7 +1,6 @@
 """A tiny next-scale regressor on the shared backbone, for testing the core without a head."""
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
