@@ -1,11 +1,13 @@
 """flowar: FlowAR (Ren et al., ICML 2025) on the shared scale-wise backbone: a continuous autoencoder,
-a flow-matching velocity head, and torchdiffeq ODE solvers with exact NFE counting.
+flow-matching velocity heads (FlowAR's transformer, MAR's per-token MLP), and ODE (torchdiffeq) and
+SDE solvers with exact NFE counting.
 
 Time convention everywhere: t = 0 noise, t = 1 data (see ``flowar.solvers``)."""
 from .autoencoder import AEConfig, ContinuousAE
 from .model import FlowAR, FlowARConfig
-from .pipeline import default_configs, default_train_configs, train_autoencoder, train_flowar
+from .pipeline import (PAPER_SAMPLING, default_configs, default_train_configs, flowar_paper_configs,
+                       train_autoencoder, train_flowar)
 from .solvers import SolverConfig, solve
 
 __all__ = ["AEConfig", "ContinuousAE", "FlowAR", "FlowARConfig", "SolverConfig", "solve", "default_configs",
-           "default_train_configs", "train_autoencoder", "train_flowar"]
+           "flowar_paper_configs", "PAPER_SAMPLING", "default_train_configs", "train_autoencoder", "train_flowar"]

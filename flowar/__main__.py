@@ -1,11 +1,14 @@
-"""``python -m flowar --out runs/flowar --seed 0``: train the autoencoder then FlowAR on digits, sample, measure.
+"""``python -m flowar --out runs/flowar --head transformer``: train the autoencoder then FlowAR (the
+published recipe, :func:`flowar.pipeline.flowar_paper_configs`) on digits, sample, measure.
 
-Writes to ``--out``: ``autoencoder.pt`` and ``flowar.pt`` (a second run with the same settings
-reuses them and trains nothing), ``samples.png`` (one row per class, ``--per-class`` samples each,
-with ``--solver``/``--steps``), ``samples_<sampler>.png`` for every measured sampler, ``inpaint.png``
-(rows: originals, the kept left half, inpainted right half) and ``metrics.json`` (autoencoder
-reconstruction MSE, FlowAR flow loss per scale on train and test, and for euler with 1/2/4/8 steps
-per scale, rk4 with 2/4 and dopri5: the head NFE per image and per scale, backbone forwards, seconds).
+Writes to ``--out``: ``checkpoints/autoencoder-<key>.pt`` and ``checkpoints/flowar-<key>.pt``, keyed by
+the data and every config that shapes the weights (a second run with the same settings reuses them
+and trains nothing; a changed setting trains anew), ``samples.png`` (one row per class,
+``--per-class`` samples each, FlowAR's sampler unless ``--solver``/``--sample-steps`` say otherwise),
+``samples_<sampler>.png`` for every measured sampler, ``inpaint.png`` (rows: originals, the kept left
+half, inpainted right half) and ``metrics.json`` (autoencoder reconstruction MSE, flow loss per scale
+on train and test, and per sampler the head NFE per image and per scale, backbone forwards, seconds;
+the checkpoint files it measured).
 """
 from __future__ import annotations
 
@@ -18,17 +21,22 @@ from pathlib import Path
 import torch
 
 import nextscale
+from nextscale.checkpoint import keyed_path
 from nextscale.cli import add_run_args, data_and_backbone
 from nextscale.config import config_to_dict
 from nextscale.viz import save_grid
 
-from .pipeline import default_configs, default_train_configs, flow_losses, recon_mse, train_autoencoder, train_flowar
+from .heads import HEADS
+from .pipeline import (PAPER_SAMPLING, default_train_configs, flow_losses, flowar_paper_configs, recon_mse,
+                       train_autoencoder, train_flowar)
 from .solvers import METHODS
 
-SAMPLERS = (("euler x1", dict(solver="euler", steps=1)), ("euler x2", dict(solver="euler", steps=2)),
-            ("euler x4", dict(solver="euler", steps=4)), ("euler x8", dict(solver="euler", steps=8)),
-            ("rk4 x2", dict(solver="rk4", steps=2)), ("rk4 x4", dict(solver="rk4", steps=4)),
-            ("dopri5", dict(solver="dopri5", rtol=1e-3, atol=1e-3)))
+SAMPLERS = (("euler x2", dict(solver="euler", steps=2)), ("euler x4", dict(solver="euler", steps=4)),
+            ("euler x8", dict(solver="euler", steps=8)),
+            ("euler x25", dict(solver="euler", steps=25, time_grid="two_segment")),
+            ("euler_maruyama x8", dict(solver="euler_maruyama", steps=8)),
+            ("euler_maruyama x25", dict(solver="euler_maruyama", steps=25, time_grid="two_segment")),
+            ("rk4 x2", dict(solver="rk4", steps=2)), ("dopri5", dict(solver="dopri5", rtol=1e-3, atol=1e-3)))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -37,9 +45,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="FlowAR training steps (default 600)")
     p.add_argument("--ae-steps", type=int, default=None, help="autoencoder training steps (default 300)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size of both trainings (default: 64 autoencoder, 32 FlowAR)")
+    p.add_argument("--head", default="transformer", choices=HEADS,
+                   help="velocity head: FlowAR's transformer (default) or MAR's per-token mlp")
     p.add_argument("--per-class", type=int, default=8, help="samples per class in the PNGs")
     p.add_argument("--solver", default="euler", choices=METHODS, help="sampler of samples.png")
-    p.add_argument("--sample-steps", type=int, default=8, help="steps per scale of samples.png (fixed-step solvers)")
+    p.add_argument("--sample-steps", type=int, default=25,
+                   help="steps per scale of samples.png (fixed-step solvers; two-segment grid from 2 steps)")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="w in v = v_c + w (v_c - v_u); 0 = no guidance")
     p.add_argument("--cfg-schedule", default="linear", choices=["linear", "constant"])
     a = p.parse_args(argv)
@@ -53,15 +64,18 @@ def run(a: argparse.Namespace) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     data, backbone = data_and_backbone(a)
-    ae_cfg, fl_cfg = default_configs(data, backbone)
+    ae_cfg, fl_cfg = flowar_paper_configs(data, backbone, head=a.head)
     ae_train, fl_train = default_train_configs(seed=a.seed)
     ae_train = ae_train.override(steps=a.ae_steps, batch_size=a.batch_size)
     fl_train = fl_train.override(steps=a.steps, batch_size=a.batch_size)
 
     t0 = time.perf_counter()
-    ae = train_autoencoder(data, ae_cfg, ae_train, ckpt_path=out / "autoencoder.pt", device=a.device)
+    fp = data.fingerprint()
+    ae_ck = keyed_path(out / "checkpoints", "autoencoder", fp, ae_cfg, ae_train)
+    fl_ck = keyed_path(out / "checkpoints", "flowar", fp, fl_cfg, fl_train, ae_ck.name)
+    ae = train_autoencoder(data, ae_cfg, ae_train, ckpt_path=ae_ck, device=a.device)
     t1 = time.perf_counter()
-    model = train_flowar(data, ae, fl_cfg, fl_train, ckpt_path=out / "flowar.pt", device=a.device)
+    model = train_flowar(data, ae, fl_cfg, fl_train, ckpt_path=fl_ck, device=a.device)
     t2 = time.perf_counter()
     print("evaluating ...", file=sys.stderr, flush=True)
     metrics = {
@@ -73,7 +87,7 @@ def run(a: argparse.Namespace) -> dict:
 
     n = a.per_class
     y = torch.arange(data.num_classes).repeat_interleave(n)
-    guidance = dict(cfg_scale=a.cfg_scale, cfg_schedule=a.cfg_schedule)
+    guidance = dict(cfg_scale=a.cfg_scale, cfg_schedule=a.cfg_schedule, cfg_interval=PAPER_SAMPLING["cfg_interval"])
     samplers = {}
     for label, kw in SAMPLERS:
         images, stats = model.sample(y, seed=a.seed, **kw, **guidance)
@@ -83,6 +97,8 @@ def run(a: argparse.Namespace) -> dict:
         print(f"{label}: head NFE {stats['head_nfe']} per image ({stats['head_nfe_per_scale']} per scale), "
               f"{stats['seconds']:.2f} s for {len(y)} images", file=sys.stderr)
     main_kw = dict(solver=a.solver, steps=a.sample_steps, **guidance)
+    if a.sample_steps >= 2 and a.solver in ("euler", "euler_maruyama"):
+        main_kw["time_grid"] = "two_segment"
     images, stats = model.sample(y, seed=a.seed, **main_kw)
     grid = save_grid(images, out / "samples.png", nrow=n)
 
@@ -101,8 +117,8 @@ def run(a: argparse.Namespace) -> dict:
         "data": {"name": data.name, "fingerprint": data.fingerprint(), "train": len(data.x_train),
                  "test": len(data.x_test)},
         "seed": a.seed, "library_version": nextscale.__version__, "torch_version": torch.__version__,
-        "files": {"samples": grid.name, "inpaint": "inpaint.png", "autoencoder": "autoencoder.pt",
-                  "flowar": "flowar.pt"},
+        "files": {"samples": grid.name, "inpaint": "inpaint.png",
+                  "autoencoder": f"checkpoints/{ae_ck.name}", "flowar": f"checkpoints/{fl_ck.name}"},
     })
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     fl = metrics["flowar"]

@@ -1,6 +1,7 @@
-"""Train FlowAR's autoencoder, then FlowAR, through the shared training loop."""
+"""Train FlowAR's autoencoder, then FlowAR, through the shared training loop; FlowAR's published recipe."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -8,6 +9,7 @@ import torch
 from nextscale.autoencoder import conv_ae_config
 from nextscale.backbone import BackboneConfig
 from nextscale.data import ImageData
+from nextscale.scales import doubling_schedule
 from nextscale.train import TrainConfig, train
 
 from .autoencoder import AEConfig, ContinuousAE
@@ -19,6 +21,27 @@ def default_configs(data: ImageData, backbone: BackboneConfig) -> tuple[AEConfig
     side / 2**d), and FlowAR on ``backbone`` (the digits default: 8 channels, side 8)."""
     ae = AEConfig(conv_ae_config(data, backbone), kind="vae", kl_weight=1e-4)
     return ae, FlowARConfig(ae=ae, backbone=backbone)
+
+
+# FlowAR's sampler (Ren et al. 2025, release): Euler on the two-segment grid, 25 steps per scale here
+# (the release builds its grid from n = 25 time points, i.e. 24 steps: our steps = its n - 1), CFG
+# ramping linearly from 0 at the first scale, off for the noisiest 10% of t (t < 0.1, t = 0 noise).
+PAPER_SAMPLING = dict(solver="euler", steps=25, time_grid="two_segment", cfg_schedule="linear",
+                      cfg_interval=(0.1, 1.0))
+
+
+def flowar_paper_configs(data: ImageData, backbone: BackboneConfig, head: str = "transformer"
+                         ) -> tuple[AEConfig, FlowARConfig]:
+    """FlowAR's published recipe on ``backbone``'s width, depth and heads: the doubling schedule ending
+    at the latent side, FlowAR's transformer head at the backbone's width with 2 blocks (the paper's
+    S model), pure-noise source at every scale, uniform t per (image, scale), the release's next-scale
+    input (bicubic to the full latent side, then area down), scales weighted by token count.
+    ``head="mlp"`` swaps in MAR's per-token head and keeps everything else. Sample with
+    :data:`PAPER_SAMPLING`."""
+    bb = replace(backbone, schedule=doubling_schedule(backbone.schedule[-1]))
+    ae, _ = default_configs(data, bb)
+    return ae, FlowARConfig(ae=ae, backbone=bb, head=head, head_width=bb.width, head_depth=2, path="noise",
+                            input_resize="via_full", t_per="scale", t_sampling="uniform", loss_weight="tokens")
 
 
 def default_train_configs(seed: int = 0, ae_steps: int = 300, flowar_steps: int = 600, progress: bool = True

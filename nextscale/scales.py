@@ -95,3 +95,13 @@ def default_schedule(latent_side: int) -> tuple[int, ...]:
     if latent_side < 1:
         raise ValueError(f"latent side must be positive, got {latent_side}")
     return tuple(s for s in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48) if s < latent_side) + (latent_side,)
+
+
+def doubling_schedule(latent_side: int) -> tuple[int, ...]:
+    """FlowAR's schedule: the latent side halved while it is even, coarse to fine (16 -> 1, 2, 4, 8, 16)."""
+    if latent_side < 1:
+        raise ValueError(f"latent side must be positive, got {latent_side}")
+    sides = [latent_side]
+    while sides[-1] % 2 == 0:
+        sides.append(sides[-1] // 2)
+    return tuple(reversed(sides))

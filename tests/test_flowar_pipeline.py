@@ -9,7 +9,8 @@ from nextscale.data import load_digits
 from nextscale.train import TrainConfig
 
 from flowar.__main__ import main
-from flowar.pipeline import default_configs, flow_losses, recon_mse, train_autoencoder, train_flowar
+from flowar.pipeline import (PAPER_SAMPLING, default_configs, flow_losses, flowar_paper_configs, recon_mse,
+                             train_autoencoder, train_flowar)
 
 BB = BackboneConfig(schedule=(1, 2, 4), in_dim=4, num_classes=10, width=32, depth=1, heads=2)
 
@@ -29,6 +30,25 @@ def test_default_configs(digits):
         default_configs(digits, BackboneConfig(schedule=(1, 2, 4), in_dim=4, num_classes=3))
     with pytest.raises(ValueError, match="image side 8 must be the schedule's last side 3"):
         default_configs(digits, BackboneConfig(schedule=(1, 3), in_dim=4))
+
+
+def test_paper_preset_pins_flowars_recipe():
+    """The preset's fields are FlowAR's published recipe (Ren et al. 2025 and its release)."""
+    d16 = load_digits(side=16, seed=0)
+    bb = BackboneConfig(width=64, depth=3, heads=4)  # VAR's schedule (1, 2, 3, 4, 6, 8) goes in ...
+    ae, fl = flowar_paper_configs(d16, bb)
+    assert fl.backbone.schedule == (1, 2, 4, 8)      # ... FlowAR's doubling schedule comes out
+    assert (fl.backbone.width, fl.backbone.depth, fl.backbone.heads) == (64, 3, 4)
+    assert (fl.head, fl.head_width, fl.head_depth, fl.head_heads) == ("transformer", 64, 2, 4)
+    assert (fl.path, fl.t_per, fl.t_sampling, fl.input_resize, fl.loss_weight) == \
+        ("noise", "scale", "uniform", "via_full", "tokens")
+    assert fl.ae == ae and ae.latent_side == 8
+    assert PAPER_SAMPLING == dict(solver="euler", steps=25, time_grid="two_segment", cfg_schedule="linear",
+                                  cfg_interval=(0.1, 1.0))
+    _, mlp = flowar_paper_configs(d16, bb, head="mlp")
+    assert mlp.head == "mlp" and mlp.backbone == fl.backbone
+    from nextscale.scales import doubling_schedule
+    assert doubling_schedule(16) == (1, 2, 4, 8, 16) and doubling_schedule(12) == (3, 6, 12)
 
 
 def test_train_and_reuse_checkpoints(digits, tmp_path):
@@ -90,16 +110,23 @@ def test_command_writes_samples_and_metrics(tmp_path):
             "--per-class", "1", "--batch-size", "16", "--side", "8", "--latent-channels", "4"]
     m = main(args)
     files = {p.name for p in out.iterdir()}
-    assert {"autoencoder.pt", "flowar.pt", "samples.png", "inpaint.png", "metrics.json",
-            "samples_euler_x1.png", "samples_dopri5.png"} <= files
+    assert {"checkpoints", "samples.png", "inpaint.png", "metrics.json", "samples_euler_x2.png",
+            "samples_euler_maruyama_x25.png", "samples_dopri5.png"} <= files
+    cks = [out / m["files"]["autoencoder"], out / m["files"]["flowar"]]
+    assert all(c.is_file() for c in cks) and m["configs"]["flowar"]["head"] == "transformer"
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["autoencoder"]["recon_mse_test"] == pytest.approx(m["autoencoder"]["recon_mse_test"])
-    assert set(saved["flowar"]["flow_loss_test"]) == {"loss"} | {f"flow_s{k}" for k in range(1, 5)}
+    assert set(saved["flowar"]["flow_loss_test"]) == {"loss"} | {f"flow_s{k}" for k in range(1, 4)}  # (1, 2, 4)
     s = saved["sampling"]["samplers"]
-    assert [s[f"euler x{n}"]["head_nfe_per_scale"][0] for n in (1, 2, 4, 8)] == [1, 2, 4, 8]
-    assert s["rk4 x2"]["head_nfe_per_scale"][0] == 8 and s["dopri5"]["head_nfe"] > 0
+    assert [s[f"euler x{n}"]["head_nfe_per_scale"][0] for n in (2, 4, 8, 25)] == [2, 4, 8, 25]
+    assert s["euler_maruyama x25"]["head_nfe_per_scale"][0] == 25 and s["rk4 x2"]["head_nfe_per_scale"][0] == 8
+    assert s["dopri5"]["head_nfe"] > 0
     # a second run reuses both checkpoints and gives the same numbers
-    mtimes = [(out / f).stat().st_mtime_ns for f in ("autoencoder.pt", "flowar.pt")]
+    mtimes = [c.stat().st_mtime_ns for c in cks]
     m2 = main(args)
     assert m2["flowar"] == m["flowar"] and m2["autoencoder"] == m["autoencoder"]
-    assert [(out / f).stat().st_mtime_ns for f in ("autoencoder.pt", "flowar.pt")] == mtimes
+    assert [c.stat().st_mtime_ns for c in cks] == mtimes
+    # another head is another model: a new keyed checkpoint, the old one untouched
+    m3 = main(args + ["--head", "mlp"])
+    assert m3["files"]["flowar"] != m["files"]["flowar"] and m3["files"]["autoencoder"] == m["files"]["autoencoder"]
+    assert m3["configs"]["flowar"]["head"] == "mlp" and [c.stat().st_mtime_ns for c in cks] == mtimes
