@@ -1,6 +1,12 @@
 """The comparison: VAR and FlowAR on the same backbone config, the same data and the same seeds.
 
-Stages: data -> domain classifier (feature net) -> VQ tokenizer + VAR -> AE + FlowAR -> for every
+Three arms (the ``model`` of every row): ``var`` (VAR, Tian et al. 2024), ``flowar`` (FlowAR as
+published, Ren et al. 2025: :func:`flowar.pipeline.flowar_paper_configs`, transformer head) and
+``flowar-mlp`` (the same recipe with MAR's per-token MLP head). All three share the backbone's width,
+depth and heads and the training recipe; each keeps its paper's scale schedule (VAR's for ``var``,
+FlowAR's doubling one for the FlowAR arms), and the two FlowAR arms share one autoencoder.
+
+Stages: data -> domain classifier (feature net) -> VQ tokenizer + VAR -> AE + FlowAR (x2 heads) -> for every
 sampler setting: N class-balanced samples, FID / KID / precision-recall / class accuracy against the
 held-out real split, and the step cost of one sampling call. The real-train-vs-real-test distance
 with the same N is the floor no model can beat. Checkpoints are keyed by everything that shapes the
@@ -27,6 +33,8 @@ from nextscale.train import TrainConfig, pick_device
 from nextscale.scales import default_schedule
 from nextscale.viz import save_grid
 
+from flowar.pipeline import PAPER_SAMPLING
+
 from .classifier import class_accuracy, train_classifier
 from .cost import measure_cost
 from .fid import fid_from_features
@@ -40,17 +48,20 @@ VAR_SAMPLERS = (
     ("cfg 3", dict(cfg_scale=3.0)),
     ("cfg 1.5, top-k 64, top-p 0.95", dict(cfg_scale=1.5, top_k=64, top_p=0.95)),
 )
+# FlowAR rows: steps per scale; "x25" is FlowAR's own sampler (two-segment grid). Every FlowAR row uses
+# FlowAR's guidance (linear ramp from 0 at scale 1, off for t < 0.1) at CompareConfig.flowar_cfg.
 FLOWAR_SAMPLERS = (
     ("euler x1", dict(solver="euler", steps=1)),
     ("euler x2", dict(solver="euler", steps=2)),
     ("euler x4", dict(solver="euler", steps=4)),
     ("euler x8", dict(solver="euler", steps=8)),
-    ("rk4 x2", dict(solver="rk4", steps=2)),
-    ("rk4 x4", dict(solver="rk4", steps=4)),
-    ("dopri5", dict(solver="dopri5", rtol=1e-3, atol=1e-3)),
+    ("euler x25", dict(solver="euler", steps=25, time_grid="two_segment")),
+    ("euler_maruyama x8", dict(solver="euler_maruyama", steps=8)),
+    ("euler_maruyama x25", dict(solver="euler_maruyama", steps=25, time_grid="two_segment")),
 )
-QUICK_FLOWAR = ("euler x1", "euler x2", "rk4 x2")
+QUICK_FLOWAR = ("euler x2", "euler_maruyama x8")
 QUICK_VAR = ("cfg 0", "cfg 1.5")
+ARMS = ("var", "flowar", "flowar-mlp")
 
 
 @dataclass(frozen=True)
@@ -171,7 +182,7 @@ def run(cfg: CompareConfig) -> dict:
     labels = torch.arange(cfg.samples) % data.num_classes
     results = {"models": {}, "rows": []}
 
-    for name in ("var", "flowar"):
+    for name in ARMS:
         _stage(f"{name}: autoencoder, then the generator on the shared backbone")
         model, info = timed(f"train_{name}", _train_model, name, data, backbone, cfg, out, fp, dev)
         info["backbone_flops_per_scale"] = backbone_flops_per_scale(model)
@@ -214,8 +225,9 @@ def run(cfg: CompareConfig) -> dict:
 def _samplers(name: str, cfg: CompareConfig):
     if name == "var":
         return [s for s in VAR_SAMPLERS if not cfg.quick or s[0] in QUICK_VAR]
-    return [(lbl, {**kw, "cfg_scale": cfg.flowar_cfg}) for lbl, kw in FLOWAR_SAMPLERS
-            if not cfg.quick or lbl in QUICK_FLOWAR]
+    guidance = {"cfg_scale": cfg.flowar_cfg, "cfg_schedule": PAPER_SAMPLING["cfg_schedule"],
+                "cfg_interval": PAPER_SAMPLING["cfg_interval"]}
+    return [(lbl, {**kw, **guidance}) for lbl, kw in FLOWAR_SAMPLERS if not cfg.quick or lbl in QUICK_FLOWAR]
 
 
 def _train_cfgs(cfg: CompareConfig, ae_steps: int, gen_steps: int):
@@ -233,12 +245,14 @@ def _train_model(name, data, backbone, cfg, out, fp, dev):
     if name == "var":
         from var.pipeline import default_configs, train_tokenizer as train_ae, train_var as train_gen
         ae_steps, gen_steps = cfg.tokenizer_steps, cfg.var_steps
+        ae_cfg, gen_cfg = default_configs(data, backbone)
     else:
-        from flowar.pipeline import default_configs, train_autoencoder as train_ae, train_flowar as train_gen
+        from flowar.pipeline import flowar_paper_configs, train_autoencoder as train_ae, train_flowar as train_gen
         ae_steps, gen_steps = cfg.ae_steps, cfg.flowar_steps
-    ae_cfg, gen_cfg = default_configs(data, backbone)
+        ae_cfg, gen_cfg = flowar_paper_configs(data, backbone, head="mlp" if name == "flowar-mlp" else "transformer")
+    family = name.split("-")[0]
     ae_tc, gen_tc = _train_cfgs(cfg, ae_steps, gen_steps)
-    ae_ck = keyed_path(out / "checkpoints", f"{name}-autoencoder", fp, ae_cfg, ae_tc)
+    ae_ck = keyed_path(out / "checkpoints", f"{family}-autoencoder", fp, ae_cfg, ae_tc)
     gen_ck = keyed_path(out / "checkpoints", name, fp, gen_cfg, gen_tc, ae_ck.name)
     reused = ae_ck.exists() and gen_ck.exists()
     t = time.perf_counter()
@@ -246,7 +260,9 @@ def _train_model(name, data, backbone, cfg, out, fp, dev):
     model = train_gen(data, ae, gen_cfg, gen_tc, ckpt_path=gen_ck, device=dev).eval()
     info = {"reused_checkpoints": reused, "train_seconds": round(time.perf_counter() - t, 2),
             "params_backbone": count_params(model.backbone),
+            "params_head": count_params(model.head),
             "params_generator": count_params(model) - count_params(ae),  # backbone + head (EMA copies are frozen)
+            "schedule": list(gen_cfg.backbone.schedule),
             "params_autoencoder": count_params(ae),
             "config": config_to_dict(gen_cfg), "autoencoder_config": config_to_dict(ae_cfg),
             "checkpoints": [ae_ck.name, gen_ck.name]}

@@ -44,11 +44,13 @@ def write_report(results: dict, out: Path) -> None:
         f"{results['seed']}, device {results['device']}, torch {results['versions']['torch']}, nextscale "
         f"{results['versions']['nextscale']}.",
         "",
-        f"Shared backbone: width {bb['width']}, depth {bb['depth']}, heads {bb['heads']}, schedule "
-        f"{tuple(bb['schedule'])} (L = {sum(s * s for s in bb['schedule'])} tokens), latent channels {bb['in_dim']}. "
-        f"Backbone parameters: VAR {m['var']['params_backbone']:,}, FlowAR {m['flowar']['params_backbone']:,}; "
-        f"trainable generator parameters (backbone + head): VAR {m['var']['params_generator']:,}, FlowAR "
-        f"{m['flowar']['params_generator']:,}.",
+        f"Shared backbone config: width {bb['width']}, depth {bb['depth']}, heads {bb['heads']}, latent channels "
+        f"{bb['in_dim']}; each arm keeps its paper's scale schedule: " + "; ".join(
+            f"{n} {tuple(i['schedule'])} (L = {sum(s * s for s in i['schedule'])})" for n, i in m.items()) + ". "
+        "Arms: `var` (VAR), `flowar` (FlowAR as published: transformer velocity head, doubling schedule, "
+        "two-segment Euler), `flowar-mlp` (the same with MAR's per-token MLP head). FlowAR rows use FlowAR's "
+        f"guidance: w = {cfg['flowar_cfg']} (FlowAR's cfg {1 + cfg['flowar_cfg']:g}) ramped linearly from 0 at "
+        "scale 1, off for the noisiest 10% of t.",
         "",
         f"Metrics on {cfg['samples']} class-balanced samples per row against the {results['data']['test']} "
         "held-out real images, in the feature space of a classifier trained on the real train split "
@@ -62,11 +64,13 @@ def write_report(results: dict, out: Path) -> None:
         "",
         "## Training",
         "",
-        "| model | autoencoder params | train s | reused checkpoints | train loss | test loss |",
-        "|---|---|---|---|---|---|",
+        "| model | trainable params (backbone + head = total) | autoencoder params | train s | reused checkpoints "
+        "| train loss | test loss |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, info in m.items():
-        md.append(f"| {name} | {info['params_autoencoder']:,} | {info['train_seconds']} | "
+        md.append(f"| {name} | {info['params_backbone']:,} + {info['params_head']:,} = {info['params_generator']:,} "
+                  f"| {info['params_autoencoder']:,} | {info['train_seconds']} | "
                   f"{info['reused_checkpoints']} | {_fmt(info['train_loss']['loss'])} | "
                   f"{_fmt(info['test_loss']['loss'])} |")
     md += ["", "Per-scale held-out loss (test split):", ""]
@@ -89,7 +93,8 @@ def write_plots(results: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     rows, floor = results["rows"], results["floor"]["fid"]
-    colors = {"var": "tab:blue", "flowar": "tab:orange"}
+    colors = {"var": "tab:blue", "flowar": "tab:orange", "flowar-mlp": "tab:green"}
+    names = {"var": "VAR", "flowar": "FlowAR", "flowar-mlp": "FlowAR, MLP head"}
     paths = []
     for key, xlabel, fname in (("head_nfe", "head evaluations per image (NFE)", "fid_vs_nfe.png"),
                                ("ms_per_image", "wall time per image (ms)", "fid_vs_time.png")):
@@ -98,7 +103,7 @@ def write_plots(results: dict, out: Path) -> list[Path]:
             ax.scatter(r[key], r["fid"], color=colors[r["model"]])
             ax.annotate(r["sampler"], (r[key], r["fid"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         for m, c in colors.items():
-            ax.scatter([], [], color=c, label=m.upper() if m == "var" else "FlowAR")
+            ax.scatter([], [], color=c, label=names[m])
         ax.axhline(floor, color="grey", ls="--", lw=1, label="real floor")
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
