@@ -1,4 +1,5 @@
-"""``python -m compare``: train VAR and FlowAR on the same backbone and data, write the report."""
+"""``python -m compare``: train VAR, FlowAR and FlowAR with an MLP head on the same backbone config and data,
+over several training seeds, and write the report (means with 95% intervals, paired differences)."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,13 @@ def parse(argv=None) -> CompareConfig:
     p = argparse.ArgumentParser(prog="python -m compare", description=__doc__)
     p.add_argument("--data", default=d.dataset, help="'digits' (embedded default), an .npz file or an image folder")
     p.add_argument("--out", default=d.out, help="output folder (results.json, report.md, plots, checkpoints)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="first training seed (seed i is seed + i)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help=f"training seeds per arm (default {d.seeds}; --quick: 2)")
+    p.add_argument("--split-seed", type=int, default=d.split_seed,
+                   help="seed of the train/test split and of the feature network (the same for every seed)")
+    p.add_argument("--head-width", type=int, default=None,
+                   help="width of the FlowAR arms' velocity heads (default: the backbone's; smaller matches parameters)")
     p.add_argument("--samples", type=int, default=None, help=f"samples per model and sampler (default {d.samples})")
     p.add_argument("--steps", type=int, default=None,
                    help=f"training steps of each generator (default {d.var_steps}); autoencoders get half")
@@ -20,7 +27,10 @@ def parse(argv=None) -> CompareConfig:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--quick", action="store_true", help="the reduced run the tests use (< 3 minutes on 2 cores)")
     a = p.parse_args(argv)
-    kw = dict(dataset=a.data, out=a.out, seed=a.seed, side=a.side, device=a.device)
+    kw = dict(dataset=a.data, out=a.out, seed=a.seed, split_seed=a.split_seed, side=a.side, device=a.device,
+              head_width=a.head_width)
+    if a.seeds is not None:
+        kw["seeds"] = a.seeds
     if a.samples is not None:
         kw["samples"] = a.samples
     if a.steps is not None:

@@ -109,10 +109,11 @@ def _check_output(out, batch_size: int) -> tuple[torch.Tensor, dict]:
 
 
 def measure_cost(sample_fn: Callable[[int], tuple[torch.Tensor, dict]], batch_size: int, repeats: int = 3,
-                 warmup: int = 1, device: str | torch.device | None = None, seed: int = 0) -> dict:
+                 warmup: int = 1, device: str | torch.device | None = None, seed: int = 0, flops: bool = True) -> dict:
     """Cost of ``sample_fn(batch_size)`` per generated image.
 
-    One call under ``torch.utils.flop_counter`` gives FLOPs; ``warmup`` untimed calls follow, then
+    One call under ``torch.utils.flop_counter`` gives FLOPs (``flops=False``: skipped, reported as None);
+    ``warmup`` untimed calls follow, then
     ``repeats`` timed ones (CUDA synchronised) give the median wall time and the peak memory (the largest
     over the repeats; see the module docstring). Every call runs under ``torch.no_grad`` with the global
     RNG seeded by ``seed`` (the caller's RNG state is restored). ``device`` defaults to the device of the
@@ -128,8 +129,13 @@ def measure_cost(sample_fn: Callable[[int], tuple[torch.Tensor, dict]], batch_si
             with torch.no_grad():
                 outputs.append(_check_output(sample_fn(batch_size), batch_size))
 
-        flops = count_flops(call)
-        dev = torch.device(device) if device is not None else outputs[0][0].device
+        n_flops = count_flops(call) if flops else None
+        if device is not None:
+            dev = torch.device(device)
+        else:
+            if not outputs:
+                call()
+            dev = outputs[0][0].device
         for _ in range(warmup):
             call()
         meter, seconds, peaks = _PeakMemory(dev), [], []
@@ -146,7 +152,7 @@ def measure_cost(sample_fn: Callable[[int], tuple[torch.Tensor, dict]], batch_si
     result = {
         "batch_size": batch_size,
         "device": str(dev),
-        "flops_per_image": flops / batch_size,
+        "flops_per_image": None if n_flops is None else n_flops / batch_size,
         "ms_per_image": 1000 * statistics.median(seconds) / batch_size,
         "ms_per_image_repeats": [1000 * s / batch_size for s in seconds],
         "peak_mem_bytes": int(max(peaks)),

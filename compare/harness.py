@@ -17,7 +17,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ import nextscale
 from nextscale.backbone import BackboneConfig
 from nextscale.checkpoint import keyed_path
 from nextscale.config import check_float, check_int, config_to_dict
-from nextscale.cost import count_flops, count_params
+from nextscale.cost import count_flops, count_params, count_train_flops
 from nextscale.data import ImageData, load_dataset
 from nextscale.train import TrainConfig, pick_device
 from nextscale.scales import default_schedule
@@ -40,6 +40,7 @@ from .cost import measure_cost
 from .fid import fid_from_features
 from .kid import kid
 from .prdc import precision_recall
+from .stats import paired_difference, t_interval
 
 # (label, sampling kwargs). VAR: CFG strength and top-k/top-p; FlowAR: ODE solver and steps per scale.
 VAR_SAMPLERS = (
@@ -68,8 +69,10 @@ ARMS = ("var", "flowar", "flowar-mlp")
 class CompareConfig:
     dataset: str = "digits"
     out: str = "runs/compare"
-    seed: int = 0
-    samples: int = 500            # generated images per model and sampler (class-balanced)
+    seed: int = 0                 # first training / sampling seed; seed i of N is seed + i
+    seeds: int = 3                # training seeds: every arm is trained and sampled once per seed
+    split_seed: int = 0           # the data split and the feature network, the same for every seed
+    samples: int = 500            # generated images per model, sampler and seed (class-balanced)
     tokenizer_steps: int = 300
     var_steps: int = 600
     ae_steps: int = 300
@@ -78,9 +81,11 @@ class CompareConfig:
     batch_size: int = 32          # generator training batch (the same for VAR and FlowAR)
     ae_batch_size: int = 64       # tokenizer / autoencoder training batch
     sample_batch: int = 250       # sampling batch for the quality metrics
-    cost_batch: int = 50          # batch for the timed cost measurement
-    cost_repeats: int = 3
+    cost_batch: int = 50          # batch of the per-seed timed cost measurement
+    cost_repeats: int = 1         # timed calls per seed (the sampling just before is the warm-up)
+    throughput_batch: int = 256   # largest batch tried for throughput (halved on CUDA out-of-memory)
     flowar_cfg: float = 1.0       # CFG scale for every FlowAR solver setting
+    head_width: int | None = None  # FlowAR arms' head width (None: the backbone's, as the paper's S model)
     width: int = 128
     depth: int = 4
     heads: int = 4
@@ -91,18 +96,26 @@ class CompareConfig:
 
     def __post_init__(self):
         check_int("seed", self.seed, 0)
+        check_int("seeds", self.seeds, 1)
+        check_int("split_seed", self.split_seed, 0)
         check_int("samples", self.samples, 2)
         for name in ("tokenizer_steps", "var_steps", "ae_steps", "flowar_steps", "classifier_steps",
-                     "batch_size", "ae_batch_size", "sample_batch", "cost_batch", "cost_repeats", "width", "depth", "heads",
-                     "latent_channels"):
+                     "batch_size", "ae_batch_size", "sample_batch", "cost_batch", "cost_repeats",
+                     "throughput_batch", "width", "depth", "heads", "latent_channels"):
             check_int(name, getattr(self, name), 1)
+        if self.head_width is not None:
+            check_int("head_width", self.head_width, 1)
         check_float("flowar_cfg", self.flowar_cfg, 0)
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
 
     @staticmethod
     def quick_config(**overrides) -> "CompareConfig":
-        """The reduced run the tests use (< 3 minutes on 2 CPU cores)."""
-        base = dict(samples=100, tokenizer_steps=60, var_steps=80, ae_steps=60, flowar_steps=80,
-                    classifier_steps=150, cost_batch=10, cost_repeats=1, width=64, depth=2, heads=2, quick=True)
+        """The reduced run the tests use (< 3 minutes on 2 CPU cores, 2 seeds)."""
+        base = dict(seeds=2, samples=100, tokenizer_steps=60, var_steps=80, ae_steps=60, flowar_steps=80,
+                    classifier_steps=150, cost_batch=10, throughput_batch=20, width=64, depth=2, heads=2, quick=True)
         return CompareConfig(**{**base, **overrides})
 
 
@@ -149,6 +162,11 @@ def evaluate_samples(images, labels, real_feats, classifier, seed: int) -> dict:
             "class_acc": None if labels is None else class_accuracy(classifier, images, labels)}
 
 
+# per-seed numbers of a row that get a mean and an interval
+ROW_METRICS = ("fid", "kid", "precision", "recall", "class_acc", "head_nfe", "flops_per_image", "ms_per_image",
+               "peak_mem_bytes")
+
+
 def run(cfg: CompareConfig) -> dict:
     t_start = time.perf_counter()
     out = Path(cfg.out)
@@ -160,59 +178,84 @@ def run(cfg: CompareConfig) -> dict:
     def timed(name, fn, *a, **kw):
         t = time.perf_counter()
         r = fn(*a, **kw)
-        timings[name] = round(time.perf_counter() - t, 2)
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - t, 2)
         return r
 
-    _stage(f"data: {cfg.dataset}")
-    data: ImageData = load_dataset(cfg.dataset, side=cfg.side, seed=cfg.seed)
+    _stage(f"data: {cfg.dataset} (split seed {cfg.split_seed})")
+    data: ImageData = load_dataset(cfg.dataset, side=cfg.side, seed=cfg.split_seed)
     fp = data.fingerprint()
 
     _stage("feature network: domain classifier on the real train split")
-    clf = timed("classifier", train_classifier, data, seed=cfg.seed, cache_dir=out / "checkpoints",
+    clf = timed("classifier", train_classifier, data, seed=cfg.split_seed, cache_dir=out / "checkpoints",
                 steps=cfg.classifier_steps, device=dev)
-    real_test = data.x_test
-    real_feats = clf.features(real_test)
+    real_feats = clf.features(data.x_test)
     n_floor = min(cfg.samples, len(data.x_train))
-    pick = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(cfg.seed))[:n_floor]
-    floor = evaluate_samples(data.x_train[pick], data.y_train[pick], real_feats, clf, cfg.seed)
-    floor["test_class_acc"] = class_accuracy(clf, real_test, data.y_test)
+    floor_seeds = []
+    for s in cfg.seed_list:  # a fresh subset of real train images per seed, the same N as the samples
+        pick = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(s))[:n_floor]
+        floor_seeds.append(evaluate_samples(data.x_train[pick], data.y_train[pick], real_feats, clf, s))
+    floor = {k: t_interval([f[k] for f in floor_seeds]) for k in ("fid", "kid", "precision", "recall", "class_acc")}
+    floor["test_class_acc"] = class_accuracy(clf, data.x_test, data.y_test)
 
     backbone = BackboneConfig(schedule=default_schedule(data.side // 2), in_dim=cfg.latent_channels,
                               num_classes=data.num_classes, width=cfg.width, depth=cfg.depth, heads=cfg.heads)
     labels = torch.arange(cfg.samples) % data.num_classes
-    results = {"models": {}, "rows": []}
+    models: dict[str, dict] = {}
+    rows: dict[tuple[str, str], dict] = {}
 
-    for name in ARMS:
-        _stage(f"{name}: autoencoder, then the generator on the shared backbone")
-        model, info = timed(f"train_{name}", _train_model, name, data, backbone, cfg, out, fp, dev)
-        info["backbone_flops_per_scale"] = backbone_flops_per_scale(model)
-        results["models"][name] = info
-        samplers = _samplers(name, cfg)
-        for label, kw in samplers:
-            _stage(f"{name} [{label}]: {cfg.samples} samples, metrics, cost")
-            t = time.perf_counter()
-            images, stats = generate(model, labels, cfg.sample_batch, cfg.seed, **kw)
-            row = {"model": name, "sampler": label, "settings": kw,
-                   **evaluate_samples(images, labels, real_feats, clf, cfg.seed)}
-            row.update(measure_cost(lambda b: model.sample(labels[:b].to(dev), seed=cfg.seed, **kw),
-                                    batch_size=cfg.cost_batch, repeats=cfg.cost_repeats, warmup=1, device=dev,
-                                    seed=cfg.seed))
-            row["sample_seconds"] = round(time.perf_counter() - t, 2)
-            grid = out / f"samples_{name}_{_slug(label)}.png"
-            save_grid(_grid_images(images, labels, data.num_classes, 8), grid, nrow=8)
-            row["grid"] = grid.name
-            results["rows"].append(row)
+    for i, seed in enumerate(cfg.seed_list):
+        for name in ARMS:
+            _stage(f"seed {seed} ({i + 1}/{cfg.seeds}) {name}: autoencoder, then the generator")
+            model, info = timed(f"train_{name}", _train_model, name, data, backbone, cfg, out, fp, dev, seed)
+            arm = models.setdefault(name, {k: v for k, v in info.items() if k not in _PER_SEED_INFO})
+            arm.setdefault("per_seed", []).append({k: info[k] for k in _PER_SEED_INFO})
+            if i == 0:
+                arm["backbone_flops_per_scale"] = backbone_flops_per_scale(model)
+                arm["train_flops_per_image"] = train_flops_per_image(model, data, cfg.batch_size, dev)
+            for label, kw in _samplers(name, cfg):
+                _stage(f"seed {seed} {name} [{label}]: {cfg.samples} samples, metrics, cost")
+                t = time.perf_counter()
+                images, stats = generate(model, labels, cfg.sample_batch, seed, **kw)
+                one = evaluate_samples(images, labels, real_feats, clf, seed)
+                sample_fn = _sample_fn(model, labels, seed, kw, dev)
+                one.update(measure_cost(sample_fn, batch_size=min(cfg.cost_batch, cfg.samples),
+                                        repeats=cfg.cost_repeats, warmup=0, device=dev, seed=seed, flops=i == 0))
+                row = rows.setdefault((name, label), {"model": name, "sampler": label, "settings": kw,
+                                                      "per_seed": []})
+                if i == 0:  # cost as users measure it, on the first seed's weights (fixed-step: weight-independent)
+                    row["flops_per_image_exact"] = one["flops_per_image"]
+                    row.update(latency_and_throughput(sample_fn, cfg.throughput_batch, dev, seed))
+                    grid = out / f"samples_{_slug(name)}_{_slug(label)}.png"
+                    save_grid(_grid_images(images, labels, data.num_classes, 8), grid, nrow=8)
+                    row["grid"] = grid.name
+                    row.update({k: stats[k] for k in ("backbone_forwards", "head_nfe_per_scale", "cfg_per_scale",
+                                                      "guided") if k in stats})
+                one["flops_per_image"] = row["flops_per_image_exact"]
+                one["sample_seconds"] = round(time.perf_counter() - t, 2)
+                row["per_seed"].append({k: one[k] for k in (*ROW_METRICS, "kid_std", "sample_seconds")})
+            del model
 
+    for arm in models.values():
+        arm["train_seconds"] = t_interval([p["train_seconds"] for p in arm["per_seed"]])
+    result_rows = []
+    for row in rows.values():
+        row.update({k: t_interval([p[k] for p in row["per_seed"]]) for k in ROW_METRICS})
+        result_rows.append(row)
+    results = {"models": models, "rows": result_rows, "seeds": cfg.seed_list, "interval": INTERVAL_METHOD}
+    results["comparisons"] = paired_comparisons(result_rows)
     results.update({
         "config": asdict(cfg),
         "backbone": config_to_dict(backbone),
         "versions": {"nextscale": nextscale.__version__, "torch": torch.__version__,
                      "python": platform.python_version(), "numpy": np.__version__},
         "device": str(dev),
+        "device_name": device_name(dev),
         "seed": cfg.seed,
-        "data": {"name": data.name, "fingerprint": fp, "train": len(data.x_train), "test": len(data.x_test),
-                 "side": data.side, "channels": data.channels, "classes": data.num_classes},
+        "data": {"name": data.name, "fingerprint": fp, "split_seed": cfg.split_seed, "train": len(data.x_train),
+                 "test": len(data.x_test), "side": data.side, "channels": data.channels,
+                 "classes": data.num_classes},
         "floor": floor,
+        "floor_per_seed": floor_seeds,
         "floor_samples": n_floor,
         "timings_s": timings,
     })
@@ -220,6 +263,93 @@ def run(cfg: CompareConfig) -> dict:
     from .report import write_report
     write_report(results, out)
     return results
+
+
+INTERVAL_METHOD = ("Student t-interval over training seeds (95%): mean +- t_{0.975, n-1} std / sqrt(n); each seed "
+                   "retrains every arm and draws its own samples; paired differences use the same seeds")
+_PER_SEED_INFO = ("seed", "reused_checkpoints", "train_seconds", "ae_train_seconds", "checkpoints", "train_loss",
+                  "test_loss")
+
+
+def best_row(rows: list[dict], model: str) -> dict:
+    """The row of ``model`` with the lowest mean FID."""
+    return min((r for r in rows if r["model"] == model), key=lambda r: r["fid"]["mean"])
+
+
+def paired_comparisons(rows: list[dict]) -> list[dict]:
+    """FID and recall differences, paired over seeds: every arm's best row against every other arm's best
+    row, and VAR's best row against each FlowAR arm's row nearest to it in head NFE and in ms/img."""
+    import math
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    best = {m: best_row(rows, m) for m in models}
+    pairs = [("best vs best", best[a], best[b]) for i, a in enumerate(models) for b in models[i + 1:]]
+    if "var" in best:
+        v = best["var"]
+        for m in models:
+            if m == "var":
+                continue
+            mine = [r for r in rows if r["model"] == m]
+            near = {what: min(mine, key=lambda r: abs(math.log(r[key]["mean"] / v[key]["mean"])))
+                    for key, what in (("head_nfe", "matched head NFE"), ("ms_per_image", "matched ms/img"))}
+            if near["matched head NFE"] is near["matched ms/img"]:
+                pairs.append(("matched head NFE and ms/img", v, near["matched head NFE"]))
+            else:
+                pairs += [(what, v, r) for what, r in near.items()]
+    out = []
+    for what, a, b in pairs:
+        out.append({"what": what, "a": {"model": a["model"], "sampler": a["sampler"]},
+                    "b": {"model": b["model"], "sampler": b["sampler"]},
+                    **{f"{k}_diff": paired_difference(a[k]["values"], b[k]["values"])
+                       for k in ("fid", "recall", "ms_per_image")}})
+    return out
+
+
+def device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def _sample_fn(model, labels, seed, kw, dev):
+    def sample(b):
+        y = labels[torch.arange(b) % len(labels)]
+        return model.sample(y.to(dev), seed=seed, **kw)
+    return sample
+
+
+def latency_and_throughput(sample_fn, max_batch: int, dev: torch.device, seed: int) -> dict:
+    """ms/img at batch 1 (latency: median of 3 after a warm-up) and at the largest batch up to
+    ``max_batch`` that fits (throughput: one timed call; on CUDA the batch is halved on out-of-memory)."""
+    lat = measure_cost(sample_fn, batch_size=1, repeats=3, warmup=1, device=dev, seed=seed, flops=False)
+    b = max_batch
+    while True:
+        try:
+            thr = measure_cost(sample_fn, batch_size=b, repeats=1, warmup=int(dev.type == "cuda"), device=dev,
+                               seed=seed, flops=False)
+            break
+        except torch.OutOfMemoryError:
+            if b == 1:
+                raise
+            torch.cuda.empty_cache()
+            b //= 2
+    return {"latency_ms": lat["ms_per_image"], "throughput_batch": b, "throughput_ms_per_image": thr["ms_per_image"],
+            "throughput_img_per_s": 1000 / thr["ms_per_image"]}
+
+
+def train_flops_per_image(model, data: ImageData, batch: int, dev: torch.device) -> int:
+    """FLOPs of one training step (forward + backward) per image, on one batch of real data, counted with
+    torch's FLOP counter on a trainable copy of the generator (its frozen autoencoder excluded)."""
+    import copy
+
+    m = copy.deepcopy(model).train()
+    m.backbone.requires_grad_(True)
+    m.head.requires_grad_(True)
+    x, y = data.x_train[:batch].to(dev), data.y_train[:batch].to(dev)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        flops = count_train_flops(lambda: m(x, y)["loss"])
+    return flops // len(x)
 
 
 def _samplers(name: str, cfg: CompareConfig):
@@ -230,18 +360,19 @@ def _samplers(name: str, cfg: CompareConfig):
     return [(lbl, {**kw, **guidance}) for lbl, kw in FLOWAR_SAMPLERS if not cfg.quick or lbl in QUICK_FLOWAR]
 
 
-def _train_cfgs(cfg: CompareConfig, ae_steps: int, gen_steps: int):
-    """The same recipe for both families: only the model differs."""
+def _train_cfgs(cfg: CompareConfig, ae_steps: int, gen_steps: int, seed: int):
+    """The same recipe for every arm: only the model differs."""
     ae = TrainConfig(steps=ae_steps, batch_size=cfg.ae_batch_size, lr=2e-3, warmup_steps=min(20, ae_steps),
-                     seed=cfg.seed, log_every=max(1, ae_steps // 5))
+                     seed=seed, log_every=max(1, ae_steps // 5))
     gen = TrainConfig(steps=gen_steps, batch_size=cfg.batch_size, lr=1e-3, warmup_steps=min(50, gen_steps),
-                      seed=cfg.seed, ema_decay=0.99 if gen_steps >= 300 else 0.0,
+                      seed=seed, ema_decay=0.99 if gen_steps >= 300 else 0.0,
                       log_every=max(1, gen_steps // 10))
     return ae, gen
 
 
-def _train_model(name, data, backbone, cfg, out, fp, dev):
-    """Train (or reuse) the autoencoder and the generator of one family; returns (model, info)."""
+def _train_model(name, data, backbone, cfg, out, fp, dev, seed):
+    """Train (or reuse) the autoencoder and the generator of one arm with training seed ``seed``;
+    returns (model, info)."""
     if name == "var":
         from var.pipeline import default_configs, train_tokenizer as train_ae, train_var as train_gen
         ae_steps, gen_steps = cfg.tokenizer_steps, cfg.var_steps
@@ -250,15 +381,19 @@ def _train_model(name, data, backbone, cfg, out, fp, dev):
         from flowar.pipeline import flowar_paper_configs, train_autoencoder as train_ae, train_flowar as train_gen
         ae_steps, gen_steps = cfg.ae_steps, cfg.flowar_steps
         ae_cfg, gen_cfg = flowar_paper_configs(data, backbone, head="mlp" if name == "flowar-mlp" else "transformer")
+        if cfg.head_width is not None:
+            gen_cfg = replace(gen_cfg, head_width=cfg.head_width)
     family = name.split("-")[0]
-    ae_tc, gen_tc = _train_cfgs(cfg, ae_steps, gen_steps)
+    ae_tc, gen_tc = _train_cfgs(cfg, ae_steps, gen_steps, seed)
     ae_ck = keyed_path(out / "checkpoints", f"{family}-autoencoder", fp, ae_cfg, ae_tc)
     gen_ck = keyed_path(out / "checkpoints", name, fp, gen_cfg, gen_tc, ae_ck.name)
     reused = ae_ck.exists() and gen_ck.exists()
     t = time.perf_counter()
     ae = train_ae(data, ae_cfg, ae_tc, ckpt_path=ae_ck, device=dev)
+    t_ae = time.perf_counter()
     model = train_gen(data, ae, gen_cfg, gen_tc, ckpt_path=gen_ck, device=dev).eval()
-    info = {"reused_checkpoints": reused, "train_seconds": round(time.perf_counter() - t, 2),
+    info = {"seed": seed, "reused_checkpoints": reused, "train_seconds": round(time.perf_counter() - t_ae, 2),
+            "ae_train_seconds": round(t_ae - t, 2),
             "params_backbone": count_params(model.backbone),
             "params_head": count_params(model.head),
             "params_generator": count_params(model) - count_params(ae),  # backbone + head (EMA copies are frozen)

@@ -4,6 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .stats import fmt_interval
+
+NAMES = {"var": "VAR", "flowar": "FlowAR", "flowar-mlp": "FlowAR, MLP head"}
+COLORS = {"var": "tab:blue", "flowar": "tab:orange", "flowar-mlp": "tab:green"}
+
 
 def _fmt(v, digits=3):
     if v is None:
@@ -13,20 +18,69 @@ def _fmt(v, digits=3):
     return str(v)
 
 
+def _iv(s: dict, scale: float = 1.0) -> str:
+    return fmt_interval(s, scale=scale)
+
+
 def main_table(results: dict) -> str:
-    """The report's main table: quality against cost for every model and sampler, and the floor."""
+    """Quality against cost for every model and sampler, and the floor: mean ± 95% half-width over seeds."""
     head = ("| model | sampler | FID | KID x1e3 | class acc | precision | recall | backbone fwd | head NFE "
-            "| GFLOPs/img | ms/img | peak MB |")
-    lines = [head, "|" + "---|" * 12]
+            "| GFLOPs/img | ms/img (batch {b}) | latency ms (batch 1) | throughput img/s (batch) | peak MB |")
+    cost_b = results["config"]["cost_batch"]
+    lines = [head.format(b=cost_b), "|" + "---|" * 14]
     f = results["floor"]
-    lines.append(f"| real train | (floor, n={results['floor_samples']}) | {_fmt(f['fid'])} | {_fmt(f['kid'] * 1e3)} "
-                 f"| {_fmt(f['class_acc'])} | {_fmt(f['precision'])} | {_fmt(f['recall'])} | - | - | - | - | - |")
+    lines.append(f"| real train | (floor, n={results['floor_samples']}) | {_iv(f['fid'])} | {_iv(f['kid'], 1e3)} "
+                 f"| {_iv(f['class_acc'])} | {_iv(f['precision'])} | {_iv(f['recall'])} | - | - | - | - | - | - | - |")
     for r in results["rows"]:
         lines.append(
-            f"| {r['model']} | {r['sampler']} | {_fmt(r['fid'])} | {_fmt(r['kid'] * 1e3)} | {_fmt(r['class_acc'])} "
-            f"| {_fmt(r['precision'])} | {_fmt(r['recall'])} | {r['backbone_forwards']} | {r['head_nfe']} "
-            f"| {_fmt(r['flops_per_image'] / 1e9)} | {_fmt(r['ms_per_image'])} | {_fmt(r['peak_mem_bytes'] / 2**20)} |")
+            f"| {r['model']} | {r['sampler']} | {_iv(r['fid'])} | {_iv(r['kid'], 1e3)} | {_iv(r['class_acc'])} "
+            f"| {_iv(r['precision'])} | {_iv(r['recall'])} | {r['backbone_forwards']} | {_fmt(r['head_nfe']['mean'])} "
+            f"| {_fmt(r['flops_per_image_exact'] / 1e9)} | {_iv(r['ms_per_image'])} | {_fmt(r['latency_ms'])} "
+            f"| {_fmt(r['throughput_img_per_s'])} ({r['throughput_batch']}) "
+            f"| {_iv(r['peak_mem_bytes'], 1 / 2**20)} |")
     return "\n".join(lines)
+
+
+def comparisons_table(results: dict) -> str:
+    lines = ["| comparison | A | B | FID A - B | recall A - B | ms/img A - B | FID difference resolved? |",
+             "|---|---|---|---|---|---|---|"]
+    for c in results["comparisons"]:
+        d = c["fid_diff"]
+        verdict = ("n/a (one seed)" if d["half"] is None else
+                   ("yes: A lower" if d["hi"] < 0 else "yes: B lower") if d["resolved"] else "no (interval holds 0)")
+        lines.append(f"| {c['what']} | {c['a']['model']} [{c['a']['sampler']}] | {c['b']['model']} "
+                     f"[{c['b']['sampler']}] | {_iv(d)} | {_iv(c['recall_diff'])} | {_iv(c['ms_per_image_diff'])} "
+                     f"| {verdict} |")
+    return "\n".join(lines)
+
+
+def reading(results: dict) -> list[str]:
+    """Sentences that state only what the intervals resolve."""
+    out = []
+    for c in results["comparisons"]:
+        if c["what"] != "best vs best":
+            continue
+        d = c["fid_diff"]
+        a, b = f"{c['a']['model']} ({c['a']['sampler']})", f"{c['b']['model']} ({c['b']['sampler']})"
+        if d["half"] is None:
+            out.append(f"- {a} vs {b}: FID difference {_fmt(d['mean'])} from one seed; no interval, no claim.")
+        elif d["resolved"]:
+            lower = a if d["hi"] < 0 else b
+            out.append(f"- {a} vs {b}: FID difference {_iv(d)}; resolved: {lower} has the lower FID.")
+        else:
+            out.append(f"- {a} vs {b}: FID difference {_iv(d)}; not resolved at {len(results['seeds'])} seeds.")
+    return out
+
+
+def param_note(models: dict) -> str:
+    totals = {n: m["params_generator"] for n, m in models.items()}
+    lo, hi = min(totals.values()), max(totals.values())
+    if hi <= 1.15 * lo:
+        return f"Trainable parameters of the arms are within 15% of each other ({lo:,} to {hi:,})."
+    return (f"Trainable parameters differ by more than 15% ({lo:,} to {hi:,}, ratio {hi / lo:.2f}): the arms keep "
+            "their papers' heads (VAR a linear layer; FlowAR a transformer as wide as the backbone, as the paper's "
+            "S model; MAR's MLP), so the heads' sizes are part of what is compared. `--head-width` shrinks the "
+            "FlowAR heads to match parameters.")
 
 
 def write_report(results: dict, out: Path) -> None:
@@ -36,12 +90,14 @@ def write_report(results: dict, out: Path) -> None:
     m = results["models"]
     cfg = results["config"]
     bb = results["backbone"]
+    n_seeds = len(results["seeds"])
     md = [
         "# VAR vs FlowAR on one backbone",
         "",
         f"Data: **{results['data']['name']}** ({results['data']['train']} train / {results['data']['test']} test, "
-        f"{results['data']['side']}x{results['data']['side']}, {results['data']['classes']} classes), seed "
-        f"{results['seed']}, device {results['device']}, torch {results['versions']['torch']}, nextscale "
+        f"{results['data']['side']}x{results['data']['side']}, {results['data']['classes']} classes, split seed "
+        f"{results['data']['split_seed']}), training seeds {results['seeds']}, device {results['device']} "
+        f"({results['device_name']}), torch {results['versions']['torch']}, nextscale "
         f"{results['versions']['nextscale']}.",
         "",
         f"Shared backbone config: width {bb['width']}, depth {bb['depth']}, heads {bb['heads']}, latent channels "
@@ -52,38 +108,66 @@ def write_report(results: dict, out: Path) -> None:
         f"guidance: w = {cfg['flowar_cfg']} (FlowAR's cfg {1 + cfg['flowar_cfg']:g}) ramped linearly from 0 at "
         "scale 1, off for the noisiest 10% of t.",
         "",
-        f"Metrics on {cfg['samples']} class-balanced samples per row against the {results['data']['test']} "
-        "held-out real images, in the feature space of a classifier trained on the real train split "
-        f"(its test accuracy: {_fmt(results['floor']['test_class_acc'])}). The floor row scores real train "
-        "images the same way: no model can be expected to beat it. FID is biased at small N; compare rows at the "
-        "same N, and read KID (unbiased) beside it. Cost is per generated image at batch "
-        f"{cfg['cost_batch']} (median of {cfg['cost_repeats']} after a warm-up); head NFE counts a guided "
-        "evaluation as 2; FLOPs from torch.utils.flop_counter (matmuls, convs, attention).",
+        f"Every cell is mean ± 95% half-width over {n_seeds} training seeds ({results['interval']}). Each seed "
+        f"trains every arm anew and draws {cfg['samples']} class-balanced samples per row, scored against the "
+        f"{results['data']['test']} held-out real images in the feature space of a classifier trained on the "
+        f"real train split (test accuracy {_fmt(results['floor']['test_class_acc'])}). The floor row scores a "
+        "fresh subset of real train images per seed the same way: no model can be expected to beat it. FID is "
+        "biased at small N; compare rows at the same N, and read KID (unbiased) beside it. Cost per image: "
+        f"ms/img at batch {cfg['cost_batch']} on every seed (spread over seeds), latency at batch 1 (median of "
+        "3 after a warm-up) and throughput at the largest batch that fits up to "
+        f"{cfg['throughput_batch']}, both on the first seed's weights; head NFE counts a guided evaluation as 2; "
+        "FLOPs from torch.utils.flop_counter (matmuls, convs, attention).",
         "",
         main_table(results),
         "",
-        "## Training",
+        "## Differences between arms (paired over seeds)",
         "",
-        "| model | trainable params (backbone + head = total) | autoencoder params | train s | reused checkpoints "
-        "| train loss | test loss |",
-        "|---|---|---|---|---|---|---|",
+        comparisons_table(results),
+        "",
+        "Reading (only what the intervals resolve):",
+        "",
+        *reading(results),
+        "",
+        "## Budgets",
+        "",
+        param_note(m),
+        "",
+        "| model | trainable params (backbone + head = total) | autoencoder params | train GFLOPs/img (fwd + bwd) "
+        "| generator train s | reused checkpoints | train loss (first seed) | test loss (first seed) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, info in m.items():
+        first = info["per_seed"][0]
         md.append(f"| {name} | {info['params_backbone']:,} + {info['params_head']:,} = {info['params_generator']:,} "
-                  f"| {info['params_autoencoder']:,} | {info['train_seconds']} | "
-                  f"{info['reused_checkpoints']} | {_fmt(info['train_loss']['loss'])} | "
-                  f"{_fmt(info['test_loss']['loss'])} |")
-    md += ["", "Per-scale held-out loss (test split):", ""]
+                  f"| {info['params_autoencoder']:,} | {_fmt(info['train_flops_per_image'] / 1e9)} "
+                  f"| {_iv(info['train_seconds'])} | {[p['reused_checkpoints'] for p in info['per_seed']]} "
+                  f"| {_fmt(first['train_loss']['loss'])} | {_fmt(first['test_loss']['loss'])} |")
+    md += ["", "Per-scale held-out loss (test split, first seed):", ""]
     for name, info in m.items():
-        parts = {k: v for k, v in info["test_loss"].items() if k != "loss"}
+        parts = {k: v for k, v in info["per_seed"][0]["test_loss"].items() if k != "loss"}
         md.append(f"- {name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in parts.items()))
     md += ["", "Backbone GFLOPs per KV-cached scale step (one image): " + "; ".join(
         f"{n} " + ", ".join(_fmt(f / 1e9) for f in info["backbone_flops_per_scale"]) for n, info in m.items()), ""]
     md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
-    md += ["", "## Samples (rows: classes)", ""]
+    md += ["", "## Samples (rows: classes; first seed)", ""]
     md += [f"- {r['model']} [{r['sampler']}]: [{r['grid']}]({r['grid']})" for r in results["rows"]]
     md += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in results["timings_s"].items()), ""]
     (out / "report.md").write_text("\n".join(md))
+
+
+def _err(s: dict) -> float:
+    return 0.0 if s["half"] is None else s["half"]
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats in both cost (x) and FID (y), sorted by cost."""
+    front, best = [], float("inf")
+    for x, y in sorted(points):
+        if y < best:
+            front.append((x, y))
+            best = y
+    return front
 
 
 def write_plots(results: dict, out: Path) -> list[Path]:
@@ -92,47 +176,72 @@ def write_plots(results: dict, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows, floor = results["rows"], results["floor"]["fid"]
-    colors = {"var": "tab:blue", "flowar": "tab:orange", "flowar-mlp": "tab:green"}
-    names = {"var": "VAR", "flowar": "FlowAR", "flowar-mlp": "FlowAR, MLP head"}
+    rows, floor = results["rows"], results["floor"]["fid"]["mean"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
     paths = []
-    for key, xlabel, fname in (("head_nfe", "head evaluations per image (NFE)", "fid_vs_nfe.png"),
-                               ("ms_per_image", "wall time per image (ms)", "fid_vs_time.png")):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for r in rows:
-            ax.scatter(r[key], r["fid"], color=colors[r["model"]])
-            ax.annotate(r["sampler"], (r[key], r["fid"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        for m, c in colors.items():
-            ax.scatter([], [], color=c, label=names[m])
+    for key, xlabel, fname in (
+            (lambda r: r["head_nfe"]["mean"], "head evaluations per image (NFE)", "fid_vs_nfe.png"),
+            (lambda r: r["flops_per_image_exact"] / 1e9, "GFLOPs per image", "fid_vs_gflops.png"),
+            (lambda r: r["ms_per_image"]["mean"], f"ms per image (batch {results['config']['cost_batch']})",
+             "fid_vs_time.png")):
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for m in models:
+            mine = [r for r in rows if r["model"] == m]
+            xs, ys = [key(r) for r in mine], [r["fid"]["mean"] for r in mine]
+            ax.errorbar(xs, ys, yerr=[_err(r["fid"]) for r in mine], fmt="o", color=COLORS.get(m), capsize=3,
+                        label=NAMES.get(m, m))
+            front = pareto(list(zip(xs, ys)))
+            ax.plot(*zip(*front), color=COLORS.get(m), lw=1, alpha=0.7)
+            for r, x, y in zip(mine, xs, ys):
+                ax.annotate(r["sampler"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.axhline(floor, color="grey", ls="--", lw=1, label="real floor")
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("FID (classifier features)")
-        ax.legend()
+        ax.set_ylabel("FID (classifier features), mean ± 95% CI")
+        ax.set_title("lines: each arm's Pareto front", fontsize=8)
+        ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / fname, dpi=120)
         plt.close(fig)
         paths.append(out / fname)
 
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for r in rows:
+        ax.errorbar(r["recall"]["mean"], r["precision"]["mean"], xerr=_err(r["recall"]), yerr=_err(r["precision"]),
+                    fmt="o", color=COLORS.get(r["model"]), capsize=2)
+        ax.annotate(r["sampler"], (r["recall"]["mean"], r["precision"]["mean"]), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    f = results["floor"]
+    ax.scatter([f["recall"]["mean"]], [f["precision"]["mean"]], marker="*", s=120, color="grey", label="real floor")
+    for m in models:
+        ax.scatter([], [], color=COLORS.get(m), label=NAMES.get(m, m))
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "precision_recall.png", dpi=120)
+    plt.close(fig)
+    paths.append(out / "precision_recall.png")
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for name, info in results["models"].items():
-        f = info["backbone_flops_per_scale"]
-        axes[0].plot(range(1, len(f) + 1), [v / 1e6 for v in f], marker="o", color=colors[name],
+        fl = info["backbone_flops_per_scale"]
+        axes[0].plot(range(1, len(fl) + 1), [v / 1e6 for v in fl], marker="o", color=COLORS.get(name),
                      label=f"{name} backbone")
     axes[0].set_xlabel("scale k")
     axes[0].set_ylabel("backbone MFLOPs per image")
     axes[0].set_title("backbone cost per scale step")
     axes[0].legend()
-    cmap = plt.get_cmap("tab10")
+    cmap = plt.get_cmap("tab20")
     for i, r in enumerate(rows):
         nfe = r.get("head_nfe_per_scale") or []
         axes[1].plot(range(1, len(nfe) + 1), nfe, marker="o" if r["model"] == "var" else ".",
-                     ls="--" if r["model"] == "var" else "-", label=f"{r['model']} {r['sampler']}", color=cmap(i % 10))
+                     ls="--" if r["model"] == "var" else "-", label=f"{r['model']} {r['sampler']}", color=cmap(i % 20))
     axes[1].set_xlabel("scale k")
     axes[1].set_ylabel("head NFE per image")
     axes[1].set_yscale("log")
     axes[1].set_title("head evaluations per scale")
-    axes[1].legend(fontsize=6)
+    axes[1].legend(fontsize=5)
     fig.tight_layout()
     fig.savefig(out / "per_scale_cost.png", dpi=120)
     plt.close(fig)

@@ -14,6 +14,11 @@ def test_cli_validates_options():
     with pytest.raises(ValueError, match="samples"):
         CompareConfig(samples=0)
     assert parse(["--quick", "--seed", "3"]).quick and parse(["--quick", "--seed", "3"]).seed == 3
+    assert parse(["--quick"]).seeds == 2 and parse([]).seeds == 3 and parse(["--seeds", "5"]).seeds == 5
+    with pytest.raises(SystemExit):
+        parse(["--seeds", "0"])
+    with pytest.raises(ValueError, match="head_width"):
+        CompareConfig(head_width=0)
 
 
 def _finite(v):
@@ -21,26 +26,37 @@ def _finite(v):
 
 
 @pytest.mark.slow
-def test_quick_run_writes_every_output_and_reuses_checkpoints(tmp_path):
+def test_quick_run_two_seeds_writes_every_output_and_reuses_checkpoints(tmp_path):
     out = tmp_path / "cmp"
-    main(["--quick", "--out", str(out), "--seed", "0"])
+    main(["--quick", "--seeds", "2", "--out", str(out), "--seed", "0"])
     res = json.loads((out / "results.json").read_text())
-    for f in ("report.md", "fid_vs_nfe.png", "fid_vs_time.png", "per_scale_cost.png"):
+    for f in ("report.md", "fid_vs_nfe.png", "fid_vs_gflops.png", "fid_vs_time.png", "precision_recall.png",
+              "per_scale_cost.png"):
         assert (out / f).stat().st_size > 0, f
-    assert {r["model"] for r in res["rows"]} == {"var", "flowar", "flowar-mlp"}
+    assert res["seeds"] == [0, 1] and {r["model"] for r in res["rows"]} == {"var", "flowar", "flowar-mlp"}
     for r in res["rows"]:
-        for key in ("fid", "kid", "precision", "recall", "class_acc", "head_nfe", "backbone_forwards",
-                    "flops_per_image", "ms_per_image"):
-            assert _finite(r[key]), (r["sampler"], key, r[key])
-        assert r["flops_per_image"] > 0 and r["head_nfe"] >= 1
+        for key in ("fid", "kid", "precision", "recall", "class_acc", "head_nfe", "ms_per_image", "peak_mem_bytes"):
+            s = r[key]
+            assert s["n"] == 2 and len(s["values"]) == 2 and all(_finite(v) for v in s["values"]), (r["sampler"], key)
+            assert _finite(s["mean"]) and _finite(s["std"]) and _finite(s["half"]) and s["lo"] <= s["mean"] <= s["hi"]
+        assert r["fid"]["values"][0] != r["fid"]["values"][1], r["sampler"]  # real retraining, not a copy
+        assert r["flops_per_image_exact"] > 0 and r["head_nfe"]["mean"] >= 1 and r["head_nfe"]["std"] == 0
+        for key in ("latency_ms", "throughput_ms_per_image", "throughput_img_per_s"):
+            assert _finite(r[key]) and r[key] > 0
+        assert r["throughput_batch"] == 20
         assert (out / r["grid"]).stat().st_size > 0
-    assert _finite(res["floor"]["fid"]) and res["floor"]["test_class_acc"] > 0.5
-    # the same backbone config (width, depth, heads) drives every arm; the FlowAR arms share it exactly
+    f = res["floor"]
+    assert f["fid"]["n"] == 2 and f["fid"]["values"][0] != f["fid"]["values"][1] and f["test_class_acc"] > 0.5
+    # budgets: parameters and training FLOPs per arm; the same backbone config for the FlowAR arms
     m = res["models"]
+    for arm in m.values():
+        assert arm["params_generator"] == arm["params_backbone"] + arm["params_head"]
+        assert arm["train_flops_per_image"] > 0 and arm["train_seconds"]["n"] == 2
     assert m["flowar"]["params_backbone"] == m["flowar-mlp"]["params_backbone"]
     assert m["flowar"]["schedule"] == m["flowar-mlp"]["schedule"] == [1, 2, 4, 8]
     assert m["var"]["schedule"] == [1, 2, 3, 4, 6, 8]
-    assert m["flowar"]["checkpoints"][0] == m["flowar-mlp"]["checkpoints"][0]  # one autoencoder for both
+    assert m["flowar"]["per_seed"][0]["checkpoints"][0] == m["flowar-mlp"]["per_seed"][0]["checkpoints"][0]
+    assert m["flowar"]["per_seed"][0]["checkpoints"] != m["flowar"]["per_seed"][1]["checkpoints"]
     # fixed-step FlowAR NFE is exact: 1 per step, 2 where guided (scale k > 1 and t >= 0.1)
     for arm in ("flowar", "flowar-mlp"):
         nfe = {r["sampler"]: r for r in res["rows"] if r["model"] == arm}
@@ -48,11 +64,18 @@ def test_quick_run_writes_every_output_and_reuses_checkpoints(tmp_path):
             per_scale = [sum(2 if w > 0 and i / steps >= 0.1 else 1 for i in range(steps))
                          for w in nfe[label]["cfg_per_scale"]]
             assert nfe[label]["head_nfe_per_scale"] == per_scale, (arm, label)
-            assert nfe[label]["head_nfe"] == sum(per_scale)
-    assert res["versions"]["torch"] and res["seed"] == 0
-    assert not any(m["reused_checkpoints"] for m in res["models"].values())
+            assert nfe[label]["head_nfe"]["values"] == [sum(per_scale)] * 2
+    # paired differences: every pair of arms' best rows, plus VAR at matched cost
+    whats = [c["what"] for c in res["comparisons"]]
+    assert whats.count("best vs best") == 3 and len(whats) >= 5
+    for c in res["comparisons"]:
+        assert c["fid_diff"]["n"] == 2 and isinstance(c["fid_diff"]["resolved"], bool)
+    assert res["versions"]["torch"] and res["seed"] == 0 and "t-interval" in res["interval"]
+    assert not any(p["reused_checkpoints"] for a in m.values() for p in a["per_seed"][:1] if a is m["var"])
 
-    main(["--quick", "--out", str(out), "--seed", "0"])
+    main(["--quick", "--seeds", "2", "--out", str(out), "--seed", "0"])
     again = json.loads((out / "results.json").read_text())
-    assert all(m["reused_checkpoints"] for m in again["models"].values())
-    assert again["rows"][0]["fid"] == pytest.approx(res["rows"][0]["fid"])  # same seed, same weights, same samples
+    assert all(p["reused_checkpoints"] for a in again["models"].values() for p in a["per_seed"])
+    for r, r2 in zip(res["rows"], again["rows"]):  # same seeds, same weights, same samples, same numbers
+        for key in ("fid", "kid", "precision", "recall", "class_acc"):
+            assert r2[key]["values"] == pytest.approx(r[key]["values"]), (r["sampler"], key)
