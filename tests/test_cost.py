@@ -70,3 +70,36 @@ def test_bad_sampler_output_raises():
                      batch_size=2)
     with pytest.raises(ValueError, match="repeats"):
         measure_cost(lambda n: None, batch_size=2, repeats=0)
+
+
+def test_measure_cost_can_skip_the_flop_count():
+    fn = ToySampler()
+    cost = measure_cost(fn, batch_size=4, repeats=1, warmup=0, device="cpu", flops=False)
+    assert fn.calls == 1 and cost["flops_per_image"] is None and cost["ms_per_image"] > 0
+
+
+def test_training_flops_match_the_hand_formula():
+    """Forward 2 B i o per linear layer; backward: the weight gradient (2 B i o) always, the input
+    gradient (2 B i o) only where something upstream needs it (not for the first layer)."""
+    from nextscale.cost import count_train_flops
+
+    B, i, h, o = 8, 12, 20, 5
+    net = torch.nn.Sequential(torch.nn.Linear(i, h), torch.nn.ReLU(), torch.nn.Linear(h, o))
+    x = torch.randn(B, i)
+    fwd = 2 * B * (i * h + h * o)
+    bwd = 2 * B * i * h + 2 * (2 * B * h * o)
+    assert count_train_flops(lambda: net(x).pow(2).mean()) == fwd + bwd
+    assert net[0].weight.grad is not None
+
+
+def test_transformer_head_parameters_match_the_hand_formula():
+    from flowar.heads import MLPHead, TransformerHead
+
+    C, Wc, W, depth, heads, sch = 4, 48, 32, 2, 2, (1, 2, 4)
+    L, H = sum(s * s for s in sch), int(2 * 4.0 * W / 3)  # SwiGLU hidden width at mlp_ratio 4
+    block = (3 * W * W + 3 * W) + (W * W + W) + (W * 2 * H + 2 * H) + (H * W + W) + (W * 6 * W + 6 * W)
+    shared = (C * W + W) + (Wc * W + W) + (256 * W + W + W * W + W) + (W * 2 * W + 2 * W) + (W * C + C)
+    head = TransformerHead(C, Wc, W, depth, heads, sch)
+    assert sum(p.numel() for p in head.parameters()) == shared + L * W + depth * block
+    mlp_block = 2 * (W * W + W) + (W * 3 * W + 3 * W)
+    assert sum(p.numel() for p in MLPHead(C, Wc, W, depth).parameters()) == shared + depth * mlp_block
