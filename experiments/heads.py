@@ -49,12 +49,15 @@ def train_var(data: ImageData, tokenizer, bb: BackboneConfig, tc: TrainConfig, c
 
 def train_flowar(data: ImageData, autoencoder, bb: BackboneConfig, tc: TrainConfig, ckpt_dir: Path | None,
                  head_width: int | None = None):
-    """FlowAR with the pipeline's default config (``head_width`` overrides the velocity head's width)."""
+    """FlowAR with the pipeline's default config on ``bb``'s schedule and MAR's per-token MLP head, the
+    head these experiments' recorded numbers were measured with (``head_width`` overrides its width)."""
     from dataclasses import replace
 
     from flowar.pipeline import default_configs, train_flowar as train_f
 
     _, cfg = default_configs(data, bb)
+    cfg = replace(cfg, head="mlp", head_width=128, head_depth=3, t_sampling="logit_normal", t_per="token",
+                  input_resize="direct")  # the flowar defaults before FlowAR's transformer head (issue 9)
     if head_width is not None:
         cfg = replace(cfg, head_width=head_width)
     return train_f(data, autoencoder, cfg, tc, ckpt_path=_ckpt(ckpt_dir, "flowar", cfg, tc, autoencoder.config,
