@@ -67,18 +67,32 @@ class BackboneConfig:
 
 
 class KVCache:
-    """Keys and values of the scales fed so far, one (k, v) pair per layer."""
+    """Keys and values of the scales fed so far, one (k, v) pair per layer.
 
-    def __init__(self, depth: int):
-        self.kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * depth
+    The buffers are allocated at the first scale for the whole pyramid (``seq_len`` positions) and each
+    scale is written in place, so a step copies only its own keys and values (no ``torch.cat`` of the
+    growing prefix per scale and layer)."""
+
+    def __init__(self, depth: int, seq_len: int):
+        self.seq_len = seq_len
+        self.k: list[torch.Tensor | None] = [None] * depth
+        self.v: list[torch.Tensor | None] = [None] * depth
+        self.length = [0] * depth
         self.next_scale = 0
 
     def append(self, layer: int, k_BHSd: torch.Tensor, v_BHSd: torch.Tensor):
-        old = self.kv[layer]
-        if old is not None:
-            k_BHSd, v_BHSd = torch.cat([old[0], k_BHSd], 2), torch.cat([old[1], v_BHSd], 2)
-        self.kv[layer] = (k_BHSd, v_BHSd)
-        return k_BHSd, v_BHSd
+        """Write one scale's keys and values after the previous ones; returns views of all fed so far."""
+        start, n = self.length[layer], k_BHSd.shape[2]
+        if start + n > self.seq_len:
+            raise ValueError(f"KV cache holds {self.seq_len} positions, got {start + n}")
+        if self.k[layer] is None:
+            B, H, _, d = k_BHSd.shape
+            self.k[layer] = k_BHSd.new_empty(B, H, self.seq_len, d)
+            self.v[layer] = v_BHSd.new_empty(B, H, self.seq_len, d)
+        self.k[layer][:, :, start:start + n] = k_BHSd
+        self.v[layer][:, :, start:start + n] = v_BHSd
+        self.length[layer] = start + n
+        return self.k[layer][:, :, :start + n], self.v[layer][:, :, :start + n]
 
 
 def modulate(x_BLC, shift_BC, scale_BC):
@@ -223,7 +237,7 @@ class Backbone(nn.Module):
         return self.head_out(x, cond)
 
     def new_cache(self) -> KVCache:
-        return KVCache(self.cfg.depth)
+        return KVCache(self.cfg.depth, self.cfg.seq_len)
 
     def step(self, x_in_BlI: torch.Tensor | None, cond_BC: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Feed the next scale (None for scale 1) after those already in ``cache``; returns its h (B, h_k^2, C).

@@ -254,3 +254,31 @@ def test_label_smoothing_loss():
     torch.testing.assert_close(ls["loss"], want)
     torch.testing.assert_close(plain["loss"], torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten()))
     assert all(torch.equal(plain[k], ls[k]) for k in plain if k != "loss")  # logged CE stays plain
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(temperature=0.7), dict(top_k=5), dict(top_p=0.8)])
+def test_sample_tokens_frequencies_match_the_filtered_softmax(kw):
+    """Chi-square goodness of fit of 40,000 draws against the filtered, tempered softmax (p > 1e-3),
+    and filtered-out tokens never drawn."""
+    from scipy.stats import chisquare
+
+    logits = torch.tensor([[0.3, 2.0, -1.0, 1.2, 0.0, -3.0, 0.8, 1.9]])
+    N = 40_000
+    g = torch.Generator().manual_seed(0)
+    draws = sample_tokens(logits.expand(N, -1), g, **kw)
+    counts = torch.bincount(draws, minlength=8).double()
+    probs = filter_logits(logits / kw.get("temperature", 1.0), kw.get("top_k"), kw.get("top_p", 1.0)).double().softmax(-1)[0]
+    kept = probs > 0
+    assert counts[~kept].sum() == 0
+    expected = N * probs[kept] / probs[kept].sum()
+    p = chisquare(counts[kept].numpy(), expected.numpy()).pvalue
+    assert p > 1e-3, (counts, N * probs)
+
+
+def test_sample_tokens_is_seeded_and_never_draws_a_zero_probability_token():
+    logits = torch.tensor([[-float("inf"), 5.0, -float("inf"), -float("inf")]]).expand(1000, -1)
+    assert set(sample_tokens(logits, torch.Generator().manual_seed(1)).tolist()) == {1}
+    logits = torch.randn(64, 16, generator=torch.Generator().manual_seed(9))
+    a, b = (sample_tokens(logits, torch.Generator().manual_seed(3)) for _ in range(2))
+    c = sample_tokens(logits, torch.Generator().manual_seed(4))
+    assert a.shape == (64,) and torch.equal(a, b) and not torch.equal(a, c)

@@ -67,11 +67,19 @@ def filter_logits(logits_NV: torch.Tensor, top_k: int | None = None, top_p: floa
 
 def sample_tokens(logits_NV: torch.Tensor, generator: torch.Generator, *, top_k: int | None = None, top_p: float = 1.0,
                   temperature: float = 1.0, greedy: bool = False) -> torch.Tensor:
-    """One token per row: argmax when greedy, else a draw from the filtered, tempered softmax."""
+    """One token per row: argmax when greedy, else a draw from the filtered, tempered softmax.
+
+    The draw inverts the cumulative distribution with one uniform number per row (O(V) adds;
+    ``torch.multinomial`` draws an exponential per vocabulary entry). Filtered-out tokens have
+    probability 0 and are never drawn: the first index whose cumulative mass exceeds u is taken."""
     if greedy:
         return logits_NV.argmax(-1)
-    probs = filter_logits(logits_NV.float() / temperature, top_k, top_p).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    logits = filter_logits(logits_NV.float() / temperature, top_k, top_p)
+    cdf_NV = (logits - logits.amax(-1, keepdim=True)).exp_().cumsum_(-1)  # unnormalised
+    total_N1 = cdf_NV[:, -1:]
+    u_N1 = torch.rand(len(cdf_NV), 1, device=cdf_NV.device, generator=generator) * total_N1
+    u_N1 = torch.minimum(u_N1, torch.nextafter(total_N1, torch.zeros_like(total_N1)))  # u < total after rounding
+    return torch.searchsorted(cdf_NV, u_N1, right=True).squeeze(-1)
 
 
 def keep_masks(mask_B1HW: torch.Tensor, schedule) -> list[torch.Tensor]:

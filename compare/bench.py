@@ -1,0 +1,282 @@
+"""``python -m compare.bench``: where sampling time goes, for VAR and each FlowAR arm on the default config.
+
+For every arm (random weights: cost does not depend on them for fixed-step samplers) it prints, in one
+process, with the measurements interleaved and reported as medians after a warm-up:
+- the teacher-forced forward (backbone + one head evaluation per position) of a batch, and KV-cached
+  sampling of the same batch, unguided and guided (the forward then runs on the doubled batch), and
+  their ratio: the floor is about 1.0 for VAR, whose sampling does the same matmul work;
+- the backbone part of sampling (sampling time minus the time inside the head) against one
+  teacher-forced backbone pass of the same batch (the arms' schedules differ, so each is compared with
+  its own backbone), and for FlowAR the mean time of one head evaluation inside sampling against the
+  head alone on the same batch, averaged over the scales as the sampler calls them (the per-evaluation
+  overhead of the solver, guidance and bookkeeping);
+- the final decode (latent -> image) that sampling includes and the forward does not, and the ratios
+  without it;
+- ms/img at batch 1, 50 and 256, the head's share of sampling time, training images/s;
+- with ``--compile``, the same sampling figures with the backbone and head compiled by ``torch.compile``.
+
+No test asserts a time: this machine is shared and noisy; compare ratios from one run.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+
+import torch
+
+from nextscale.backbone import BackboneConfig
+from nextscale.data import load_digits
+from nextscale.scales import default_schedule
+from nextscale.train import pick_device
+
+
+def build(arm: str, data, backbone: BackboneConfig, dev):
+    """An untrained model of ``arm`` on the harness's default configs."""
+    torch.manual_seed(0)
+    if arm == "var":
+        from var.model import VAR
+        from var.pipeline import default_configs
+        from var.tokenizer import MultiScaleVQVAE
+        tok_cfg, cfg = default_configs(data, backbone)
+        model = VAR(cfg, MultiScaleVQVAE(tok_cfg))
+    else:
+        from flowar.autoencoder import ContinuousAE
+        from flowar.model import FlowAR
+        from flowar.pipeline import flowar_paper_configs
+        ae_cfg, cfg = flowar_paper_configs(data, backbone, head="mlp" if arm == "flowar-mlp" else "transformer")
+        model = FlowAR(cfg, ContinuousAE(ae_cfg))
+    with torch.no_grad():  # adaLN-Zero starts every block as the identity: perturb so all paths compute
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.02 * torch.randn_like(p))
+    return model.to(dev).eval()
+
+
+class HeadTimer:
+    """Accumulates the wall time spent inside the head's evaluation calls (synchronised on CUDA)."""
+
+    def __init__(self, model, dev):
+        self.seconds, self.calls, self.dev = 0.0, 0, dev
+        head = model.head
+        name = "forward" if not hasattr(head, "velocity") else "velocity"
+        self.fn_name, self.head, self.orig = name, head, getattr(head, name)
+
+    @contextmanager
+    def active(self):
+        def timed(*a, **kw):  # noqa: ANN001
+            _sync(self.dev)
+            t = time.perf_counter()
+            out = self.orig(*a, **kw)
+            _sync(self.dev)
+            self.seconds += time.perf_counter() - t
+            self.calls += 1
+            return out
+        setattr(self.head, self.fn_name, timed)
+        try:
+            yield self
+        finally:
+            setattr(self.head, self.fn_name, self.orig)
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _timed(fn, dev) -> float:
+    _sync(dev)
+    t = time.perf_counter()
+    fn()
+    _sync(dev)
+    return time.perf_counter() - t
+
+
+def teacher_forced(model, y, dev):
+    """One teacher-forced pass of the backbone plus one head evaluation per position (random inputs)."""
+    bb = model.backbone
+    x_in = torch.randn(len(y), bb.cfg.seq_len - bb.cfg.first_len, bb.cfg.in_dim, device=dev)
+    if not hasattr(model.head, "velocity"):  # VAR: linear head to logits
+        return lambda: model.head(bb(x_in, y))
+    C = model.config.ae.latent_channels
+    x_t, t = torch.randn(len(y), bb.cfg.seq_len, C, device=dev), torch.full((1, 1), 0.5, device=dev)
+
+    def fwd():
+        h = bb(x_in, y)
+        return [model.head(x_t[:, sl], t, h[:, sl], k) for k, sl in enumerate(bb.slices)]
+    return fwd
+
+
+def decoder(model, batch: int, dev):
+    """The final latent -> image decode that sampling ends with (not part of the teacher-forced forward)."""
+    if hasattr(model, "tokenizer"):
+        tc = model.tokenizer.config
+        f = torch.randn(batch, tc.latent_channels, tc.latent_side, tc.latent_side, device=dev)
+        return lambda: model.tokenizer.decode_latent(f)
+    ac = model.config.ae
+    z = torch.randn(batch, ac.latent_channels, ac.latent_side, ac.latent_side, device=dev)
+    return lambda: model.ae.decode(z)
+
+
+def sampler(arm: str, steps: int):
+    if arm == "var":
+        return lambda model, y, cfg: model.sample(y, cfg_scale=cfg, seed=0)
+    from flowar.pipeline import PAPER_SAMPLING
+    kw = {**PAPER_SAMPLING, "steps": steps}
+    return lambda model, y, cfg: model.sample(y, cfg_scale=cfg, seed=0, **kw)
+
+
+def measure_arm(arm, data, backbone, dev, batch, repeats, steps, compile_=False) -> dict:
+    model = build(arm, data, backbone, dev)
+    if compile_:  # sampling calls Block.forward and the head's evaluation, not the modules' forward
+        for blk in model.backbone.blocks:
+            blk.forward = torch.compile(blk.forward, dynamic=True)
+        name = "velocity" if hasattr(model.head, "velocity") else "forward"
+        setattr(model.head, name, torch.compile(getattr(model.head, name), dynamic=True))
+    sample = sampler(arm, steps)
+    y = (torch.arange(batch) % data.num_classes).to(dev)
+    y2 = torch.cat([y, torch.full_like(y, model.backbone.null_class)])
+    bb = model.backbone
+    x_in = torch.randn(batch, bb.cfg.seq_len - bb.cfg.first_len, bb.cfg.in_dim, device=dev)
+    head_fwd = None
+    if hasattr(model.head, "velocity"):  # one evaluation of the head alone at every scale (the sampler's mix)
+        C, t = model.config.ae.latent_channels, torch.full((1, 1), 0.5, device=dev)
+        inputs = [(torch.randn(batch, s * s, C, device=dev), model.head.condition(
+            torch.randn(batch, s * s, bb.cfg.width, device=dev), k), k) for k, s in enumerate(bb.cfg.schedule)]
+
+        def head_fwd():
+            for x, c, k in inputs:
+                model.head.velocity(x, t, c, k)
+    timer = HeadTimer(model, dev)
+    series: dict[str, list[float]] = {}
+    with torch.no_grad():
+        tasks = {"forward": teacher_forced(model, y, dev), "forward_x2": teacher_forced(model, y2, dev),
+                 "backbone": lambda: bb(x_in, y), "decode": decoder(model, batch, dev),
+                 "sample": lambda: sample(model, y, 0.0), "sample_cfg": lambda: sample(model, y, 1.0)}
+        if head_fwd is not None:
+            tasks["head_eval_alone"] = head_fwd
+        for r in range(repeats + 1):  # interleaved; round 0 is the warm-up
+            for name, fn in tasks.items():
+                if name.startswith("sample"):
+                    timer.seconds, timer.calls = 0.0, 0
+                    with timer.active():
+                        dt = _timed(fn, dev)
+                    if r:
+                        series.setdefault(name + "_head", []).append(timer.seconds)
+                        series.setdefault(name + "_head_calls", []).append(timer.calls)
+                else:
+                    dt = _timed(fn, dev)
+                if r:
+                    series.setdefault(name, []).append(dt)
+        med = {k: statistics.median(v) for k, v in series.items()}
+        per_img = {}
+        for b in (1, 50, 256):
+            yb = (torch.arange(b) % data.num_classes).to(dev)
+            sample(model, yb, 1.0)
+            per_img[b] = 1000 * statistics.median(_timed(lambda: sample(model, yb, 1.0), dev)
+                                                  for _ in range(max(1, repeats // 2))) / b
+    out = {"arm": arm, "forward_ms": 1000 * med["forward"], "forward_x2_ms": 1000 * med["forward_x2"],
+           "sample_ms": 1000 * med["sample"], "sample_cfg_ms": 1000 * med["sample_cfg"],
+           "ratio": med["sample"] / med["forward"], "ratio_cfg": med["sample_cfg"] / med["forward_x2"],
+           "decode_ms": 1000 * med["decode"],
+           "ratio_no_decode": (med["sample"] - med["decode"]) / med["forward"],
+           "ratio_cfg_no_decode": (med["sample_cfg"] - med["decode"]) / med["forward_x2"],
+           "head_share": med["sample_head"] / med["sample"], "head_share_cfg": med["sample_cfg_head"] / med["sample_cfg"],
+           "backbone_part_ms": 1000 * (med["sample"] - med["sample_head"]),
+           "backbone_ms": 1000 * med["backbone"],
+           "backbone_ratio": (med["sample"] - med["sample_head"]) / med["backbone"],
+           "ms_per_img": per_img}
+    if head_fwd is not None:  # one unguided head evaluation inside sampling (mean over its calls) vs alone
+        per_call = med["sample_head"] / med["sample_head_calls"]
+        out["head_eval_in_sampling_ms"] = 1000 * per_call
+        out["head_eval_alone_ms"] = 1000 * med["head_eval_alone"] / len(bb.cfg.schedule)
+    if not compile_:
+        out["train_img_per_s"] = train_throughput(model, data, dev, repeats)
+    return out
+
+
+def train_throughput(model, data, dev, repeats: int, batch: int = 32) -> float:
+    """Training images/s: forward + backward + AdamW step on a batch of real images (median step time)."""
+    import copy
+
+    m = copy.deepcopy(model).train()
+    m.backbone.requires_grad_(True)
+    m.head.requires_grad_(True)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+    x, y = data.x_train[:batch].to(dev), data.y_train[:batch].to(dev)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        m(x, y)["loss"].backward()
+        opt.step()
+    step()
+    return batch / statistics.median(_timed(step, dev) for _ in range(repeats))
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(prog="python -m compare.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small model, few repeats (seconds)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--batch", type=int, default=50, help="batch of the forward vs sampling comparison")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7; --quick 2)")
+    p.add_argument("--steps", type=int, default=25, help="FlowAR Euler steps per scale (two-segment grid)")
+    p.add_argument("--compile", action="store_true", help="also measure with torch.compile (slow to start)")
+    a = p.parse_args(argv)
+    for name in ("batch", "steps", "repeats", "threads"):
+        v = getattr(a, name)
+        if v is not None and v < 1:
+            p.error(f"--{name} must be >= 1, got {v}")
+    try:
+        dev = pick_device(a.device)
+    except ValueError as e:
+        p.error(str(e))
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    repeats = a.repeats or (2 if a.quick else 7)
+    data = load_digits(side=16, seed=0)
+    width, depth, heads = (64, 2, 2) if a.quick else (128, 4, 4)
+    backbone = BackboneConfig(schedule=default_schedule(data.side // 2), in_dim=8, num_classes=data.num_classes,
+                              width=width, depth=depth, heads=heads)
+    steps = min(a.steps, 4) if a.quick else a.steps
+    dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device {dev} ({dev_name}), torch {torch.__version__}, backbone {width}/{depth}/{heads}, batch {a.batch}, "
+          f"FlowAR euler x{steps} (two-segment), medians of {repeats} after a warm-up", file=sys.stderr)
+    rows = []
+    for compile_ in ([False, True] if a.compile else [False]):
+        for arm in ("var", "flowar", "flowar-mlp"):
+            try:
+                r = measure_arm(arm, data, backbone, dev, a.batch, repeats, steps, compile_)
+            except Exception as e:  # torch.compile needs a working compiler toolchain for the device
+                if not compile_:
+                    raise
+                print(f"compile: {arm} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})", file=sys.stderr)
+                continue
+            r["compile"] = compile_
+            rows.append(r)
+    print_table(rows)
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    f = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
+    print("| arm | compile | forward ms | sample ms | ratio (w/o decode) | forward x2 ms | sample cfg ms "
+          "| ratio cfg (w/o decode) | decode ms | backbone part / backbone pass ms | head share (cfg) "
+          "| head eval in sampling / alone ms | ms/img b1 | b50 | b256 | train img/s |")
+    print("|" + "---|" * 16)
+    for r in rows:
+        he = (f"{f(r['head_eval_in_sampling_ms'])} / {f(r['head_eval_alone_ms'])}"
+              if "head_eval_alone_ms" in r else "-")
+        m = r["ms_per_img"]
+        print(f"| {r['arm']} | {r['compile']} | {f(r['forward_ms'])} | {f(r['sample_ms'])} | {f(r['ratio'])} "
+              f"({f(r['ratio_no_decode'])}) | {f(r['forward_x2_ms'])} | {f(r['sample_cfg_ms'])} | {f(r['ratio_cfg'])} "
+              f"({f(r['ratio_cfg_no_decode'])}) | {f(r['decode_ms'])} "
+              f"| {f(r['backbone_part_ms'])} / {f(r['backbone_ms'])} "
+              f"| {f(r['head_share'])} ({f(r['head_share_cfg'])}) | {he} | {f(m[1])} | {f(m[50])} | {f(m[256])} "
+              f"| {f(r.get('train_img_per_s'))} |")
+
+
+if __name__ == "__main__":
+    main()

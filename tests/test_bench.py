@@ -1,0 +1,23 @@
+"""compare.bench --quick: runs, prints a table, every number finite (no time is asserted)."""
+import math
+
+from compare.bench import main
+
+
+def _finite(v):
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+def test_bench_quick_prints_finite_numbers(capsys):
+    rows = main(["--quick", "--repeats", "1", "--batch", "8"])
+    assert [r["arm"] for r in rows] == ["var", "flowar", "flowar-mlp"]
+    for r in rows:
+        for key in ("forward_ms", "sample_ms", "ratio", "forward_x2_ms", "sample_cfg_ms", "ratio_cfg",
+                    "head_share", "head_share_cfg", "train_img_per_s"):
+            assert _finite(r[key]), (r["arm"], key, r[key])
+        assert all(_finite(v) for v in r["ms_per_img"].values()) and set(r["ms_per_img"]) == {1, 50, 256}
+        assert 0 < r["head_share"] < 1
+    for r in rows[1:]:
+        assert _finite(r["head_eval_in_sampling_ms"]) and _finite(r["head_eval_alone_ms"])
+    out = capsys.readouterr().out
+    assert out.count("\n| ") >= 3 and "ratio" in out
