@@ -74,7 +74,8 @@ def sample_tokens(logits_NV: torch.Tensor, generator: torch.Generator, *, top_k:
     probability 0 and are never drawn: the first index whose cumulative mass exceeds u is taken."""
     if greedy:
         return logits_NV.argmax(-1)
-    logits = filter_logits(logits_NV.float() / temperature, top_k, top_p)
+    logits = logits_NV.float() if temperature == 1.0 else logits_NV.float() / temperature
+    logits = filter_logits(logits, top_k, top_p)
     cdf_NV = (logits - logits.amax(-1, keepdim=True)).exp_().cumsum_(-1)  # unnormalised
     total_N1 = cdf_NV[:, -1:]
     u_N1 = torch.rand(len(cdf_NV), 1, device=cdf_NV.device, generator=generator) * total_N1
