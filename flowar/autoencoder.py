@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nextscale.autoencoder import ConvAEConfig, Decoder, Encoder
+from nextscale.autoencoder import ConvAEConfig, Decoder, Encoder, check_images
 from nextscale.config import check_choice, check_float
 
 KINDS = ("ae", "vae")
@@ -51,11 +51,8 @@ class ContinuousAE(nn.Module):
         self.decoder = Decoder(config.ae)
         self.register_buffer("scale_factor", torch.ones(()))  # set by calibrate(); saved with the weights
 
-    def check_images(self, x_BCHW: torch.Tensor) -> None:
-        a = self.config.ae
-        want = (a.image_channels, a.image_side, a.image_side)
-        if x_BCHW.dim() != 4 or tuple(x_BCHW.shape[1:]) != want:
-            raise ValueError(f"images must have shape (B, {', '.join(map(str, want))}), got {tuple(x_BCHW.shape)}")
+    def check_images(self, x_BCHW: torch.Tensor, name: str = "images", finite: bool = False) -> None:
+        check_images(x_BCHW, self.config.ae.image_channels, self.config.ae.image_side, name, finite)
 
     def _moments(self, x_BCHW):
         """Raw (unnormalised) latent mean and log-variance (None for the plain AE)."""

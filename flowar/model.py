@@ -376,7 +376,7 @@ class FlowAR(nn.Module):
         is kept when the mask covers it fully. ``paste`` copies the kept pixels of ``x`` into the
         output (the decoder's receptive field otherwise blends them slightly with the generated
         part). Other keyword arguments as in :meth:`sample`."""
-        self.ae.check_images(x_BCHW)
+        self.ae.check_images(x_BCHW, "x", finite=True)
         B, _, S, _ = x_BCHW.shape
         if not isinstance(mask_B1HW, torch.Tensor) or mask_B1HW.dtype != torch.bool \
                 or tuple(mask_B1HW.shape) != (B, 1, S, S):

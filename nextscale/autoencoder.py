@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 
 from .config import check_int
@@ -92,3 +93,20 @@ def conv_ae_config(data, backbone, hidden: int = 32, res_blocks: int = 1) -> Con
         raise ValueError(f"image side {data.side} must be the schedule's last side {latent} times 2**d, d in 0..4")
     return ConvAEConfig(image_channels=data.channels, image_side=data.side, latent_channels=backbone.in_dim,
                         hidden=hidden, down=down, res_blocks=res_blocks)
+
+
+def check_images(x_BCHW, channels: int, side: int, name: str = "images", finite: bool = False) -> None:
+    """Raise ``ValueError`` naming ``name`` unless it is a float tensor (B, channels, side, side); with
+    ``finite``, also unless every value is finite (the first bad index is named). The finiteness scan
+    is for user-facing calls (inpainting inputs); training batches were checked when loaded."""
+    want = (channels, side, side)
+    if not torch.is_tensor(x_BCHW) or x_BCHW.ndim != 4 or tuple(x_BCHW.shape[1:]) != want:
+        got = tuple(x_BCHW.shape) if torch.is_tensor(x_BCHW) else type(x_BCHW).__name__
+        raise ValueError(f"{name} must have shape (B, {want[0]}, {want[1]}, {want[2]}), got {got}")
+    if not x_BCHW.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor, got {x_BCHW.dtype}")
+    if finite:
+        bad = ~torch.isfinite(x_BCHW)
+        if bad.any():
+            first = tuple(int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"{name} holds {int(bad.sum())} NaN/inf values, the first at index {first}")

@@ -325,8 +325,12 @@ def test_bad_arguments_raise_with_allowed_values(digits):
     with pytest.raises(ValueError, match=r"known_BCHW must have shape \(2, 4, 4, 4\)"):
         model.generate_latents(y, known_BCHW=torch.zeros(2, 4, 8, 8), keep_B1HW=torch.ones(2, 1, 4, 4).bool())
     x = digits.x_test[:2]
-    with pytest.raises(ValueError, match=r"images must have shape \(B, 1, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 8, 8\)"):
         model.inpaint(torch.zeros(2, 1, 16, 16), torch.ones(2, 1, 16, 16, dtype=torch.bool), y)
+    bad = x.clone()
+    bad[1, 0, 3, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"x holds 1 NaN/inf values, the first at index \(1, 0, 3, 5\)"):
+        model.inpaint(bad, torch.ones(2, 1, 8, 8, dtype=torch.bool), y)
     with pytest.raises(ValueError, match=r"mask must be a bool tensor of shape \(2, 1, 8, 8\)"):
         model.inpaint(x, torch.ones(2, 1, 8, 8), y)
     with pytest.raises(ValueError, match="one label per image"):

@@ -231,6 +231,10 @@ def test_bad_images_and_masks_raise():
         m(torch.zeros(2, 1, 8, 8), y)
     with pytest.raises(ValueError, match="x must have shape"):
         m.inpaint(torch.zeros(2, 1, 32, 32), torch.ones(2, 1, 32, 32, dtype=torch.bool), y)
+    bad = images(2)
+    bad[0, 0, 7, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"x holds 1 NaN/inf values, the first at index \(0, 0, 7, 2\)"):
+        m.inpaint(bad, torch.ones(2, 1, 16, 16, dtype=torch.bool), y)
     with pytest.raises(ValueError, match="mask"):
         m.inpaint(images(2), torch.ones(2, 1, 8, 8, dtype=torch.bool), y)
     with pytest.raises(ValueError, match="mask"):

@@ -235,7 +235,7 @@ class VAR(nn.Module):
         opts = dict(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, top_k=top_k, top_p=top_p,
                     temperature=temperature, greedy=greedy, seed=seed, use_cache=use_cache)
         self._check_sampling(y_B, **opts)
-        self.tokenizer.check_images(x_BCHW, "x")
+        self.tokenizer.check_images(x_BCHW, "x", finite=True)
         B, _, H, W = x_BCHW.shape
         if not torch.is_tensor(mask_B1HW) or mask_B1HW.dtype != torch.bool or tuple(mask_B1HW.shape) != (B, 1, H, W):
             got = f"{mask_B1HW.dtype} of shape {tuple(mask_B1HW.shape)}" if torch.is_tensor(mask_B1HW) \

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nextscale.autoencoder import ConvAEConfig, Decoder, Encoder
+from nextscale.autoencoder import ConvAEConfig, Decoder, Encoder, check_images
 from nextscale.config import check_choice, check_float, check_int
 from nextscale.scales import UPSAMPLE_MODES, maps_to_seq, num_tokens, resize, validate_schedule
 
@@ -115,14 +115,8 @@ class MultiScaleVQVAE(nn.Module):
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
 
     # ---- checks -------------------------------------------------------------------------------
-    def check_images(self, x_BCHW: torch.Tensor, name: str = "images") -> None:
-        ae = self.config.ae
-        want = (ae.image_channels, ae.image_side, ae.image_side)
-        if not torch.is_tensor(x_BCHW) or x_BCHW.ndim != 4 or tuple(x_BCHW.shape[1:]) != want:
-            got = tuple(x_BCHW.shape) if torch.is_tensor(x_BCHW) else type(x_BCHW).__name__
-            raise ValueError(f"{name} must have shape (B, {want[0]}, {want[1]}, {want[2]}), got {got}")
-        if not x_BCHW.is_floating_point():
-            raise ValueError(f"{name} must be a float tensor, got {x_BCHW.dtype}")
+    def check_images(self, x_BCHW: torch.Tensor, name: str = "images", finite: bool = False) -> None:
+        check_images(x_BCHW, self.config.ae.image_channels, self.config.ae.image_side, name, finite)
 
     def check_tokens(self, tokens, min_scales: int | None = None) -> None:
         sch, V = self.config.schedule, self.config.vocab_size
