@@ -44,7 +44,11 @@ def parse(argv=None) -> CompareConfig:
 
 def main(argv=None) -> None:
     cfg = parse(argv)
-    res = run(cfg)
+    try:
+        res = run(cfg)
+    except ValueError as e:  # bad data or options, found before any training (see harness.run)
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     from .report import main_table
     print(main_table(res))
     print(f"\nreport: {cfg.out}/report.md  ({res['timings_s']['total']:.0f} s)", file=sys.stderr)

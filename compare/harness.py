@@ -30,7 +30,7 @@ from nextscale.config import check_float, check_int, config_to_dict
 from nextscale.cost import count_flops, count_params, count_train_flops
 from nextscale.data import ImageData, load_dataset
 from nextscale.train import TrainConfig, pick_device
-from nextscale.scales import default_schedule
+from nextscale.scales import default_schedule, latent_side_of
 from nextscale.viz import save_grid
 
 from flowar.pipeline import PAPER_SAMPLING
@@ -170,7 +170,12 @@ ROW_METRICS = ("fid", "kid", "precision", "recall", "class_acc", "head_nfe", "fl
 def run(cfg: CompareConfig) -> dict:
     t_start = time.perf_counter()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the output folder {out}: {e.strerror}") from None
     dev = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     timings: dict[str, float] = {}
@@ -184,6 +189,11 @@ def run(cfg: CompareConfig) -> dict:
     _stage(f"data: {cfg.dataset} (split seed {cfg.split_seed})")
     data: ImageData = load_dataset(cfg.dataset, side=cfg.side, seed=cfg.split_seed)
     fp = data.fingerprint()
+    # every config is built (and so validated) before any training
+    backbone = BackboneConfig(schedule=default_schedule(latent_side_of(data.side)), in_dim=cfg.latent_channels,
+                              num_classes=data.num_classes, width=cfg.width, depth=cfg.depth, heads=cfg.heads)
+    for name in ARMS:
+        arm_configs(name, data, backbone, cfg)
 
     _stage("feature network: domain classifier on the real train split")
     clf = timed("classifier", train_classifier, data, seed=cfg.split_seed, cache_dir=out / "checkpoints",
@@ -197,8 +207,6 @@ def run(cfg: CompareConfig) -> dict:
     floor = {k: t_interval([f[k] for f in floor_seeds]) for k in ("fid", "kid", "precision", "recall", "class_acc")}
     floor["test_class_acc"] = class_accuracy(clf, data.x_test, data.y_test)
 
-    backbone = BackboneConfig(schedule=default_schedule(data.side // 2), in_dim=cfg.latent_channels,
-                              num_classes=data.num_classes, width=cfg.width, depth=cfg.depth, heads=cfg.heads)
     labels = torch.arange(cfg.samples) % data.num_classes
     models: dict[str, dict] = {}
     rows: dict[tuple[str, str], dict] = {}
@@ -370,19 +378,28 @@ def _train_cfgs(cfg: CompareConfig, ae_steps: int, gen_steps: int, seed: int):
     return ae, gen
 
 
+def arm_configs(name: str, data: ImageData, backbone: BackboneConfig, cfg: CompareConfig):
+    """(autoencoder config, generator config) of one arm; raises ``ValueError`` on a bad combination."""
+    if name == "var":
+        from var.pipeline import default_configs
+        return default_configs(data, backbone)
+    from flowar.pipeline import flowar_paper_configs
+    ae_cfg, gen_cfg = flowar_paper_configs(data, backbone, head="mlp" if name == "flowar-mlp" else "transformer")
+    if cfg.head_width is not None:
+        gen_cfg = replace(gen_cfg, head_width=cfg.head_width)
+    return ae_cfg, gen_cfg
+
+
 def _train_model(name, data, backbone, cfg, out, fp, dev, seed):
     """Train (or reuse) the autoencoder and the generator of one arm with training seed ``seed``;
     returns (model, info)."""
     if name == "var":
-        from var.pipeline import default_configs, train_tokenizer as train_ae, train_var as train_gen
+        from var.pipeline import train_tokenizer as train_ae, train_var as train_gen
         ae_steps, gen_steps = cfg.tokenizer_steps, cfg.var_steps
-        ae_cfg, gen_cfg = default_configs(data, backbone)
     else:
-        from flowar.pipeline import flowar_paper_configs, train_autoencoder as train_ae, train_flowar as train_gen
+        from flowar.pipeline import train_autoencoder as train_ae, train_flowar as train_gen
         ae_steps, gen_steps = cfg.ae_steps, cfg.flowar_steps
-        ae_cfg, gen_cfg = flowar_paper_configs(data, backbone, head="mlp" if name == "flowar-mlp" else "transformer")
-        if cfg.head_width is not None:
-            gen_cfg = replace(gen_cfg, head_width=cfg.head_width)
+    ae_cfg, gen_cfg = arm_configs(name, data, backbone, cfg)
     family = name.split("-")[0]
     ae_tc, gen_tc = _train_cfgs(cfg, ae_steps, gen_steps, seed)
     ae_ck = keyed_path(out / "checkpoints", f"{family}-autoencoder", fp, ae_cfg, ae_tc)

@@ -90,7 +90,9 @@ def conv_ae_config(data, backbone, hidden: int = 32, res_blocks: int = 1) -> Con
     latent = backbone.schedule[-1]
     down = (data.side // latent).bit_length() - 1
     if data.side % latent or data.side != latent * 2 ** down or down > 4:
-        raise ValueError(f"image side {data.side} must be the schedule's last side {latent} times 2**d, d in 0..4")
+        ok = ", ".join(str(latent * 2 ** d) for d in range(5))
+        raise ValueError(f"image side {data.side} must be the schedule's last side {latent} times 2**d, d in 0..4 "
+                         f"(image sides {ok}): resize the data (--side) or change the schedule")
     return ConvAEConfig(image_channels=data.channels, image_side=data.side, latent_channels=backbone.in_dim,
                         hidden=hidden, down=down, res_blocks=res_blocks)
 

@@ -5,7 +5,7 @@ import argparse
 
 from .backbone import BackboneConfig
 from .data import ImageData, load_dataset
-from .scales import default_schedule
+from .scales import default_schedule, latent_side_of
 
 
 def add_run_args(p: argparse.ArgumentParser, out: str) -> None:
@@ -23,5 +23,5 @@ def add_run_args(p: argparse.ArgumentParser, out: str) -> None:
 def data_and_backbone(a: argparse.Namespace) -> tuple[ImageData, BackboneConfig]:
     """The data set the options name and the backbone over its latent pyramid (latent side = image side / 2)."""
     data = load_dataset(a.data, side=a.side, seed=a.seed)
-    return data, BackboneConfig(schedule=default_schedule(data.side // 2), in_dim=a.latent_channels,
+    return data, BackboneConfig(schedule=default_schedule(latent_side_of(data.side)), in_dim=a.latent_channels,
                                 num_classes=data.num_classes, width=a.width, depth=a.depth, heads=a.heads)

@@ -59,23 +59,46 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+def check_finite(x: np.ndarray, name: str) -> None:
+    """Raise ``ValueError`` naming ``name`` and the first NaN/inf index, if there is one."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name}: {int(bad.sum())} NaN/inf pixel values, the first at index {first}")
+
+
 def from_arrays(name: str, x_NCHW: np.ndarray, y: np.ndarray, side: int | None, seed: int,
                 test_fraction: float, class_names: list[str] | None = None,
                 num_classes: int | None = None) -> ImageData:
-    """Build :class:`ImageData` from images already in [-1, 1]; resizes (bilinear, antialiased) to ``side``."""
+    """Build :class:`ImageData` from images already in [-1, 1]; resizes (bilinear, antialiased) to ``side``.
+
+    Without ``num_classes``, the labels found are mapped to 0..K-1 in sorted order (labels {0, 7} become
+    classes 0 and 1) and ``class_names`` records the original label of each class."""
+    check_int("seed", seed, 0)
+    if side is not None:
+        check_int("side", side, 1)
     y = np.asarray(y)
+    if len(x_NCHW) == 0:
+        raise ValueError(f"{name}: no images")
     if y.ndim != 1 or len(y) != len(x_NCHW):
         raise ValueError(f"{name}: labels must be 1-d with one per image, got shape {y.shape} for {len(x_NCHW)} images")
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"{name}: labels must be integers, got dtype {y.dtype}")
-    num_classes = int(y.max()) + 1 if num_classes is None else num_classes
+    check_finite(np.asarray(x_NCHW), name)
+    if y.min() < 0:
+        raise ValueError(f"{name}: labels must lie in [0, inf), got {int(y.min())} (e.g. -1 for 'unlabelled': "
+                         f"drop those images)")
+    if num_classes is None:
+        found = np.unique(y)
+        if class_names is None:
+            class_names = [str(int(v)) for v in found]
+        y = np.searchsorted(found, y)
+        num_classes = len(found)
     if y.min() < 0 or y.max() >= num_classes:
         raise ValueError(f"{name}: labels must lie in [0, {num_classes - 1}], got [{y.min()}, {y.max()}]")
     x = torch.as_tensor(np.asarray(x_NCHW, dtype=np.float32))
-    if side is not None:
-        check_int("side", side, 1)
-        if x.shape[-1] != side or x.shape[-2] != side:
-            x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
+    if side is not None and (x.shape[-1] != side or x.shape[-2] != side):
+        x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
     tr, te = stratified_split(y, test_fraction, seed)
     yt = torch.as_tensor(y, dtype=torch.long)
     names = class_names or [str(i) for i in range(num_classes)]
@@ -113,18 +136,33 @@ def load_image_folder(root: str | Path, side: int, seed: int = 0, test_fraction:
         for f in files:
             try:
                 with Image.open(f) as im:
-                    im = im.convert("L" if channels == 1 else "RGB").resize((side, side), Image.BICUBIC)
-                    a = np.asarray(im, dtype=np.float32) / 255.0 * 2 - 1
+                    a = _read_image(im, side, channels)
             except (UnidentifiedImageError, OSError) as e:
                 raise ValueError(f"cannot read image {f}: {e}") from None
-            xs.append(a[None] if channels == 1 else a.transpose(2, 0, 1))
+            xs.append(a)
             ys.append(ci)
     return from_arrays(root.name, np.stack(xs), np.array(ys), None, seed, test_fraction, classes, len(classes))
 
 
+def _read_image(im, side: int, channels: int) -> np.ndarray:
+    """A PIL image as (channels, side, side) in [-1, 1]. 16-bit grey PNGs (PIL modes I;16*, I) are scaled
+    by 65535 (``convert("L")`` would clip them to white); everything else goes through 8-bit L/RGB."""
+    from PIL import Image
+
+    if im.mode.startswith("I"):
+        a = np.asarray(im, dtype=np.float32) / 65535.0
+        a = np.asarray(Image.fromarray(a, mode="F").resize((side, side), Image.BICUBIC)).clip(0, 1) * 2 - 1
+        return np.repeat(a[None], channels, axis=0)
+    im = im.convert("L" if channels == 1 else "RGB").resize((side, side), Image.BICUBIC)
+    a = np.asarray(im, dtype=np.float32) / 255.0 * 2 - 1
+    return a[None] if channels == 1 else a.transpose(2, 0, 1)
+
+
 def load_npz(path: str | Path, side: int | None = None, seed: int = 0, test_fraction: float = 0.2) -> ImageData:
-    """An ``.npz`` with ``x`` (N, H, W), (N, H, W, C) or (N, C, H, W) images (uint8 0..255, or floats in
-    [0, 1] or [-1, 1]) and integer labels ``y`` (N,)."""
+    """An ``.npz`` with ``x`` (N, H, W), (N, H, W, C) or (N, C, H, W) images and integer labels ``y`` (N,).
+
+    Pixel values: uint8 (0..255), uint16 (0..65535), other integer types holding 0..255 (8-bit) or
+    0..65535 (16-bit), or finite floats in [0, 1] or [-1, 1]."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -135,6 +173,8 @@ def load_npz(path: str | Path, side: int | None = None, seed: int = 0, test_frac
         if key not in arrays:
             raise ValueError(f"{path}: missing array {key!r} (found {sorted(arrays)})")
     x, y = arrays["x"], arrays["y"]
+    if x.size == 0 or len(x) == 0:
+        raise ValueError(f"{path}: x holds no images (shape {x.shape})")
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
@@ -142,20 +182,30 @@ def load_npz(path: str | Path, side: int | None = None, seed: int = 0, test_frac
     if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[2] != x.shape[3]:
         raise ValueError(f"{path}: x must be square images (N,H,W), (N,H,W,C) or (N,C,H,W) with C in (1, 3), "
                          f"got shape {arrays['x'].shape}")
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0 * 2 - 1
-    else:
+    if np.issubdtype(x.dtype, np.integer):
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 65535:
+            raise ValueError(f"{path}: integer images must hold 0..255 (8-bit) or 0..65535 (16-bit), got [{lo}, {hi}]")
+        depth = 65535.0 if x.dtype == np.uint16 or hi > 255 else 255.0
+        x = x.astype(np.float32) / depth * 2 - 1
+    elif np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float32)
+        check_finite(x, str(path))
         lo, hi = float(x.min()), float(x.max())
         if lo >= 0 and hi <= 1:
             x = x * 2 - 1
         elif lo < -1 or hi > 1:
             raise ValueError(f"{path}: float images must lie in [0, 1] or [-1, 1], got [{lo:.3g}, {hi:.3g}]")
+    else:
+        raise ValueError(f"{path}: x must hold integer or float pixel values, got dtype {x.dtype}")
     return from_arrays(path.stem, x, y, side, seed, test_fraction)
 
 
 def load_dataset(spec: str = "digits", side: int | None = None, seed: int = 0, test_fraction: float = 0.2) -> ImageData:
     """``"digits"``, a path to an ``.npz`` file, or a path to an image folder."""
+    if side is not None:
+        check_int("side", side, 1)
+    check_int("seed", seed, 0)
     if spec == "digits":
         return load_digits(side=side or 16, seed=seed, test_fraction=test_fraction)
     p = Path(spec)

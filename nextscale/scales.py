@@ -105,3 +105,12 @@ def doubling_schedule(latent_side: int) -> tuple[int, ...]:
     while sides[-1] % 2 == 0:
         sides.append(sides[-1] // 2)
     return tuple(reversed(sides))
+
+
+def latent_side_of(image_side: int) -> int:
+    """The latent side the commands use: image side / 2 (one stride-2 downsampling); odd sides are refused
+    with the nearest sides that work."""
+    if image_side < 2 or image_side % 2:
+        raise ValueError(f"image side {image_side} must be even (the latent is image side / 2): use --side "
+                         f"{max(2, image_side - 1)} or {image_side + 1}")
+    return image_side // 2

@@ -79,3 +79,18 @@ def test_quick_run_two_seeds_writes_every_output_and_reuses_checkpoints(tmp_path
     for r, r2 in zip(res["rows"], again["rows"]):  # same seeds, same weights, same samples, same numbers
         for key in ("fid", "kid", "precision", "recall", "class_acc"):
             assert r2[key]["values"] == pytest.approx(r[key]["values"]), (r["sampler"], key)
+
+
+def test_bad_data_and_out_are_refused_before_any_training(tmp_path, capsys):
+    import numpy as np
+
+    odd = tmp_path / "odd.npz"
+    np.savez(odd, x=np.zeros((20, 25, 25), np.uint8), y=np.repeat(np.arange(2), 10))
+    for argv, msg in ((["--data", str(odd)], "error: image side 25 must be even (the latent is image side / 2): "
+                                             "use --side 24 or 26"),
+                      (["--out", str(odd)], f"error: --out {odd} is a file, not a folder")):
+        with pytest.raises(SystemExit) as e:
+            main(["--quick", "--out", str(tmp_path / "run"), *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and err[-1] == msg, err
+        assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained, nothing cached

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nextscale.data import load_dataset, load_digits, load_image_folder, load_npz, stratified_split
+from nextscale.data import from_arrays, load_dataset, load_digits, load_image_folder, load_npz, stratified_split
 
 
 def test_digits_shapes_range_and_stratified_split(digits):
@@ -101,3 +101,50 @@ def test_npz_layouts_and_errors(tmp_path):
         load_npz(tmp_path / "trunc.npz")
     with pytest.raises(ValueError, match="dataset must be"):
         load_dataset("imagenet")
+
+
+def test_bad_pixels_and_labels_are_refused_or_handled(tmp_path):
+    y = np.repeat(np.arange(2), 6)
+    x = np.zeros((12, 6, 6), np.float32)
+    x[3, 2, 4] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x, y=y)
+    with pytest.raises(ValueError, match=r"nan.npz: 1 NaN/inf pixel values, the first at index \(3, 0, 2, 4\)"):
+        load_npz(tmp_path / "nan.npz")
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 6, 6)), y=np.zeros(0, int))
+    with pytest.raises(ValueError, match="x holds no images"):
+        load_npz(tmp_path / "empty.npz")
+    with pytest.raises(ValueError, match="no images"):
+        from_arrays("none", np.zeros((0, 1, 4, 4)), np.zeros(0, int), None, 0, 0.2)
+    # integer pixels in a wide type: 0..255 is 8-bit, up to 65535 (or uint16) is 16-bit
+    ramp = np.tile(np.linspace(0, 1, 6), (12, 6, 1))
+    for dtype, depth in ((np.int64, 255), (np.uint16, 65535), (np.int32, 65535)):
+        vals = (ramp * depth).round().astype(dtype)
+        np.savez(tmp_path / "ints.npz", x=vals, y=y)
+        d = load_npz(tmp_path / "ints.npz")
+        assert float(d.x_train.min()) == -1.0 and float(d.x_train.max()) == 1.0, dtype
+    np.savez(tmp_path / "big.npz", x=np.full((12, 6, 6), 70000, np.int64), y=y)
+    with pytest.raises(ValueError, match=r"0..255 \(8-bit\) or 0..65535 \(16-bit\), got \[70000, 70000\]"):
+        load_npz(tmp_path / "big.npz")
+    # sparse labels {0, 7}: two classes, the mapping kept in class_names
+    np.savez(tmp_path / "sparse.npz", x=np.zeros((12, 6, 6), np.float32), y=np.repeat([0, 7], 6))
+    d = load_npz(tmp_path / "sparse.npz")
+    assert d.num_classes == 2 and d.class_names == ["0", "7"] and set(d.y_train.tolist()) == {0, 1}
+    with pytest.raises(ValueError, match=r"side must lie in \[1, inf\), got 0"):
+        load_dataset("digits", side=0)
+    with pytest.raises(ValueError, match=r"seed must lie in \[0, inf\), got -1"):
+        load_dataset("digits", seed=-1)
+
+
+def test_sixteen_bit_pngs_are_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(5):
+            a = np.full((8, 8), 1000 * (i + 1), np.uint16)   # dark 16-bit greys: 8-bit conversion saturates
+            Image.fromarray(a).save(tmp_path / c / f"{i}.png")
+    d = load_image_folder(tmp_path, side=8, channels=1)
+    x = torch.cat([d.x_train, d.x_test])
+    want = sorted({1000 * (i + 1) / 65535 * 2 - 1 for i in range(5)})
+    got = sorted({round(float(v), 4) for v in x.flatten()})
+    assert got == [round(w, 4) for w in want], got
