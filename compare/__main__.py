@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nextscale.cli import run_or_exit
+
 from .harness import CompareConfig, run
 
 
@@ -36,19 +38,12 @@ def parse(argv=None) -> CompareConfig:
     if a.steps is not None:
         kw.update(var_steps=a.steps, flowar_steps=a.steps, tokenizer_steps=max(1, a.steps // 2),
                   ae_steps=max(1, a.steps // 2))
-    try:
-        return CompareConfig.quick_config(**kw) if a.quick else CompareConfig(**kw)
-    except ValueError as e:
-        p.error(str(e))
+    return run_or_exit(lambda: CompareConfig.quick_config(**kw) if a.quick else CompareConfig(**kw))
 
 
 def main(argv=None) -> None:
     cfg = parse(argv)
-    try:
-        res = run(cfg)
-    except ValueError as e:  # bad data or options, found before any training (see harness.run)
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    res = run_or_exit(run, cfg)  # bad data or options are found before any training (see harness.run)
     from .report import main_table
     print(main_table(res))
     print(f"\nreport: {cfg.out}/report.md  ({res['timings_s']['total']:.0f} s)", file=sys.stderr)

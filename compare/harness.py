@@ -18,7 +18,6 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ import torch
 import nextscale
 from nextscale.backbone import BackboneConfig
 from nextscale.checkpoint import keyed_path
+from nextscale.cli import out_folder
 from nextscale.config import check_float, check_int, config_to_dict
 from nextscale.cost import count_flops, count_params, count_train_flops
 from nextscale.data import ImageData, load_dataset
@@ -169,13 +169,7 @@ ROW_METRICS = ("fid", "kid", "precision", "recall", "class_acc", "head_nfe", "fl
 
 def run(cfg: CompareConfig) -> dict:
     t_start = time.perf_counter()
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"cannot create the output folder {out}: {e.strerror}") from None
+    out = out_folder(cfg.out)
     dev = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     timings: dict[str, float] = {}

@@ -16,13 +16,13 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 import nextscale
 from nextscale.checkpoint import keyed_path
-from nextscale.cli import add_run_args, data_and_backbone
+from nextscale.cli import add_run_args, at_least, data_and_backbone, out_folder, run_or_exit
+from nextscale.train import pick_device
 from nextscale.config import config_to_dict
 from nextscale.viz import save_grid
 
@@ -54,15 +54,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cfg-scale", type=float, default=1.0, help="w in v = v_c + w (v_c - v_u); 0 = no guidance")
     p.add_argument("--cfg-schedule", default="linear", choices=["linear", "constant"])
     a = p.parse_args(argv)
-    try:
-        return run(a)
-    except ValueError as e:
-        p.error(str(e))
+    return run_or_exit(run, a)
 
 
 def run(a: argparse.Namespace) -> dict:
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Every argument is checked before any training; a bad one raises ``ValueError`` naming it."""
+    for name, lo in (("steps", 1), ("ae_steps", 1), ("batch_size", 1), ("per_class", 1), ("sample_steps", 1),
+                     ("cfg_scale", 0.0)):
+        at_least(name.replace("_", "-"), getattr(a, name), lo)
+    out = out_folder(a.out)
     data, backbone = data_and_backbone(a)
     ae_cfg, fl_cfg = flowar_paper_configs(data, backbone, head=a.head)
     ae_train, fl_train = default_train_configs(seed=a.seed)
@@ -70,6 +70,7 @@ def run(a: argparse.Namespace) -> dict:
     fl_train = fl_train.override(steps=a.steps, batch_size=a.batch_size)
 
     t0 = time.perf_counter()
+    pick_device(a.device)
     fp = data.fingerprint()
     ae_ck = keyed_path(out / "checkpoints", "autoencoder", fp, ae_cfg, ae_train)
     fl_ck = keyed_path(out / "checkpoints", "flowar", fp, fl_cfg, fl_train, ae_ck.name)

@@ -1,4 +1,10 @@
-"""One-file checkpoints: written atomically, read with ``torch.load(weights_only=True)``."""
+"""One-file checkpoints: written atomically, read with ``torch.load(weights_only=True)``.
+
+Version policy: every checkpoint records the ``library_version`` that wrote it; a checkpoint written by
+another major.minor version (or by none) is refused with a ``ValueError`` (layouts and the keys that
+name checkpoints may change between them): retrain, or load it with that version. Patch versions load.
+Every failure to read a checkpoint (not a file, corrupt, foreign, missing entries, different config,
+renamed or missing parameters) is a ``ValueError`` naming the file and what is wrong."""
 from __future__ import annotations
 
 import os
@@ -31,9 +37,18 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
         raise
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read a checkpoint safely (no code runs); a truncated or foreign file raises ``ValueError``."""
+def _minor(version: str) -> tuple[str, ...]:
+    return tuple(str(version).split(".")[:2])
+
+
+def load_checkpoint(path: str | Path, map_location="cpu", require: tuple[str, ...] = ()) -> dict:
+    """Read a checkpoint safely (no code runs); a truncated or foreign file, one of another library
+    version (see the module doc) or one without the entries in ``require`` raises ``ValueError``."""
+    from . import __version__
+
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint path {path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
@@ -42,7 +57,26 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise ValueError(f"checkpoint {path} is corrupt, truncated or not a nextscale checkpoint: {e}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a nextscale checkpoint (format {FORMAT})")
+    written = ckpt.get("library_version")
+    if written is None or _minor(written) != _minor(__version__):
+        raise ValueError(f"checkpoint {path} was written by nextscale {written}, this is {__version__}: checkpoints "
+                         f"load only within the same major.minor version; retrain (delete the file) or use {written}")
+    missing = [k for k in require if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {missing}: truncated by hand or written by other code")
     return ckpt
+
+
+def load_state(module, state: dict, path) -> None:
+    """``module.load_state_dict(state)`` with a ``ValueError`` naming the file and the parameters that
+    are missing or unexpected (renamed parameters, another model class) instead of a RuntimeError."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        want, got = set(module.state_dict()), set(state)
+        detail = f"missing {sorted(want - got)[:5]}, unexpected {sorted(got - want)[:5]}" if want != got else \
+            str(e).splitlines()[-1].strip()
+        raise ValueError(f"checkpoint {path} does not fit {type(module).__name__}: {detail}") from None
 
 
 def check_config(path, stored: dict, current: dict, what: str = "model config") -> None:

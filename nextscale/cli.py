@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from .backbone import BackboneConfig
 from .data import ImageData, load_dataset
@@ -25,3 +27,34 @@ def data_and_backbone(a: argparse.Namespace) -> tuple[ImageData, BackboneConfig]
     data = load_dataset(a.data, side=a.side, seed=a.seed)
     return data, BackboneConfig(schedule=default_schedule(latent_side_of(data.side)), in_dim=a.latent_channels,
                                 num_classes=data.num_classes, width=a.width, depth=a.depth, heads=a.heads)
+
+
+def out_folder(path: str | Path) -> Path:
+    """Create the output folder (before any training); a file in the way or an unwritable place is a
+    ``ValueError`` naming it."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"--out {out} is not writable: {e.strerror}") from None
+    return out
+
+
+def at_least(name: str, value, lo) -> None:
+    """A command-line check: ``--name`` must be >= ``lo``."""
+    if value is not None and value < lo:
+        raise ValueError(f"--{name} must be >= {lo}, got {value}")
+
+
+def run_or_exit(fn, *args):
+    """Run a command; a user error (``ValueError``) prints one line ``error: ...`` and exits with status 2."""
+    try:
+        return fn(*args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

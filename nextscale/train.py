@@ -24,11 +24,15 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .checkpoint import check_config, load_checkpoint, save_checkpoint
+from .checkpoint import check_config, load_checkpoint, load_state, save_checkpoint
 from .config import check_float, check_int, config_to_dict
 
 # Fields that may change between a run and its resumption without changing the loss curve.
-_RESUMABLE_FIELDS = ("steps", "ckpt_every", "log_every", "progress")
+# Fields that may differ between a checkpoint and the run that resumes it. ``steps`` is not one: the
+# cosine schedule depends on it, so continuing a run to more steps would not equal a fresh run of that
+# length; a run with other steps needs its own checkpoint (the keyed paths of the commands do that).
+_RESUMABLE_FIELDS = ("ckpt_every", "log_every", "progress")
+_TRAIN_KEYS = ("config", "train_config", "step", "model", "optimizer", "ema", "history")
 
 
 @dataclass(frozen=True)
@@ -204,17 +208,17 @@ def train(model: nn.Module, x_NCHW: torch.Tensor, y_N: torch.Tensor, cfg: TrainC
 
     start, history = 0, []
     if ckpt_path is not None and Path(ckpt_path).exists():
-        ck = load_checkpoint(ckpt_path, map_location=dev)
+        ck = load_checkpoint(ckpt_path, map_location=dev, require=_TRAIN_KEYS)
         check_config(ckpt_path, ck["config"], model_cfg)
         stored = {k: v for k, v in ck["train_config"].items() if k not in _RESUMABLE_FIELDS}
         check_config(ckpt_path, stored, {k: v for k, v in train_cfg.items() if k not in _RESUMABLE_FIELDS},
                      what="training config")
-        model.load_state_dict(ck["model"])
+        load_state(model, ck["model"], ckpt_path)
         opt.load_state_dict(ck["optimizer"])
         if ema is not None:
             if ck["ema"] is None:
                 raise ValueError(f"checkpoint {ckpt_path} holds no EMA weights but ema_decay > 0")
-            ema.load_state_dict(ck["ema"])
+            load_state(ema, ck["ema"], ckpt_path)
         start, history = ck["step"], list(ck["history"])
 
     def checkpoint(step: int):
@@ -273,8 +277,8 @@ def train(model: nn.Module, x_NCHW: torch.Tensor, y_N: torch.Tensor, cfg: TrainC
 def load_trained(model: nn.Module, ckpt_path: str | Path, use_ema: bool = True) -> nn.Module:
     """Load a checkpoint written by :func:`train` into ``model`` (EMA weights when stored and asked for);
     a checkpoint of a different config raises ``ValueError``. Returns the model in eval mode."""
-    ck = load_checkpoint(ckpt_path)
+    ck = load_checkpoint(ckpt_path, require=("config", "model", "ema"))
     check_config(ckpt_path, ck["config"], config_to_dict(model.config))
     state = ck["ema"] if use_ema and ck["ema"] is not None else ck["model"]
-    model.load_state_dict(state)
+    load_state(model, state, ckpt_path)
     return model.eval()

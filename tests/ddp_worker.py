@@ -36,4 +36,5 @@ if __name__ == "__main__":
     torch.distributed.all_gather(sums, torch.stack([flat.sum(), flat.abs().sum()]).float())
     if torch.distributed.get_rank() == 0:
         json.dump({"losses": res.losses, "weights": [s.tolist() for s in sums]}, open(sys.argv[1], "w"))
+    torch.distributed.barrier()  # no rank tears gloo down while the other still uses it
     torch.distributed.destroy_process_group()

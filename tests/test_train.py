@@ -123,6 +123,65 @@ def test_checkpoint_of_another_config_or_truncated_raises(d8, tmp_path):
         load_trained(Toy(), ck)
 
 
+def test_every_bad_checkpoint_is_a_value_error_naming_the_file(d8, tmp_path, monkeypatch):
+    import nextscale
+    from nextscale import checkpoint
+
+    ck = tmp_path / "m.pt"
+    run(d8, ckpt_path=ck)
+    good = torch.load(ck, weights_only=True)
+    with pytest.raises(ValueError, match=f"checkpoint path {tmp_path} is a folder"):
+        load_trained(Toy(), tmp_path)
+    # another major.minor version is refused; a patch release loads
+    for version, ok in (("0.1.7", True), ("0.2.0", False), (None, False)):
+        checkpoint.save_checkpoint(ck, {k: v for k, v in good.items() if k not in ("format", "library_version")})
+        raw = torch.load(ck, weights_only=True)
+        raw["library_version"] = version
+        torch.save(raw, ck)
+        if ok:
+            load_trained(Toy(), ck)
+        else:
+            with pytest.raises(ValueError, match=f"written by nextscale {version}, this is {nextscale.__version__}"):
+                load_trained(Toy(), ck)
+    # a missing entry, renamed parameters
+    for drop in ("history", "config"):
+        torch.save({k: v for k, v in good.items() if k != drop}, ck)
+        with pytest.raises(ValueError, match=rf"{ck.name} lacks \['{drop}'\]"):
+            run(d8, ckpt_path=ck)
+    renamed = dict(good)
+    renamed["model"] = {k.replace("backbone.", "trunk."): v for k, v in good["model"].items()}
+    torch.save(renamed, ck)
+    with pytest.raises(ValueError, match=rf"{ck.name} does not fit Toy: missing \['backbone"):
+        run(d8, ckpt_path=ck)
+
+
+def test_changing_steps_is_a_new_run_not_a_resume(d8, tmp_path):
+    """The cosine schedule depends on ``steps``: a 4-step checkpoint continued to 8 steps would not
+    equal a fresh 8-step run, so it is refused (the commands key checkpoints by steps)."""
+    ck = tmp_path / "m.pt"
+    run(d8, replace(TINY, steps=4), ckpt_path=ck)
+    with pytest.raises(ValueError, match="different training config.*steps: checkpoint 4 vs current 8"):
+        run(d8, replace(TINY, steps=8), ckpt_path=ck)
+
+
+def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    from nextscale import checkpoint
+
+    ck = tmp_path / "m.pt"
+    checkpoint.save_checkpoint(ck, {"step": 1, "w": torch.ones(3)})
+
+    def dying_save(obj, f):
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt("killed while writing")
+    monkeypatch.setattr(checkpoint.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(ck, {"step": 2, "w": torch.zeros(3)})
+    monkeypatch.undo()
+    back = checkpoint.load_checkpoint(ck)
+    assert back["step"] == 1 and torch.equal(back["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temp file left behind
+
+
 class Exploding(Toy):
     def forward(self, x, y):
         out = super().forward(x, y)

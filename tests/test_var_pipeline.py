@@ -24,14 +24,20 @@ def test_command_end_to_end_and_checkpoint_reuse(tmp_path):
             "--per-class", "2", "--width", "32", "--depth", "1", "--heads", "2", "--vocab-size", "64"]
     m1 = main(args)
     files = {p.name for p in tmp_path.iterdir()}
-    assert {"tokenizer.pt", "var.pt", "samples.png", "metrics.json"} <= files
+    assert {"checkpoints", "samples.png", "metrics.json"} <= files
+    cks = [tmp_path / m1["files"]["tokenizer"], tmp_path / m1["files"]["var"]]
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert len(saved["var"]["ce_train_per_scale"]) == len(saved["var"]["ce_test_per_scale"]) == 6
     t = saved["tokenizer"]
     assert 0 < t["recon_mse_test"] < 4 and 0 < t["codebook_usage_train"] <= 1 and t["perplexity_train"] >= 1
     assert saved["sampling"]["num_images"] == 20 and saved["sampling"]["head_nfe"] == 12
-    stamps = {n: (tmp_path / n).stat().st_mtime_ns for n in ("tokenizer.pt", "var.pt")}
+    stamps = [c.stat().st_mtime_ns for c in cks]
     m2 = main(args)  # reuses both checkpoints: nothing retrained, same numbers, same samples
-    assert {n: (tmp_path / n).stat().st_mtime_ns for n in stamps} == stamps
+    assert [c.stat().st_mtime_ns for c in cks] == stamps
     assert m2["var"] == m1["var"] and m2["tokenizer"] == m1["tokenizer"]
     assert m2["seconds"]["var_train"] < m1["seconds"]["var_train"]
+    # more tokenizer steps: a new tokenizer, and a new VAR on it (its key names the tokenizer it was trained on)
+    m3 = main(args + ["--tokenizer-steps", "8"])
+    assert m3["files"]["tokenizer"] != m1["files"]["tokenizer"] and m3["files"]["var"] != m1["files"]["var"]
+    assert m3["tokenizer"]["recon_mse_test"] != m1["tokenizer"]["recon_mse_test"]
+    assert [c.stat().st_mtime_ns for c in cks] == stamps  # the old files are untouched

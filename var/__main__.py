@@ -1,7 +1,8 @@
 """``python -m var --out runs/var --seed 0``: train the VQ tokenizer then VAR on digits, sample, measure.
 
-Writes to ``--out``: ``tokenizer.pt`` and ``var.pt`` (a second run with the same settings reuses
-them and trains nothing), ``samples.png`` (one row per class, ``--per-class`` samples each) and
+Writes to ``--out``: ``checkpoints/tokenizer-<key>.pt`` and ``checkpoints/var-<key>.pt``, keyed by the
+data and every config that shapes the weights (a second run with the same settings reuses them and
+trains nothing; changed settings train anew), ``samples.png`` (one row per class, ``--per-class`` samples each) and
 ``metrics.json`` (tokenizer reconstruction MSE and codebook usage/perplexity, VAR per-scale
 train/test cross-entropy, sampling stats, timings, configs).
 """
@@ -11,12 +12,13 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 import nextscale
-from nextscale.cli import add_run_args, data_and_backbone
+from nextscale.checkpoint import keyed_path
+from nextscale.cli import add_run_args, at_least, data_and_backbone, out_folder, run_or_exit
+from nextscale.train import pick_device
 from nextscale.config import config_to_dict
 from nextscale.viz import save_grid
 
@@ -37,15 +39,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--temperature", type=float, default=1.0)
     a = p.parse_args(argv)
-    try:
-        return run(a)
-    except ValueError as e:
-        p.error(str(e))
+    return run_or_exit(run, a)
 
 
 def run(a: argparse.Namespace) -> dict:
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Every argument is checked before any training; a bad one raises ``ValueError`` naming it."""
+    for name, lo in (("steps", 1), ("tokenizer_steps", 1), ("batch_size", 1), ("per_class", 1), ("vocab_size", 2),
+                     ("top_k", 1), ("cfg_scale", 0.0)):
+        at_least(name.replace("_", "-"), getattr(a, name), lo)
+    if not 0 < a.top_p <= 1:
+        raise ValueError(f"--top-p must lie in (0, 1], got {a.top_p}")
+    if not a.temperature > 0:
+        raise ValueError(f"--temperature must be > 0, got {a.temperature}")
+    out = out_folder(a.out)
     data, backbone = data_and_backbone(a)
     vq_cfg, var_cfg = default_configs(data, backbone, vocab_size=a.vocab_size)
     tok_train, var_train = default_train_configs(seed=a.seed)
@@ -53,9 +59,13 @@ def run(a: argparse.Namespace) -> dict:
     var_train = var_train.override(steps=a.steps, batch_size=a.batch_size)
 
     t0 = time.perf_counter()
-    tok = train_tokenizer(data, vq_cfg, tok_train, ckpt_path=out / "tokenizer.pt", device=a.device)
+    pick_device(a.device)
+    fp = data.fingerprint()
+    tok_ck = keyed_path(out / "checkpoints", "tokenizer", fp, vq_cfg, tok_train)
+    var_ck = keyed_path(out / "checkpoints", "var", fp, var_cfg, var_train, tok_ck.name)
+    tok = train_tokenizer(data, vq_cfg, tok_train, ckpt_path=tok_ck, device=a.device)
     t1 = time.perf_counter()
-    model = train_var(data, tok, var_cfg, var_train, ckpt_path=out / "var.pt", device=a.device)
+    model = train_var(data, tok, var_cfg, var_train, ckpt_path=var_ck, device=a.device)
     t2 = time.perf_counter()
     print("evaluating ...", file=sys.stderr, flush=True)
     metrics = evaluate(model.tokenizer, model, data)
@@ -77,7 +87,7 @@ def run(a: argparse.Namespace) -> dict:
         "data": {"name": data.name, "fingerprint": data.fingerprint(), "train": len(data.x_train),
                  "test": len(data.x_test)},
         "seed": a.seed, "library_version": nextscale.__version__, "torch_version": torch.__version__,
-        "files": {"samples": grid.name, "tokenizer": "tokenizer.pt", "var": "var.pt"},
+        "files": {"samples": grid.name, "tokenizer": f"checkpoints/{tok_ck.name}", "var": f"checkpoints/{var_ck.name}"},
     })
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     t, v = metrics["tokenizer"], metrics["var"]

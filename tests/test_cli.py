@@ -1,0 +1,43 @@
+"""Every command refuses bad arguments before any training: one line ``error: ...``, exit status 2."""
+import pytest
+
+from compare.__main__ import main as compare_main
+from flowar.__main__ import main as flowar_main
+from var.__main__ import main as var_main
+
+SMALL = ["--width", "32", "--depth", "1", "--heads", "2", "--side", "8", "--latent-channels", "4"]
+CASES = [
+    (var_main, ["--cfg-scale", "-1"], "error: --cfg-scale must be >= 0.0, got -1.0"),
+    (var_main, ["--top-k", "0"], "error: --top-k must be >= 1, got 0"),
+    (var_main, ["--temperature", "0"], "error: --temperature must be > 0, got 0.0"),
+    (var_main, ["--per-class", "0"], "error: --per-class must be >= 1, got 0"),
+    (var_main, ["--per-class", "-1"], "error: --per-class must be >= 1, got -1"),
+    (var_main, ["--steps", "0"], "error: --steps must be >= 1, got 0"),
+    (var_main, ["--top-p", "1.5"], "error: --top-p must lie in (0, 1], got 1.5"),
+    (var_main, ["--seed", "-1"], "error: seed must lie in [0, inf), got -1"),
+    (flowar_main, ["--sample-steps", "0"], "error: --sample-steps must be >= 1, got 0"),
+    (flowar_main, ["--steps", "0"], "error: --steps must be >= 1, got 0"),
+    (flowar_main, ["--data", "missing.npz"], "error: cannot read npz file missing.npz"),
+    (compare_main, ["--samples", "1"], "error: samples must lie in [2, inf), got 1"),
+    (compare_main, ["--seeds", "0"], "error: seeds must lie in [1, inf), got 0"),
+]
+
+
+@pytest.mark.parametrize("main,argv,msg", CASES)
+def test_bad_arguments_fail_fast_with_one_line(tmp_path, capsys, main, argv, msg):
+    out = tmp_path / "run"
+    extra = SMALL if main is not compare_main else ["--quick"]
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(out), *extra, *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith(msg), err
+    assert not (out / "checkpoints").exists()  # nothing was trained
+
+
+@pytest.mark.parametrize("main", [var_main, flowar_main, compare_main])
+def test_an_output_path_that_is_a_file_is_refused(tmp_path, capsys, main):
+    f = tmp_path / "file"
+    f.write_text("")
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(f), *(SMALL if main is not compare_main else ["--quick"])])
+    assert e.value.code == 2 and capsys.readouterr().err.strip() == f"error: --out {f} is a file, not a folder"
