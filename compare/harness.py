@@ -18,6 +18,7 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ import torch
 import nextscale
 from nextscale.backbone import BackboneConfig
 from nextscale.checkpoint import keyed_path
-from nextscale.cli import out_folder
+from nextscale.cli import out_folder, out_lock
 from nextscale.config import check_float, check_int, config_to_dict
 from nextscale.cost import count_flops, count_params, count_train_flops
 from nextscale.data import ImageData, load_dataset
@@ -170,6 +171,11 @@ ROW_METRICS = ("fid", "kid", "precision", "recall", "class_acc", "head_nfe", "fl
 def run(cfg: CompareConfig) -> dict:
     t_start = time.perf_counter()
     out = out_folder(cfg.out)
+    with out_lock(out):
+        return _run(cfg, out, t_start)
+
+
+def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
     dev = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     timings: dict[str, float] = {}

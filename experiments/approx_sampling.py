@@ -23,7 +23,7 @@ import torch
 
 from nextscale.backbone import BackboneConfig
 from nextscale.data import load_digits
-from nextscale.fastattn import entry_bound, feature_rank
+from nextscale.fastattn import ApproximationRefused, entry_bound, feature_rank
 from nextscale.train import TrainConfig
 
 from . import heads
@@ -74,8 +74,8 @@ def evaluate_setting(model, head: str, opts: dict, data, labels, classifier, rea
                    fid=fid_from_features(classifier.features(imgs).numpy(), real_feats))
         row["pixel_change_vs_exact"] = None if ref_images is None else float((imgs - ref_images).abs().mean())
         row["images"] = imgs
-    except (FloatingPointError, ValueError) as e:
-        row["failed"] = str(e)
+    except (FloatingPointError, ApproximationRefused) as e:  # the approximation's own refusals; bugs propagate
+        row["failed"] = f"{type(e).__name__}: {e}"
     finally:
         model.backbone.set_attention("exact")
     return row

@@ -16,12 +16,13 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 import nextscale
 from nextscale.checkpoint import keyed_path
-from nextscale.cli import add_run_args, at_least, data_and_backbone, out_folder, run_or_exit
+from nextscale.cli import add_run_args, at_least, data_and_backbone, out_folder, out_lock, run_or_exit
 from nextscale.train import pick_device
 from nextscale.config import config_to_dict
 from nextscale.viz import save_grid
@@ -63,6 +64,11 @@ def run(a: argparse.Namespace) -> dict:
                      ("cfg_scale", 0.0)):
         at_least(name.replace("_", "-"), getattr(a, name), lo)
     out = out_folder(a.out)
+    with out_lock(out):
+        return _run(a, out)
+
+
+def _run(a: argparse.Namespace, out: Path) -> dict:
     data, backbone = data_and_backbone(a)
     ae_cfg, fl_cfg = flowar_paper_configs(data, backbone, head=a.head)
     ae_train, fl_train = default_train_configs(seed=a.seed)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .backbone import BackboneConfig
@@ -58,3 +60,42 @@ def run_or_exit(fn, *args):
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+@contextmanager
+def out_lock(out: Path):
+    """Hold ``out/.lock`` (created exclusively, holding our pid) for the duration of a run: a second run
+    on the same folder is refused with a ``ValueError`` instead of both writing the same checkpoints.
+    A lock whose process is gone (a killed run) is taken over."""
+    lock = Path(out) / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                raise ValueError(f"another run (pid {pid}) is writing to {out}; wait for it or use another --out") \
+                    from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+    else:
+        raise ValueError(f"cannot take the lock {lock}")
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

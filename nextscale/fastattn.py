@@ -73,6 +73,11 @@ from .config import check_choice, check_float, check_int
 
 FITS = ("relative", "taylor")
 FALLBACKS = ("raise", "exact")
+
+
+class ApproximationRefused(ValueError):
+    """A setting the approximation cannot serve at this size (e.g. too many features); a bad argument is
+    a plain ``ValueError`` and an unsafe normaliser a ``FloatingPointError``."""
 MAX_DEGREE = 40
 # Largest gathered feature tensor (B * H * L * rank * degree elements) poly attention will build.
 MAX_FEATURE_ELEMENTS = 2 ** 30
@@ -296,7 +301,7 @@ def poly_attention(q_BHLd: torch.Tensor, k_BHSd: torch.Tensor, v_BHSd: torch.Ten
     S = k_BHSd.shape[2]
     r = feature_rank(d, degree)
     if B * H * max(L, S) * r * degree > MAX_FEATURE_ELEMENTS:
-        raise ValueError(f"poly attention with head dim {d} and degree {degree} has rank {r}: the features of "
+        raise ApproximationRefused(f"poly attention with head dim {d} and degree {degree} has rank {r}: the features of "
                          f"{B}x{H}x{max(L, S)} positions exceed MAX_FEATURE_ELEMENTS={MAX_FEATURE_ELEMENTS}; "
                          f"lower the degree or use kind='performer'")
     q_blocks, k_blocks = _blocks(q_level, L, "q_level"), _blocks(k_level, S, "k_level")

@@ -41,3 +41,33 @@ def test_an_output_path_that_is_a_file_is_refused(tmp_path, capsys, main):
     with pytest.raises(SystemExit) as e:
         main(["--out", str(f), *(SMALL if main is not compare_main else ["--quick"])])
     assert e.value.code == 2 and capsys.readouterr().err.strip() == f"error: --out {f} is a file, not a folder"
+
+
+def test_a_second_run_on_the_same_out_is_refused_while_the_first_runs(tmp_path, capsys):
+    """Two processes: one holds the run lock of --out (as a running command does); the command started
+    beside it stops at once with one error line; a lock left by a dead process is taken over."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from nextscale.cli import out_lock\n"
+        f"with out_lock(Path({str(out)!r})):\n    print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit) as e:
+            var_main(["--out", str(out), *SMALL])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and err == (f"error: another run (pid {holder.pid}) is writing to {out}; wait for "
+                                             f"it or use another --out")
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder was killed without releasing: its lock is stale and is taken over (then released)
+    assert (out / ".lock").read_text() == str(holder.pid)
+    from nextscale.cli import out_lock
+    with out_lock(out):
+        assert (out / ".lock").read_text() != str(holder.pid)
+    assert not (out / ".lock").exists()

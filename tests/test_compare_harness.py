@@ -73,6 +73,12 @@ def test_quick_run_two_seeds_writes_every_output_and_reuses_checkpoints(tmp_path
     assert res["versions"]["torch"] and res["seed"] == 0 and "t-interval" in res["interval"]
     assert not any(p["reused_checkpoints"] for a in m.values() for p in a["per_seed"][:1] if a is m["var"])
 
+    # quality: every arm's best row beats the same arm untrained, scored the same way
+    untrained = _untrained_fids(res, out)
+    for arm, fid0 in untrained.items():
+        best = min(r["fid"]["mean"] for r in res["rows"] if r["model"] == arm)
+        assert best < 0.7 * fid0, (arm, best, fid0)
+
     main(["--quick", "--seeds", "2", "--out", str(out), "--seed", "0"])
     again = json.loads((out / "results.json").read_text())
     assert all(p["reused_checkpoints"] for a in again["models"].values() for p in a["per_seed"])
@@ -94,3 +100,40 @@ def test_bad_data_and_out_are_refused_before_any_training(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 2 and err[-1] == msg, err
         assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained, nothing cached
+
+
+def _untrained_fids(res: dict, out) -> dict:
+    """FID of each arm with random weights (its first sampler row's settings), against the same real
+    test set in the same (cached) classifier features as the run."""
+    import torch
+
+    from compare.classifier import train_classifier
+    from compare.fid import fid_from_features
+    from compare.harness import arm_configs
+    from nextscale.backbone import BackboneConfig
+    from nextscale.data import load_dataset
+
+    cfg = CompareConfig.quick_config(out=str(out))
+    data = load_dataset("digits", seed=cfg.split_seed)
+    clf = train_classifier(data, seed=cfg.split_seed, cache_dir=out / "checkpoints", steps=cfg.classifier_steps,
+                           device="cpu", progress=False)
+    real = clf.features(data.x_test)
+    backbone = BackboneConfig(**{k: tuple(v) if k == "schedule" else v for k, v in res["backbone"].items()})
+    labels = torch.arange(cfg.samples) % data.num_classes
+    fids = {}
+    for arm in ("var", "flowar", "flowar-mlp"):
+        ae_cfg, gen_cfg = arm_configs(arm, data, backbone, cfg)
+        torch.manual_seed(0)
+        if arm == "var":
+            from var.model import VAR
+            from var.tokenizer import MultiScaleVQVAE
+            model = VAR(gen_cfg, MultiScaleVQVAE(ae_cfg))
+        else:
+            from flowar.autoencoder import ContinuousAE
+            from flowar.model import FlowAR
+            model = FlowAR(gen_cfg, ContinuousAE(ae_cfg))
+        kw = next(r["settings"] for r in res["rows"] if r["model"] == arm)
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
+        images, _ = model.eval().sample(labels, seed=0, **kw)
+        fids[arm] = fid_from_features(real, clf.features(images.float()))
+    return fids

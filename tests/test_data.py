@@ -148,3 +148,30 @@ def test_sixteen_bit_pngs_are_scaled_not_clipped(tmp_path):
     want = sorted({1000 * (i + 1) / 65535 * 2 - 1 for i in range(5)})
     got = sorted({round(float(v), 4) for v in x.flatten()})
     assert got == [round(w, 4) for w in want], got
+
+
+def test_loaders_map_pixels_exactly_and_keep_layout_and_labels(tmp_path):
+    """Exact values, not just ranges: [0, 1] -> [-1, 1], uint8 / 255, NHWC transposed (not reshaped), and
+    every folder image labelled with its own folder."""
+    # a distinct value per (image, channel, row, column), so any reshape instead of transpose shows
+    N, H, W, C = 6, 4, 4, 3
+    vals = np.arange(N * H * W * C, dtype=np.float32).reshape(N, H, W, C) / (N * H * W * C - 1)
+    y = np.repeat([0, 1], 3)
+    np.savez(tmp_path / "nhwc.npz", x=vals, y=y)
+    d = load_npz(tmp_path / "nhwc.npz", test_fraction=0.34)
+    x = torch.cat([d.x_train, d.x_test])
+    order = np.concatenate([np.flatnonzero(np.isin(np.arange(N), idx)) for idx in stratified_split(y, 0.34, 0)])
+    want = torch.as_tensor(vals[order].transpose(0, 3, 1, 2) * 2 - 1)
+    assert torch.allclose(x, want, atol=1e-6)
+    u8 = np.array([[[0, 51], [204, 255]]] * 6, dtype=np.uint8)
+    np.savez(tmp_path / "u8.npz", x=u8, y=y)
+    d = load_npz(tmp_path / "u8.npz", test_fraction=0.34)
+    assert torch.allclose(d.x_train[0, 0], torch.tensor([[-1.0, -0.6], [0.6, 1.0]]), atol=1e-6)
+    # folder labels: class "a" images are black, class "b" white; each label must match its pixels
+    for c, v in (("a", 0), ("b", 255)):
+        (tmp_path / "f" / c).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(np.full((6, 6), v, np.uint8)).save(tmp_path / "f" / c / f"{i}.png")
+    d = load_image_folder(tmp_path / "f", side=6, channels=1)
+    for xs, ys in ((d.x_train, d.y_train), (d.x_test, d.y_test)):
+        assert torch.equal(xs.mean((1, 2, 3)), torch.where(ys == 0, -1.0, 1.0))

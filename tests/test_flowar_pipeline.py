@@ -101,6 +101,8 @@ def test_ema_weights_are_returned(digits):
                                                        ema_decay=0.9))
     w_raw, w_ema = raw.head.out.weight, ema.head.out.weight
     assert not torch.allclose(w_raw, w_ema)
+    # the output layer starts at zero (adaLN-Zero): the EMA moved with training, it is not the initial copy
+    assert w_ema.abs().sum() > 0 and not ema.training
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ def test_schedule_must_end_at_latent_side():
 
 
 def test_token_counts_and_slices():
-    assert num_tokens(VAR_SCHEDULE) == 680  # the number THEORY.md quotes
+    assert num_tokens(VAR_SCHEDULE) == 680  # VAR's 256x256 pyramid: 680 tokens (Tian et al. 2024)
     assert num_tokens(FLOWAR_SCHEDULE) == 1 + 4 + 16 + 64 + 256
     sl = scale_slices((1, 2, 3))
     assert [(s.start, s.stop) for s in sl] == [(0, 1), (1, 5), (5, 14)]

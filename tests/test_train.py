@@ -203,11 +203,50 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(d8, tmp_path):
     assert ok["step"] == 4 and all(math.isfinite(h["loss"]) for h in ok["history"])
 
 
-def test_ema_is_a_smoothed_copy(d8):
-    res = run(d8, replace(TINY, ema_decay=0.5))
-    diffs = [(a - b).abs().max().item() for a, b in zip(res.ema.parameters(), res.model.parameters())]
-    assert max(diffs) > 0 and res.best is res.ema
-    assert not any(p.requires_grad for p in res.ema.parameters())
+class Recording(Toy):
+    """Records a copy of its output layer's weight at every forward (= the weights before that step)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x, y):
+        self.seen.append(self.out.weight.detach().clone())
+        return super().forward(x, y)
+
+
+def test_ema_is_the_closed_form_average_of_the_weight_sequence(d8):
+    """e_0 = w_0, e_t = d e_(t-1) + (1 - d) w_t: checked against the weights the model really had (a
+    no-op or wrong-weight EMA update fails)."""
+    d = 0.7
+    torch.manual_seed(0)
+    m = Recording()
+    res = train(m, d8.x_train, d8.y_train, replace(TINY, ema_decay=d), device="cpu")
+    ws = m.seen + [res.model.out.weight.detach()]          # w_0 .. w_n
+    e = ws[0]
+    for w in ws[1:]:
+        e = d * e + (1 - d) * w
+    assert torch.allclose(res.ema.out.weight, e, atol=1e-6) and not torch.allclose(e, ws[-1], atol=1e-4)
+    assert res.best is res.ema and not any(p.requires_grad for p in res.ema.parameters())
+
+
+def test_gradients_are_clipped_to_grad_clip(d8, monkeypatch):
+    """At every optimizer step the global gradient norm is at most grad_clip (the logged grad_norm is
+    the norm before clipping, and it is larger)."""
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def step(self, *a, **kw):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return real_step(self, *a, **kw)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    res = run(d8, replace(TINY, grad_clip=0.05))
+    assert len(seen) == TINY.steps and max(seen) <= 0.05 * (1 + 1e-4), seen
+    assert all(h["grad_norm"] > 0.05 for h in res.history)
+    seen.clear()
+    run(d8, replace(TINY, grad_clip=0.0))
+    assert max(seen) > 0.05
 
 
 def test_bad_training_inputs(d8):

@@ -12,12 +12,13 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 import nextscale
 from nextscale.checkpoint import keyed_path
-from nextscale.cli import add_run_args, at_least, data_and_backbone, out_folder, run_or_exit
+from nextscale.cli import add_run_args, at_least, data_and_backbone, out_folder, out_lock, run_or_exit
 from nextscale.train import pick_device
 from nextscale.config import config_to_dict
 from nextscale.viz import save_grid
@@ -52,6 +53,11 @@ def run(a: argparse.Namespace) -> dict:
     if not a.temperature > 0:
         raise ValueError(f"--temperature must be > 0, got {a.temperature}")
     out = out_folder(a.out)
+    with out_lock(out):
+        return _run(a, out)
+
+
+def _run(a: argparse.Namespace, out: Path) -> dict:
     data, backbone = data_and_backbone(a)
     vq_cfg, var_cfg = default_configs(data, backbone, vocab_size=a.vocab_size)
     tok_train, var_train = default_train_configs(seed=a.seed)
