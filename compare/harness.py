@@ -261,7 +261,7 @@ def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
         "seed": cfg.seed,
         "data": {"name": data.name, "fingerprint": fp, "split_seed": cfg.split_seed, "train": len(data.x_train),
                  "test": len(data.x_test), "side": data.side, "channels": data.channels,
-                 "classes": data.num_classes},
+                 "classes": data.num_classes, "class_names": data.class_names},
         "floor": floor,
         "floor_per_seed": floor_seeds,
         "floor_samples": n_floor,

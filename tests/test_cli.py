@@ -23,6 +23,13 @@ CASES = [
 ]
 
 
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    CASES += [(m, ["--device", "cuda"], "error: device 'cuda' requested but CUDA is not available")
+              for m in (var_main, flowar_main, compare_main)]
+
+
 @pytest.mark.parametrize("main,argv,msg", CASES)
 def test_bad_arguments_fail_fast_with_one_line(tmp_path, capsys, main, argv, msg):
     out = tmp_path / "run"

@@ -158,10 +158,16 @@ def test_every_bad_checkpoint_is_a_value_error_naming_the_file(d8, tmp_path, mon
 def test_changing_steps_is_a_new_run_not_a_resume(d8, tmp_path):
     """The cosine schedule depends on ``steps``: a 4-step checkpoint continued to 8 steps would not
     equal a fresh 8-step run, so it is refused (the commands key checkpoints by steps)."""
+    from nextscale.checkpoint import keyed_path
+
     ck = tmp_path / "m.pt"
     run(d8, replace(TINY, steps=4), ckpt_path=ck)
     with pytest.raises(ValueError, match="different training config.*steps: checkpoint 4 vs current 8"):
         run(d8, replace(TINY, steps=8), ckpt_path=ck)
+    # the commands' keyed paths give 8 steps its own file: a fresh run, equal to training 8 steps from scratch
+    k4, k8 = (keyed_path(tmp_path, "m", replace(TINY, steps=s)) for s in (4, 8))
+    assert k4 != k8
+    assert run(d8, replace(TINY, steps=8), ckpt_path=k8).losses == run(d8, replace(TINY, steps=8)).losses
 
 
 def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
