@@ -32,22 +32,13 @@ from nextscale.data import load_digits
 from nextscale.scales import default_schedule
 from nextscale.train import pick_device
 
+from .harness import CompareConfig, arm_configs, build_arm, trainable_copy
+
 
 def build(arm: str, data, backbone: BackboneConfig, dev):
     """An untrained model of ``arm`` on the harness's default configs."""
     torch.manual_seed(0)
-    if arm == "var":
-        from var.model import VAR
-        from var.pipeline import default_configs
-        from var.tokenizer import MultiScaleVQVAE
-        tok_cfg, cfg = default_configs(data, backbone)
-        model = VAR(cfg, MultiScaleVQVAE(tok_cfg))
-    else:
-        from flowar.autoencoder import ContinuousAE
-        from flowar.model import FlowAR
-        from flowar.pipeline import flowar_paper_configs
-        ae_cfg, cfg = flowar_paper_configs(data, backbone, head="mlp" if arm == "flowar-mlp" else "transformer")
-        model = FlowAR(cfg, ContinuousAE(ae_cfg))
+    model = build_arm(arm, *arm_configs(arm, data, backbone, CompareConfig()))
     with torch.no_grad():  # adaLN-Zero starts every block as the identity: perturb so all paths compute
         for p in model.parameters():
             if p.requires_grad:
@@ -199,11 +190,7 @@ def measure_arm(arm, data, backbone, dev, batch, repeats, steps, compile_=False)
 
 def train_throughput(model, data, dev, repeats: int, batch: int = 32) -> float:
     """Training images/s: forward + backward + AdamW step on a batch of real images (median step time)."""
-    import copy
-
-    m = copy.deepcopy(model).train()
-    m.backbone.requires_grad_(True)
-    m.head.requires_grad_(True)
+    m = trainable_copy(model)
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
     x, y = data.x_train[:batch].to(dev), data.y_train[:batch].to(dev)
 

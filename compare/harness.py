@@ -345,14 +345,32 @@ def latency_and_throughput(sample_fn, max_batch: int, dev: torch.device, seed: i
             "throughput_img_per_s": 1000 / thr["ms_per_image"]}
 
 
-def train_flops_per_image(model, data: ImageData, batch: int, dev: torch.device) -> int:
-    """FLOPs of one training step (forward + backward) per image, on one batch of real data, counted with
-    torch's FLOP counter on a trainable copy of the generator (its frozen autoencoder excluded)."""
+def trainable_copy(model):
+    """A copy of a trained generator (EMA weights are frozen) whose backbone and head train again, in
+    train mode; the autoencoder stays frozen. For measuring training cost without touching ``model``."""
     import copy
 
     m = copy.deepcopy(model).train()
     m.backbone.requires_grad_(True)
     m.head.requires_grad_(True)
+    return m
+
+
+def build_arm(name: str, ae_cfg, gen_cfg):
+    """An untrained model of arm ``name`` from its configs (see :func:`arm_configs`)."""
+    if name == "var":
+        from var.model import VAR
+        from var.tokenizer import MultiScaleVQVAE
+        return VAR(gen_cfg, MultiScaleVQVAE(ae_cfg))
+    from flowar.autoencoder import ContinuousAE
+    from flowar.model import FlowAR
+    return FlowAR(gen_cfg, ContinuousAE(ae_cfg))
+
+
+def train_flops_per_image(model, data: ImageData, batch: int, dev: torch.device) -> int:
+    """FLOPs of one training step (forward + backward) per image, on one batch of real data, counted with
+    torch's FLOP counter on a trainable copy of the generator (its frozen autoencoder excluded)."""
+    m = trainable_copy(model)
     x, y = data.x_train[:batch].to(dev), data.y_train[:batch].to(dev)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -109,7 +109,7 @@ def _untrained_fids(res: dict, out) -> dict:
 
     from compare.classifier import train_classifier
     from compare.fid import fid_from_features
-    from compare.harness import arm_configs
+    from compare.harness import arm_configs, build_arm
     from nextscale.backbone import BackboneConfig
     from nextscale.data import load_dataset
 
@@ -122,16 +122,8 @@ def _untrained_fids(res: dict, out) -> dict:
     labels = torch.arange(cfg.samples) % data.num_classes
     fids = {}
     for arm in ("var", "flowar", "flowar-mlp"):
-        ae_cfg, gen_cfg = arm_configs(arm, data, backbone, cfg)
         torch.manual_seed(0)
-        if arm == "var":
-            from var.model import VAR
-            from var.tokenizer import MultiScaleVQVAE
-            model = VAR(gen_cfg, MultiScaleVQVAE(ae_cfg))
-        else:
-            from flowar.autoencoder import ContinuousAE
-            from flowar.model import FlowAR
-            model = FlowAR(gen_cfg, ContinuousAE(ae_cfg))
+        model = build_arm(arm, *arm_configs(arm, data, backbone, cfg))
         kw = next(r["settings"] for r in res["rows"] if r["model"] == arm)
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
         images, _ = model.eval().sample(labels, seed=0, **kw)
