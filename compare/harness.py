@@ -25,7 +25,7 @@ import torch
 
 import nextscale
 from nextscale.backbone import BackboneConfig
-from nextscale.checkpoint import keyed_path
+from nextscale.checkpoint import keyed_stage_paths
 from nextscale.cli import out_folder, out_lock
 from nextscale.config import check_float, check_int, config_to_dict
 from nextscale.cost import count_flops, count_params, count_train_flops
@@ -420,8 +420,8 @@ def _train_model(name, data, backbone, cfg, out, fp, dev, seed):
     ae_cfg, gen_cfg = arm_configs(name, data, backbone, cfg)
     family = name.split("-")[0]
     ae_tc, gen_tc = _train_cfgs(cfg, ae_steps, gen_steps, seed)
-    ae_ck = keyed_path(out / "checkpoints", f"{family}-autoencoder", fp, ae_cfg, ae_tc)
-    gen_ck = keyed_path(out / "checkpoints", name, fp, gen_cfg, gen_tc, ae_ck.name)
+    ae_ck, gen_ck = keyed_stage_paths(out / "checkpoints", fp, (f"{family}-autoencoder", ae_cfg, ae_tc),
+                                      (name, gen_cfg, gen_tc))
     reused = ae_ck.exists() and gen_ck.exists()
     t = time.perf_counter()
     ae = train_ae(data, ae_cfg, ae_tc, ckpt_path=ae_ck, device=dev)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import nextscale
-from nextscale.checkpoint import keyed_path
+from nextscale.checkpoint import keyed_stage_paths
 from nextscale.cli import add_run_args, at_least, data_and_backbone, out_folder, out_lock, run_or_exit
 from nextscale.train import pick_device
 from nextscale.config import config_to_dict
@@ -78,8 +78,8 @@ def _run(a: argparse.Namespace, out: Path) -> dict:
     t0 = time.perf_counter()
     pick_device(a.device)
     fp = data.fingerprint()
-    ae_ck = keyed_path(out / "checkpoints", "autoencoder", fp, ae_cfg, ae_train)
-    fl_ck = keyed_path(out / "checkpoints", "flowar", fp, fl_cfg, fl_train, ae_ck.name)
+    ae_ck, fl_ck = keyed_stage_paths(out / "checkpoints", fp, ("autoencoder", ae_cfg, ae_train),
+                                     ("flowar", fl_cfg, fl_train))
     ae = train_autoencoder(data, ae_cfg, ae_train, ckpt_path=ae_ck, device=a.device)
     t1 = time.perf_counter()
     model = train_flowar(data, ae, fl_cfg, fl_train, ckpt_path=fl_ck, device=a.device)

@@ -102,3 +102,14 @@ def keyed_path(folder: str | Path, name: str, *parts) -> Path:
     plain = [{k: v for k, v in config_to_dict(p).items() if k not in quiet} if is_dataclass(p) else p for p in parts]
     digest = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return Path(folder) / f"{name}-{digest}.pt"
+
+
+def keyed_stage_paths(folder: str | Path, data_fingerprint: str, autoencoder: tuple[str, object, object],
+                      generator: tuple[str, object, object]) -> tuple[Path, Path]:
+    """Paths of a two-stage run: ``autoencoder`` and ``generator`` are (name, model config, train config).
+    Both keys cover the data; the generator's also covers the autoencoder's key, so a retrained
+    autoencoder never feeds a generator trained on another one."""
+    ae_name, ae_cfg, ae_train = autoencoder
+    gen_name, gen_cfg, gen_train = generator
+    ae = keyed_path(folder, ae_name, data_fingerprint, ae_cfg, ae_train)
+    return ae, keyed_path(folder, gen_name, data_fingerprint, gen_cfg, gen_train, ae.name)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import nextscale
-from nextscale.checkpoint import keyed_path
+from nextscale.checkpoint import keyed_stage_paths
 from nextscale.cli import add_run_args, at_least, data_and_backbone, out_folder, out_lock, run_or_exit
 from nextscale.train import pick_device
 from nextscale.config import config_to_dict
@@ -67,8 +67,8 @@ def _run(a: argparse.Namespace, out: Path) -> dict:
     t0 = time.perf_counter()
     pick_device(a.device)
     fp = data.fingerprint()
-    tok_ck = keyed_path(out / "checkpoints", "tokenizer", fp, vq_cfg, tok_train)
-    var_ck = keyed_path(out / "checkpoints", "var", fp, var_cfg, var_train, tok_ck.name)
+    tok_ck, var_ck = keyed_stage_paths(out / "checkpoints", fp, ("tokenizer", vq_cfg, tok_train),
+                                       ("var", var_cfg, var_train))
     tok = train_tokenizer(data, vq_cfg, tok_train, ckpt_path=tok_ck, device=a.device)
     t1 = time.perf_counter()
     model = train_var(data, tok, var_cfg, var_train, ckpt_path=var_ck, device=a.device)
