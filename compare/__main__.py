@@ -7,7 +7,7 @@ import sys
 
 from nextscale.cli import run_or_exit
 
-from .harness import CompareConfig, run
+from .harness import ARMS, CompareConfig, run
 
 
 def parse(argv=None) -> CompareConfig:
@@ -20,6 +20,8 @@ def parse(argv=None) -> CompareConfig:
                    help=f"training seeds per arm (default {d.seeds}; --quick: 2)")
     p.add_argument("--split-seed", type=int, default=d.split_seed,
                    help="seed of the train/test split and of the feature network (the same for every seed)")
+    p.add_argument("--arms", default=",".join(d.arms),
+                   help="comma-separated arms to train and compare, from " + ", ".join(ARMS) + f" (default: %(default)s)")
     p.add_argument("--head-width", type=int, default=None,
                    help="width of the FlowAR arms' velocity heads (default: the backbone's; smaller matches parameters)")
     p.add_argument("--samples", type=int, default=None, help=f"samples per model and sampler (default {d.samples})")
@@ -30,7 +32,7 @@ def parse(argv=None) -> CompareConfig:
     p.add_argument("--quick", action="store_true", help="the reduced run the tests use (< 3 minutes on 2 cores)")
     a = p.parse_args(argv)
     kw = dict(dataset=a.data, out=a.out, seed=a.seed, split_seed=a.split_seed, side=a.side, device=a.device,
-              head_width=a.head_width)
+              head_width=a.head_width, arms=tuple(x.strip() for x in a.arms.split(",") if x.strip()))
     if a.seeds is not None:
         kw["seeds"] = a.seeds
     if a.samples is not None:

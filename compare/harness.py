@@ -1,10 +1,11 @@
 """The comparison: VAR and FlowAR on the same backbone config, the same data and the same seeds.
 
-Three arms (the ``model`` of every row): ``var`` (VAR, Tian et al. 2024), ``flowar`` (FlowAR as
-published, Ren et al. 2025: :func:`flowar.pipeline.flowar_paper_configs`, transformer head) and
-``flowar-mlp`` (the same recipe with MAR's per-token MLP head). All three share the backbone's width,
+Arms (the ``model`` of every row): ``var`` (VAR, Tian et al. 2024), ``flowar`` (FlowAR as
+published, Ren et al. 2025: :func:`flowar.pipeline.flowar_paper_configs`, transformer head),
+``flowar-mlp`` (the same recipe with MAR's per-token MLP head) and, opt-in, ``flowar-fewstep`` (the
+same recipe with a shortcut head, sampled in 1, 2 or 4 steps per scale). All share the backbone's width,
 depth and heads and the training recipe; each keeps its paper's scale schedule (VAR's for ``var``,
-FlowAR's doubling one for the FlowAR arms), and the two FlowAR arms share one autoencoder.
+FlowAR's doubling one for the FlowAR arms), and the FlowAR arms share one autoencoder.
 
 Stages: data -> domain classifier (feature net) -> VQ tokenizer + VAR -> AE + FlowAR (x2 heads) -> for every
 sampler setting: N class-balanced samples, FID / KID / precision-recall / class accuracy against the
@@ -61,9 +62,18 @@ FLOWAR_SAMPLERS = (
     ("euler_maruyama x8", dict(solver="euler_maruyama", steps=8)),
     ("euler_maruyama x25", dict(solver="euler_maruyama", steps=25, time_grid="two_segment")),
 )
-QUICK_FLOWAR = ("euler x2", "euler_maruyama x8")
+# The few-step arm (FlowAR's recipe with a shortcut head): 1, 2, 4 shortcut steps per scale, and the same
+# model's flow (d = 0) under FlowAR's own sampler for reference.
+FEWSTEP_SAMPLERS = (
+    ("shortcut x1", dict(solver="shortcut", steps=1)),
+    ("shortcut x2", dict(solver="shortcut", steps=2)),
+    ("shortcut x4", dict(solver="shortcut", steps=4)),
+    ("euler x25", dict(solver="euler", steps=25, time_grid="two_segment")),
+)
+QUICK_FLOWAR = ("euler x2", "euler_maruyama x8", "shortcut x1", "shortcut x2")
 QUICK_VAR = ("cfg 0", "cfg 1.5")
-ARMS = ("var", "flowar", "flowar-mlp")
+ARMS = ("var", "flowar", "flowar-mlp", "flowar-fewstep")
+DEFAULT_ARMS = ("var", "flowar", "flowar-mlp")  # the few-step arm is opt-in (--arms): it adds ~12 minutes here
 
 
 @dataclass(frozen=True)
@@ -93,9 +103,14 @@ class CompareConfig:
     latent_channels: int = 8
     side: int | None = None       # image side (default: 16 for digits, 32 for folders, native for npz)
     device: str | None = None
+    arms: tuple[str, ...] = DEFAULT_ARMS
     quick: bool = False
 
     def __post_init__(self):
+        arms = tuple(self.arms) if isinstance(self.arms, (list, tuple)) else ()
+        if not arms or any(a not in ARMS for a in arms) or len(set(arms)) != len(arms):
+            raise ValueError(f"arms must be a non-empty list of distinct arms from {ARMS}, got {self.arms!r}")
+        object.__setattr__(self, "arms", arms)
         check_int("seed", self.seed, 0)
         check_int("seeds", self.seeds, 1)
         check_int("split_seed", self.split_seed, 0)
@@ -192,7 +207,7 @@ def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
     # every config is built (and so validated) before any training
     backbone = BackboneConfig(schedule=default_schedule(latent_side_of(data.side)), in_dim=cfg.latent_channels,
                               num_classes=data.num_classes, width=cfg.width, depth=cfg.depth, heads=cfg.heads)
-    for name in ARMS:
+    for name in cfg.arms:
         arm_configs(name, data, backbone, cfg)
 
     _stage("feature network: domain classifier on the real train split")
@@ -212,7 +227,7 @@ def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
     rows: dict[tuple[str, str], dict] = {}
 
     for i, seed in enumerate(cfg.seed_list):
-        for name in ARMS:
+        for name in cfg.arms:
             _stage(f"seed {seed} ({i + 1}/{cfg.seeds}) {name}: autoencoder, then the generator")
             model, info = timed(f"train_{name}", _train_model, name, data, backbone, cfg, out, fp, dev, seed)
             arm = models.setdefault(name, {k: v for k, v in info.items() if k not in _PER_SEED_INFO})
@@ -383,7 +398,8 @@ def _samplers(name: str, cfg: CompareConfig):
         return [s for s in VAR_SAMPLERS if not cfg.quick or s[0] in QUICK_VAR]
     guidance = {"cfg_scale": cfg.flowar_cfg, "cfg_schedule": PAPER_SAMPLING["cfg_schedule"],
                 "cfg_interval": PAPER_SAMPLING["cfg_interval"]}
-    return [(lbl, {**kw, **guidance}) for lbl, kw in FLOWAR_SAMPLERS if not cfg.quick or lbl in QUICK_FLOWAR]
+    table = FEWSTEP_SAMPLERS if name == "flowar-fewstep" else FLOWAR_SAMPLERS
+    return [(lbl, {**kw, **guidance}) for lbl, kw in table if not cfg.quick or lbl in QUICK_FLOWAR]
 
 
 def _train_cfgs(cfg: CompareConfig, ae_steps: int, gen_steps: int, seed: int):
@@ -403,6 +419,8 @@ def arm_configs(name: str, data: ImageData, backbone: BackboneConfig, cfg: Compa
         return default_configs(data, backbone)
     from flowar.pipeline import flowar_paper_configs
     ae_cfg, gen_cfg = flowar_paper_configs(data, backbone, head="mlp" if name == "flowar-mlp" else "transformer")
+    if name == "flowar-fewstep":
+        gen_cfg = replace(gen_cfg, few_step="shortcut")
     if cfg.head_width is not None:
         gen_cfg = replace(gen_cfg, head_width=cfg.head_width)
     return ae_cfg, gen_cfg

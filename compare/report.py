@@ -6,8 +6,8 @@ from pathlib import Path
 
 from .stats import fmt_interval
 
-NAMES = {"var": "VAR", "flowar": "FlowAR", "flowar-mlp": "FlowAR, MLP head"}
-COLORS = {"var": "tab:blue", "flowar": "tab:orange", "flowar-mlp": "tab:green"}
+NAMES = {"var": "VAR", "flowar": "FlowAR", "flowar-mlp": "FlowAR, MLP head", "flowar-fewstep": "FlowAR, shortcut head"}
+COLORS = {"var": "tab:blue", "flowar": "tab:orange", "flowar-mlp": "tab:green", "flowar-fewstep": "tab:red"}
 
 
 def _fmt(v, digits=3):
@@ -104,7 +104,8 @@ def write_report(results: dict, out: Path) -> None:
         f"{bb['in_dim']}; each arm keeps its paper's scale schedule: " + "; ".join(
             f"{n} {tuple(i['schedule'])} (L = {sum(s * s for s in i['schedule'])})" for n, i in m.items()) + ". "
         "Arms: `var` (VAR), `flowar` (FlowAR as published: transformer velocity head, doubling schedule, "
-        "two-segment Euler), `flowar-mlp` (the same with MAR's per-token MLP head). FlowAR rows use FlowAR's "
+        "two-segment Euler), `flowar-mlp` (the same with MAR's per-token MLP head), `flowar-fewstep` when run "
+        "(the same with a shortcut head: 1-4 steps per scale). FlowAR rows use FlowAR's "
         f"guidance: w = {cfg['flowar_cfg']} (FlowAR's cfg {1 + cfg['flowar_cfg']:g}) ramped linearly from 0 at "
         "scale 1, off for the noisiest 10% of t.",
         "",

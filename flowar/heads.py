@@ -6,8 +6,12 @@ interface so the model, its solvers, guidance and inpainting do not care which h
 
 - ``condition(h_BnW, k)``: everything that depends on h but not on (t, x): computed once per scale
   when sampling;
-- ``velocity(x_BnC, t, c, k)``: one evaluation; ``t`` is (B, n) (one time per token), (B, 1) (one
-  per image) or (1, 1) (one for the whole batch: its embedding is computed once per evaluation).
+- ``velocity(x_BnC, t, c, k, d=None)``: one evaluation; ``t`` is (B, n) (one time per token), (B, 1)
+  (one per image) or (1, 1) (one for the whole batch: its embedding is computed once per evaluation).
+  ``d`` (shaped like ``t``) is the step size of a few-step head (``step_embedding=True``, the shortcut
+  models of Frans et al. 2024): the head then predicts the average velocity over [t, t + d]. Its
+  embedding is exactly 0 for d = 0 (and for any d below the finest trained step ``min_step``), so at
+  d = 0 the head computes the plain flow velocity, the same function as without ``d``.
 
 ``"transformer"`` (:class:`TransformerHead`) is FlowAR's head (Ren et al. 2025, the release's
 ``SimpleTransformerAdaLN``): bidirectional self-attention over all tokens of the scale with 2-D
@@ -61,7 +65,8 @@ def _init(module: nn.Module, zero: list[nn.Linear]) -> None:
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
     for lin in zero:
         nn.init.zeros_(lin.weight)
         nn.init.zeros_(lin.bias)
@@ -89,15 +94,34 @@ def apply_rope(x_BHnd: torch.Tensor, cos_nh: torch.Tensor, sin_nh: torch.Tensor)
     return out.flatten(-2).to(x_BHnd.dtype)
 
 
-class _Head(nn.Module):
-    """What both heads share: input/condition projections, t embedding and the adaLN output layer.
-    A subclass builds ``self.blocks`` and says how a block is called (:meth:`trunk`)."""
+class StepEmbedding(nn.Module):
+    """Embedding of a step size d in [0, 1] that is exactly 0 at d = 0: the sinusoidal features of d
+    minus those of 0, through a bias-free MLP (SiLU(0) = 0). Steps below ``min_step`` count as 0 (flow)."""
 
-    def __init__(self, channels: int, cond_width: int, width: int):
+    def __init__(self, width: int, min_step: float, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim, self.min_step = freq_dim, min_step
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, width, bias=False), nn.SiLU(), nn.Linear(width, width, bias=False))
+
+    def forward(self, d):  # (...) -> (..., width)
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=d.device, dtype=torch.float32) / half)
+        d = torch.where(d.float() >= self.min_step, d.float(), 0.0)
+        arg = (1000 * d)[..., None] * freqs
+        return self.mlp(torch.cat([torch.cos(arg) - 1, torch.sin(arg)], dim=-1))
+
+
+class _Head(nn.Module):
+    """What both heads share: input/condition projections, t (and step) embedding and the adaLN output
+    layer. A subclass builds ``self.blocks`` and says how a block is called (:meth:`trunk`)."""
+
+    def __init__(self, channels: int, cond_width: int, width: int, step_embedding: bool = False,
+                 min_step: float = 0.0):
         super().__init__()
         self.x_in = nn.Linear(channels, width)
         self.c_in = nn.Linear(cond_width, width)
         self.t_emb = TimeEmbedding(width)
+        self.d_emb = StepEmbedding(width, min_step) if step_embedding else None
         self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.out = nn.Linear(width, channels)
@@ -111,14 +135,20 @@ class _Head(nn.Module):
     def trunk(self, x_BnW, c_BnW, k: int):
         raise NotImplementedError
 
-    def velocity(self, x_BnC, t, c_BnW, k: int):
+    def velocity(self, x_BnC, t, c_BnW, k: int, d=None):
         c = c_BnW + self.t_emb(t)
+        if d is not None:
+            if self.d_emb is None:
+                if bool((torch.as_tensor(d) != 0).any()):
+                    raise ValueError("this head has no step embedding (FlowARConfig.few_step=None): d must be 0")
+            else:
+                c = c + self.d_emb(torch.as_tensor(d, device=c.device))
         x = self.trunk(self.x_in(x_BnC), c, k)
         shift, scale = self.ada_out(c).chunk(2, dim=-1)
         return self.out(modulate(self.norm_out(x), shift, scale))
 
-    def forward(self, x_BnC, t, h_BnW, k: int):
-        return self.velocity(x_BnC, t, self.condition(h_BnW, k), k)
+    def forward(self, x_BnC, t, h_BnW, k: int, d=None):
+        return self.velocity(x_BnC, t, self.condition(h_BnW, k), k, d)
 
 
 # ----------------------------------------------------------------------------- FlowAR's transformer head
@@ -150,8 +180,8 @@ class HeadBlock(nn.Module):
 
 class TransformerHead(_Head):
     def __init__(self, channels: int, cond_width: int, width: int, depth: int, heads: int,
-                 schedule: tuple[int, ...], mlp_ratio: float = 4.0):
-        super().__init__(channels, cond_width, width)
+                 schedule: tuple[int, ...], mlp_ratio: float = 4.0, **step):
+        super().__init__(channels, cond_width, width, **step)
         self.schedule, self.head_dim = tuple(schedule), width // heads
         self.slices = scale_slices(schedule)
         self.pos_emb = nn.Parameter(torch.zeros(1, sum(s * s for s in schedule), width))
@@ -195,8 +225,8 @@ class MLPBlock(nn.Module):
 class MLPHead(_Head):
     """v(x_t, t | h) independently at every position (MAR's head design)."""
 
-    def __init__(self, channels: int, cond_width: int, width: int, depth: int):
-        super().__init__(channels, cond_width, width)
+    def __init__(self, channels: int, cond_width: int, width: int, depth: int, **step):
+        super().__init__(channels, cond_width, width, **step)
         self.blocks = nn.ModuleList(MLPBlock(width) for _ in range(depth))
         self._init_weights()
 
@@ -207,9 +237,11 @@ class MLPHead(_Head):
 
 
 def make_head(kind: str, channels: int, cond_width: int, width: int, depth: int, heads: int,
-              schedule: tuple[int, ...]) -> nn.Module:
+              schedule: tuple[int, ...], step_embedding: bool = False, min_step: float = 0.0) -> nn.Module:
+    """A velocity head; ``step_embedding`` makes it a few-step head (conditioned on the step size d)."""
+    step = dict(step_embedding=step_embedding, min_step=min_step)
     if kind == "transformer":
-        return TransformerHead(channels, cond_width, width, depth, heads, schedule)
+        return TransformerHead(channels, cond_width, width, depth, heads, schedule, **step)
     if kind == "mlp":
-        return MLPHead(channels, cond_width, width, depth)
+        return MLPHead(channels, cond_width, width, depth, **step)
     raise ValueError(f"head must be one of {HEADS}, got {kind!r}")

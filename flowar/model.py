@@ -25,6 +25,13 @@ with w_k = cfg_scale (``"constant"``) or cfg_scale * (k - 1) / (K - 1) (``"linea
 the scale index k = 1..K), only inside ``cfg_interval`` in t and only at scales k <= ``cfg_max_scale``.
 A guided evaluation costs 2 head calls (cond + uncond), an unguided one 1.
 
+Few-step variant, not FlowAR's (``few_step="shortcut"``; shortcut models, Frans et al. 2024): the
+head also takes a step size d and predicts the average velocity over [t, t + d]; a fraction
+``shortcut_fraction`` of each batch is trained on the self-consistency target
+s(x_t, t, 2d) = [s(x_t, t, d) + s(x_t + d s, t + d, d)] / 2 (stop-gradient) with 2d in
+{1, 1/2, ..., 1/shortcut_max_steps} and t on the grid of multiples of 2d, the rest on the flow loss
+at d = 0 (the shared path, unchanged); ``solver="shortcut"`` samples it in 1, 2, 4 ... steps.
+
 Where we differ from FlowAR: one block-causal backbone stack serves both heads (FlowAR's
 release conditions its head on a separate stack); see ``flowar/README.md``.
 """
@@ -45,13 +52,14 @@ from nextscale.scales import pyramid, resize, scale_slices
 
 from .autoencoder import AEConfig, ContinuousAE
 from .heads import HEADS, make_head
-from .solvers import METHODS, TIME_GRIDS, SolverConfig, path_sample, sample_t, solve
+from .solvers import METHODS, STEP_AWARE, TIME_GRIDS, SolverConfig, path_sample, sample_t, shortcut_target, solve
 
 PATHS = ("noise", "prev_noise")
 T_PER = ("scale", "token")
 T_SAMPLINGS = ("uniform", "logit_normal")
 LOSS_WEIGHTS = ("tokens", "uniform")
 INPUT_RESIZES = ("via_full", "direct")
+FEW_STEP = (None, "shortcut")
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,9 @@ class FlowARConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     loss_weight: str = "tokens"    # "tokens": scale k weighted by its token count (FlowAR); "uniform"
+    few_step: str | None = None    # None (FlowAR) | "shortcut" (step-size-conditioned head, self-consistency)
+    shortcut_fraction: float = 0.25  # share of each batch trained on the self-consistency target
+    shortcut_max_steps: int = 8    # finest trained step 1/shortcut_max_steps (a power of 2); finer steps = flow
 
     def __post_init__(self):
         if not isinstance(self.ae, AEConfig):
@@ -101,6 +112,14 @@ class FlowARConfig:
         check_float("logit_mean", self.logit_mean)
         check_float("logit_std", self.logit_std, 0, lo_open=True)
         check_choice("loss_weight", self.loss_weight, LOSS_WEIGHTS)
+        check_choice("few_step", self.few_step, FEW_STEP)
+        check_float("shortcut_fraction", self.shortcut_fraction, 0, 1, lo_open=True, hi_open=True)
+        check_int("shortcut_max_steps", self.shortcut_max_steps, 1)
+        if self.shortcut_max_steps & (self.shortcut_max_steps - 1):
+            raise ValueError(f"shortcut_max_steps must be a power of 2, got {self.shortcut_max_steps}")
+        if self.few_step is not None and self.t_per != "scale":
+            raise ValueError(f"few_step={self.few_step!r} needs t_per='scale' (one step of one image's scale "
+                             f"shares one t), got t_per={self.t_per!r}")
 
 
 # ----------------------------------------------------------------------------- the model
@@ -124,7 +143,8 @@ class FlowAR(nn.Module):
         self.ae = autoencoder.eval().requires_grad_(False)  # frozen; its weights ride along in checkpoints
         self.backbone = Backbone(config.backbone)
         self.head = make_head(config.head, config.ae.latent_channels, config.backbone.width, config.head_width,
-                              config.head_depth, config.head_heads, config.backbone.schedule)
+                              config.head_depth, config.head_heads, config.backbone.schedule,
+                              step_embedding=config.few_step is not None, min_step=1 / config.shortcut_max_steps)
         sch = config.backbone.schedule
         n = torch.tensor([s * s for s in sch], dtype=torch.float32)
         w = n / n.sum() if config.loss_weight == "tokens" else torch.full_like(n, 1 / len(sch))
@@ -169,17 +189,38 @@ class FlowAR(nn.Module):
         shape = (B, 1) if cfg.t_per == "scale" else (B, n)
         return sample_t(shape[0] * shape[1], cfg.t_sampling, cfg.logit_mean, cfg.logit_std, device=device).view(shape)
 
+    def _shortcut_steps(self, B: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(t, 2d, d) of the self-consistency rows, each (B, 1): 2d uniform over the levels
+        {1, 1/2, ..., 1/max_steps}, t uniform over the grid {0, 2d, ..., 1 - 2d}."""
+        levels = self.config.shortcut_max_steps.bit_length()                    # log2(max_steps) + 1
+        n_steps = 2 ** torch.randint(0, levels, (B, 1), device=device)          # 1 / (2d)
+        t = torch.floor(torch.rand(B, 1, device=device) * n_steps) / n_steps
+        return t, 1 / n_steps, 0.5 / n_steps
+
     def forward(self, x_BCHW: torch.Tensor, y_B: torch.Tensor) -> dict[str, torch.Tensor]:
         maps = self.latent_pyramid(x_BCHW)
         ups = [self.next_input(m, k + 1) for k, m in enumerate(maps[:-1])]  # inputs of scales 2..K
         h_BLW = self.backbone(torch.cat(ups, 1), y_B)
+        B, few = len(x_BCHW), self.config.few_step is not None
+        n_sc = max(1, round(self.config.shortcut_fraction * B)) if few else 0  # self-consistency rows (first)
         per_scale = []
         for k, sl in enumerate(scale_slices(self.schedule)):
             x1 = _seq(maps[k])                                                  # (B, n, C)
             x0 = self._source(torch.randn_like(x1), None if k == 0 else ups[k - 1])
             t = self._t(*x1.shape[:2], x1.device)
+            d = torch.zeros_like(t) if few else None                            # flow rows: d = 0
+            if n_sc:
+                t_sc, d2_sc, d_sc = self._shortcut_steps(n_sc, x1.device)
+                t, d = torch.cat([t_sc, t[n_sc:]]), torch.cat([d2_sc, d[n_sc:]])
             x_t, target = path_sample(x0, x1, t[..., None])
-            per_scale.append((self.head(x_t, t, h_BLW[:, sl], k) - target).pow(2).mean())
+            c = self.head.condition(h_BLW[:, sl], k)
+            if n_sc:
+                with torch.no_grad():
+                    c_sc = c[:n_sc].detach()
+                    target_sc = shortcut_target(lambda x, tt, dd: self.head.velocity(x, tt, c_sc, k, dd),
+                                                x_t[:n_sc], t_sc, d_sc)
+                target = torch.cat([target_sc, target[n_sc:]])
+            per_scale.append((self.head.velocity(x_t, t, c, k, d) - target).pow(2).mean())
         per_scale = torch.stack(per_scale)
         out = {"loss": (per_scale * self.scale_weights).sum()}
         out.update({f"flow_s{k + 1}": l for k, l in enumerate(per_scale)})
@@ -200,6 +241,9 @@ class FlowAR(nn.Module):
         """Validate the sampling arguments; returns one SolverConfig and one guidance weight per scale."""
         K = len(self.schedule)
         check_choice("solver", solver, METHODS)
+        if solver in STEP_AWARE and self.config.few_step is None:
+            raise ValueError(f"solver={solver!r} needs a few-step head (FlowARConfig.few_step='shortcut'); this "
+                             f"model samples with one of {tuple(m for m in METHODS if m not in STEP_AWARE)}")
         check_choice("time_grid", time_grid, TIME_GRIDS)
         if isinstance(steps, (list, tuple)) and len(steps) == K:
             for k, n in enumerate(steps):
@@ -296,26 +340,28 @@ class FlowAR(nn.Module):
             hc = self.head.condition(h, k)                                         # fixed during the solve
             x0 = self._source(noise_BLC[:, sl], up)
 
-            def guided_at(t: float) -> bool:
-                return w > 0 and t_lo <= t <= t_hi
+            def guided_at(t: float, d: float = 0.0) -> bool:  # a step [t, t + d] is guided where it meets the interval
+                return w > 0 and (t_lo <= t <= t_hi if d == 0 else t < t_hi and t + d > t_lo)
 
-            def velocity(t, x, rows, hc=hc, w=w, ks=ks, x0=x0, k=k):
+            def velocity(t, x, rows, d=None, hc=hc, w=w, ks=ks, x0=x0, k=k):
                 t_11 = t.to(x.dtype).reshape(1, 1)
+                d_11 = None if d is None else d.to(x.dtype).reshape(1, 1)
                 if ks is not None:  # kept positions follow the known path exactly
                     kp, x1k = ks[0][rows], ks[1][rows]
                     x = torch.where(kp, t * x1k + (1 - t) * x0[rows], x)
-                if guided_at(float(t)):
+                if guided_at(float(t), 0.0 if d is None else float(d)):
                     hc2 = torch.cat([hc[:B][rows], hc[B:][rows]])
-                    v_c, v_u = self.head.velocity(torch.cat([x, x]), t_11, hc2, k).chunk(2)
+                    v_c, v_u = self.head.velocity(torch.cat([x, x]), t_11, hc2, k, d_11).chunk(2)
                     v = guide(v_c, v_u, w)
                 else:
-                    v = self.head.velocity(x, t_11, hc[:B][rows], k)
-                if ks is not None:
+                    v = self.head.velocity(x, t_11, hc[:B][rows], k, d_11)
+                if ks is not None:  # the known path's velocity is also its average velocity over any step
                     v = torch.where(kp, x1k - x0[rows], v)
                 return v
 
             sol = solve(velocity, x0, solvers[k], per_sample=per_sample,
-                        cost=lambda t: 2 if guided_at(t) else 1, noise=lambda rows, n=side * side: draw_noise(rows, n))
+                        cost=lambda t, d=0.0: 2 if guided_at(t, d) else 1,
+                        noise=lambda rows, n=side * side: draw_noise(rows, n))
             x1 = sol.x if ks is None else torch.where(ks[0], ks[1], sol.x)
             prev = _map(x1, side)
             nfe_image += torch.tensor(sol.nfe)
@@ -345,7 +391,8 @@ class FlowAR(nn.Module):
 
         Arguments (all validated, bad values raise ``ValueError`` naming the allowed ones):
         ``solver`` one of euler/midpoint/rk4/euler_maruyama (fixed step; euler_maruyama samples the
-        SDE with the flow's marginals, noise scale ``sde_noise``, see ``flowar.solvers``) or
+        SDE with the flow's marginals, noise scale ``sde_noise``, see ``flowar.solvers``), shortcut
+        (a few-step head's steps of size d, guided where [t, t + d] meets ``cfg_interval``) or
         dopri5/bosh3 (adaptive); ``steps`` per
         scale for fixed-step solvers, an int or one per scale; ``rtol``/``atol``, ``first_step``,
         ``min_step`` for adaptive ones; ``time_grid`` "uniform" or "two_segment" (FlowAR's);

@@ -33,6 +33,11 @@ It integrates the SDE with the same marginals p_t as the flow (Song et al. 2021;
 (the score follows from the velocity for the linear path with x0 ~ N(0, I): E[x0 | x_t] = x - t v).
 ``eps`` is ``SolverConfig.sde_noise`` (0: plain Euler); the noise vanishes at the data end, and the
 last step is a plain Euler step (no noise), so one step is Euler. One evaluation per step.
+
+``shortcut`` is the sampler of a few-step (shortcut) head (Frans et al. 2024, "One Step Diffusion via
+Shortcut Models"): the field also takes the step size d and returns the average velocity over
+[t, t + d], so each step is x <- x + d s(x, t, d), one evaluation per step, on any fixed grid. It is
+trained with :func:`shortcut_target`. With d = 0 passed for every step it would be Euler.
 """
 from __future__ import annotations
 
@@ -44,10 +49,11 @@ from torchdiffeq import odeint
 
 from nextscale.config import check_choice, check_float, check_int
 
-FIXED_METHODS = ("euler", "midpoint", "rk4", "euler_maruyama")
+FIXED_METHODS = ("euler", "midpoint", "rk4", "euler_maruyama", "shortcut")
 ADAPTIVE_METHODS = ("dopri5", "bosh3")
 METHODS = FIXED_METHODS + ADAPTIVE_METHODS
-EVALS_PER_STEP = {"euler": 1, "midpoint": 2, "rk4": 4, "euler_maruyama": 1}
+EVALS_PER_STEP = {"euler": 1, "midpoint": 2, "rk4": 4, "euler_maruyama": 1, "shortcut": 1}
+STEP_AWARE = ("shortcut",)  # methods whose field takes the step size d (a few-step head)
 TIME_GRIDS = ("uniform", "two_segment")
 # FlowAR's two-segment grid (mirrored to t = 0 noise): half the steps on [0, 0.7], the rest on [0.75, 1].
 TWO_SEGMENT_KNEE = (0.7, 0.75)
@@ -72,6 +78,17 @@ def sample_t(n: int, kind: str = "uniform", mean: float = 0.0, std: float = 1.0,
     if kind == "uniform":
         return torch.rand(n, device=device, generator=generator)
     return torch.sigmoid(mean + std * torch.randn(n, device=device, generator=generator))
+
+
+def shortcut_target(velocity: Callable, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Self-consistency target of one step of size 2d (Frans et al. 2024): the average of the field's
+    two steps of size d, ``(s(x, t, d) + s(x + d s(x, t, d), t + d, d)) / 2``, so that one step of 2d
+    lands where two steps of d do. ``velocity(x, t, d)``; ``t`` and ``d`` broadcast against ``x`` when
+    given one trailing dimension (e.g. (B, 1) for x of shape (B, n, C)). Call it without gradients."""
+    d_x = d[..., None] if d.dim() == x.dim() - 1 else d
+    s1 = velocity(x, t, d)
+    s2 = velocity(x + d_x * s1, t + d, d)
+    return (s1 + s2) / 2
 
 
 # ----------------------------------------------------------------------------- time grids
@@ -138,8 +155,9 @@ class SolverConfig:
 
 # ----------------------------------------------------------------------------- integration
 
-# A velocity field: v(t (0-d tensor), x (b, ...), rows (the batch rows x holds)) -> (b, ...).
-Velocity = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
+# A velocity field: v(t (0-d tensor), x (b, ...), rows (the batch rows x holds)) -> (b, ...); for a
+# STEP_AWARE method v(t, x, rows, d (0-d tensor, the step size)) -> the average velocity over [t, t + d].
+Velocity = Callable[..., torch.Tensor]
 # Standard normal noise for the SDE: noise(rows) -> a tensor shaped like x[rows]; called once per step.
 Noise = Callable[[slice], torch.Tensor]
 
@@ -152,25 +170,26 @@ class Solution:
 
 
 class _Counted:
-    """Calls ``velocity(t, x, rows)`` and counts ``cost(t)`` per call (e.g. 2 for a guided call)."""
+    """Calls ``velocity(t, x, rows[, d])`` and counts ``cost(t[, d])`` per call (e.g. 2 for a guided call)."""
 
-    def __init__(self, velocity: Velocity, rows: slice, cost: Callable[[float], int], times: list[float]):
+    def __init__(self, velocity: Velocity, rows: slice, cost: Callable[..., int], times: list[float]):
         self.velocity, self.rows, self.cost, self.times = velocity, rows, cost, times
         self.nfe = 0
 
-    def __call__(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, t: torch.Tensor, x: torch.Tensor, *d: torch.Tensor) -> torch.Tensor:
         tf = float(t)
         self.times.append(tf)
-        self.nfe += self.cost(tf)
-        return self.velocity(t, x, self.rows)
+        self.nfe += self.cost(tf, *map(float, d))
+        return self.velocity(t, x, self.rows, *d)
 
 
-def _euler_maruyama(fn: _Counted, x: torch.Tensor, cfg: SolverConfig, noise: Noise | None) -> torch.Tensor:
+def _one_eval_per_step(fn: _Counted, x: torch.Tensor, cfg: SolverConfig, noise: Noise | None) -> torch.Tensor:
+    """Euler–Maruyama and shortcut steps on the fixed grid (see the module doc)."""
     grid = time_grid(cfg.steps, cfg.time_grid, x.dtype, x.device)
-    eps = cfg.sde_noise
+    eps = cfg.sde_noise if cfg.method == "euler_maruyama" else 0.0
     for i in range(cfg.steps):
         t, dt = grid[i], grid[i + 1] - grid[i]
-        v = fn(t, x)
+        v = fn(t, x, dt) if cfg.method in STEP_AWARE else fn(t, x)
         if i == cfg.steps - 1 or eps == 0:
             x = x + dt * v
             continue
@@ -181,10 +200,10 @@ def _euler_maruyama(fn: _Counted, x: torch.Tensor, cfg: SolverConfig, noise: Noi
 
 def _odeint(fn: _Counted, x_start: torch.Tensor, cfg: SolverConfig, reverse: bool,
             noise: Noise | None = None) -> torch.Tensor:
-    if cfg.method == "euler_maruyama":
+    if cfg.method in ("euler_maruyama", *STEP_AWARE):
         if reverse:
-            raise ValueError("euler_maruyama integrates noise -> data only; use an ODE solver with reverse=True")
-        return _euler_maruyama(fn, x_start, cfg, noise)
+            raise ValueError(f"{cfg.method} integrates noise -> data only; use an ODE solver with reverse=True")
+        return _one_eval_per_step(fn, x_start, cfg, noise)
     if not cfg.adaptive:
         grid = time_grid(cfg.steps, cfg.time_grid, x_start.dtype, x_start.device)
         return odeint(fn, x_start, grid.flip(0) if reverse else grid, method=cfg.method)[-1]
@@ -204,7 +223,7 @@ def _odeint(fn: _Counted, x_start: torch.Tensor, cfg: SolverConfig, reverse: boo
 
 
 def solve(velocity: Velocity, x_start: torch.Tensor, cfg: SolverConfig, *, per_sample: bool = False,
-          cost: Callable[[float], int] = lambda t: 1, reverse: bool = False, noise: Noise | None = None
+          cost: Callable[..., int] = lambda t, d=0.0: 1, reverse: bool = False, noise: Noise | None = None
           ) -> Solution:
     """Integrate dx/dt = velocity(t, x, rows) from x(0) = x_start to t = 1 (``reverse``: from
     x(1) = x_start back to t = 0, e.g. data -> noise; the same grid, walked backwards).
@@ -212,6 +231,7 @@ def solve(velocity: Velocity, x_start: torch.Tensor, cfg: SolverConfig, *, per_s
     Batched (default): one solve for the whole batch, every row sees the same evaluations, so each
     row's NFE is the total count (adaptive: the step is shared, see the module doc). ``per_sample``:
     one solve per row (``rows = slice(i, i + 1)``), each with its own step sizes and NFE.
+    ``cost(t)`` (``cost(t, d)`` for ``shortcut``) is what one evaluation counts, e.g. 2 when guided.
     ``noise`` feeds ``euler_maruyama`` (default: ``torch.randn_like``, the global generator)."""
     if not isinstance(cfg, SolverConfig):
         raise ValueError(f"cfg must be a SolverConfig, got {type(cfg).__name__}")

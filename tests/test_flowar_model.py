@@ -136,14 +136,14 @@ def test_token_coupling(digits, head):
 def test_t_per_scale_draws_one_time_per_image_and_scale(digits, monkeypatch):
     model = make(x=digits.x_train).train()
     seen = []
-    real = model.head.forward
-    monkeypatch.setattr(model.head, "forward", lambda x, t, h, k: seen.append(t.shape) or real(x, t, h, k))
+    real = model.head.velocity
+    monkeypatch.setattr(model.head, "velocity", lambda x, t, c, k, d=None: seen.append(t.shape) or real(x, t, c, k, d))
     model(digits.x_train[:4], digits.y_train[:4])
     assert seen == [(4, 1)] * 3
     tok = make(cfg=replace(CFG, t_per="token"), x=digits.x_train).train()
     seen.clear()
-    real_tok = tok.head.forward
-    monkeypatch.setattr(tok.head, "forward", lambda x, t, h, k: seen.append(t.shape) or real_tok(x, t, h, k))
+    real_tok = tok.head.velocity
+    monkeypatch.setattr(tok.head, "velocity", lambda x, t, c, k, d=None: seen.append(t.shape) or real_tok(x, t, c, k, d))
     tok(digits.x_train[:4], digits.y_train[:4])
     assert seen == [(4, 1), (4, 4), (4, 16)]
 
@@ -301,7 +301,7 @@ def test_bad_arguments_raise_with_allowed_values(digits):
     cases = [
         (dict(y_B=torch.tensor([3, 10])), r"class ids must lie in \[0, 9\]"),
         (dict(y_B=torch.tensor([1.0])), "long tensor"),
-        (dict(solver="tsit5"), r"solver must be one of \('euler', 'midpoint', 'rk4', 'euler_maruyama', 'dopri5', 'bosh3'\)"),
+        (dict(solver="tsit5"), r"solver must be one of \('euler', 'midpoint', 'rk4', 'euler_maruyama', 'shortcut', 'dopri5', 'bosh3'\)"),
         (dict(steps=0), r"steps must lie in \[1, inf\)"),
         (dict(steps=(2, 2)), "one per scale"),
         (dict(steps=(2, 0, 2)), r"steps\[1\] must lie in \[1, inf\)"),
