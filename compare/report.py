@@ -107,7 +107,8 @@ def write_report(results: dict, out: Path) -> None:
         "two-segment Euler), `flowar-mlp` (the same with MAR's per-token MLP head), `flowar-fewstep` when run "
         "(the same with a shortcut head: 1-4 steps per scale). FlowAR rows use FlowAR's "
         f"guidance: w = {cfg['flowar_cfg']} (FlowAR's cfg {1 + cfg['flowar_cfg']:g}) ramped linearly from 0 at "
-        "scale 1, off for the noisiest 10% of t.",
+        "scale 1, off for the noisiest 10% of t (rows labelled `w 0.5` use w = 0.5; a shortcut step [t, t + d] "
+        "is guided where it meets t >= 0.1).",
         "",
         f"Every cell is mean ± 95% half-width over {n_seeds} training seeds ({results['interval']}). Each seed "
         f"trains every arm anew and draws {cfg['samples']} class-balanced samples per row, scored against the "

@@ -19,6 +19,29 @@ def test_cli_validates_options():
         parse(["--seeds", "0"])
     with pytest.raises(ValueError, match="head_width"):
         CompareConfig(head_width=0)
+    assert parse([]).arms == ("var", "flowar", "flowar-mlp")
+    assert parse(["--arms", "var, flowar-fewstep"]).arms == ("var", "flowar-fewstep")
+    for bad in ("", "var,var", "var,flowar-fast"):
+        with pytest.raises(ValueError, match=r"arms must be a non-empty list of distinct arms from \('var', "):
+            CompareConfig(arms=tuple(a for a in bad.split(",") if a))
+
+
+@pytest.mark.slow
+def test_quick_few_step_arm(tmp_path):
+    """The opt-in few-step arm: shortcut rows with exact NFE (a step [t, t + d] is guided where it meets
+    t >= 0.1, at scales k > 1), its own training budget, finite metrics."""
+    out = tmp_path / "fs"
+    main(["--quick", "--seeds", "1", "--arms", "flowar-fewstep", "--out", str(out)])
+    res = json.loads((out / "results.json").read_text())
+    rows = {r["sampler"]: r for r in res["rows"]}
+    assert set(rows) == {"shortcut x1, w 0.5", "shortcut x2, w 0.5"} and set(res["models"]) == {"flowar-fewstep"}
+    for label, steps in (("shortcut x1, w 0.5", 1), ("shortcut x2, w 0.5", 2)):
+        r = rows[label]
+        assert r["settings"]["solver"] == "shortcut" and r["settings"]["cfg_scale"] == 0.5
+        assert r["head_nfe_per_scale"] == [steps, 2 * steps, 2 * steps, 2 * steps]
+        assert all(_finite(r[k]["mean"]) for k in ("fid", "recall", "class_acc", "ms_per_image"))
+    m = res["models"]["flowar-fewstep"]
+    assert m["config"]["few_step"] == "shortcut" and m["train_flops_per_image"] > 0
 
 
 def _finite(v):
