@@ -350,7 +350,8 @@ class FlowAR(nn.Module):
                     kp, x1k = ks[0][rows], ks[1][rows]
                     x = torch.where(kp, t * x1k + (1 - t) * x0[rows], x)
                 if guided_at(float(t), 0.0 if d is None else float(d)):
-                    hc2 = torch.cat([hc[:B][rows], hc[B:][rows]])
+                    # hc is (cond rows; uncond rows) already: a batched solve uses it as it is
+                    hc2 = hc if rows == slice(None) else torch.cat([hc[:B][rows], hc[B:][rows]])
                     v_c, v_u = self.head.velocity(torch.cat([x, x]), t_11, hc2, k, d_11).chunk(2)
                     v = guide(v_c, v_u, w)
                 else:
