@@ -34,6 +34,8 @@ from nextscale.train import pick_device
 
 from .harness import CompareConfig, arm_configs, build_arm, trainable_copy
 
+ARMS = ("var", "flowar", "flowar-mlp")
+
 
 def build(arm: str, data, backbone: BackboneConfig, dev):
     """An untrained model of ``arm`` on the harness's default configs."""
@@ -211,6 +213,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7; --quick 2)")
     p.add_argument("--steps", type=int, default=25, help="FlowAR Euler steps per scale (two-segment grid)")
     p.add_argument("--compile", action="store_true", help="also measure with torch.compile (slow to start)")
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="arms to measure (default: all)")
     a = p.parse_args(argv)
     for name in ("batch", "steps", "repeats", "threads"):
         v = getattr(a, name)
@@ -233,7 +236,7 @@ def main(argv=None) -> list[dict]:
           f"FlowAR euler x{steps} (two-segment), medians of {repeats} after a warm-up", file=sys.stderr)
     rows = []
     for compile_ in ([False, True] if a.compile else [False]):
-        for arm in ("var", "flowar", "flowar-mlp"):
+        for arm in a.arms:
             try:
                 r = measure_arm(arm, data, backbone, dev, a.batch, repeats, steps, compile_)
             except Exception as e:  # torch.compile needs a working compiler toolchain for the device

@@ -79,6 +79,8 @@ class KVCache:
         self.v: list[torch.Tensor | None] = [None] * depth
         self.length = [0] * depth
         self.next_scale = 0
+        self.cond: torch.Tensor | None = None  # the class embedding of the steps, and its adaLN projections:
+        self.ada: list[torch.Tensor] = []      # one per block, then the output norm's
 
     def append(self, layer: int, k_BHSd: torch.Tensor, v_BHSd: torch.Tensor):
         """Write one scale's keys and values after the previous ones; returns views of all fed so far."""
@@ -131,8 +133,10 @@ class Block(nn.Module):
         if cfg.qk_norm:  # log of the per-head logit scale
             self.qk_log_scale = nn.Parameter(torch.full((1, cfg.heads, 1, 1), math.log(QK_SCALE_INIT)))
 
-    def forward(self, x_BLC, cond_BC, q_level, k_level, cache: KVCache | None = None, layer: int = 0):
-        sh1, sc1, g1, sh2, sc2, g2 = self.ada(cond_BC).chunk(6, dim=-1)
+    def forward(self, x_BLC, ada_B6C, q_level, k_level, cache: KVCache | None = None, layer: int = 0):
+        """``ada_B6C`` is ``self.ada(cond)``: the block's adaLN shifts, scales and gates (the backbone
+        projects the class embedding once per pass or, with a cache, once per pyramid)."""
+        sh1, sc1, g1, sh2, sc2, g2 = ada_B6C.chunk(6, dim=-1)
         q, k, v = rearrange(self.qkv(modulate(self.norm1(x_BLC), sh1, sc1)), "B L (n H d) -> n B H L d",
                             n=3, H=self.heads)
         if hasattr(self, "qk_log_scale"):  # times sqrt(d): SDPA divides the logits by sqrt(d) again
@@ -219,8 +223,9 @@ class Backbone(nn.Module):
         sl = slice(0, self.cfg.seq_len) if scale is None else self.slices[scale]
         return x_BlC + self.pos_emb[:, sl] + self.level_emb(self.levels[sl])
 
-    def head_out(self, x_BLC, cond_BC):
-        shift, scale = self.ada_out(cond_BC).chunk(2, dim=-1)
+    def head_out(self, x_BLC, cond_BC, ada_out_B2C: torch.Tensor | None = None):
+        """Final adaLN; ``ada_out_B2C`` is ``self.ada_out(cond_BC)`` if already computed."""
+        shift, scale = (self.ada_out(cond_BC) if ada_out_B2C is None else ada_out_B2C).chunk(2, dim=-1)
         return modulate(self.norm_out(x_BLC), shift, scale)
 
     def forward(self, x_in_BlI: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
@@ -233,7 +238,7 @@ class Backbone(nn.Module):
         cond = self.condition(y_B)
         x = self.embed(x_in_BlI, cond)
         for blk in self.blocks:
-            x = blk(x, cond, self.levels, self.levels)
+            x = blk(x, blk.ada(cond), self.levels, self.levels)
         return self.head_out(x, cond)
 
     def new_cache(self) -> KVCache:
@@ -251,8 +256,11 @@ class Backbone(nn.Module):
         if k > 0 and tuple(x_in_BlI.shape[1:]) != (self.cfg.schedule[k] ** 2, self.cfg.in_dim):
             raise ValueError(f"scale {k + 1} input must have shape (B, {self.cfg.schedule[k] ** 2}, "
                              f"{self.cfg.in_dim}), got {tuple(x_in_BlI.shape)}")
+        if cache.cond is not cond_BC:  # the class embedding is projected once per pyramid, not per scale
+            cache.cond = cond_BC
+            cache.ada = [blk.ada(cond_BC) for blk in self.blocks] + [self.ada_out(cond_BC)]
         x = self.embed(x_in_BlI, cond_BC, scale=k)
         for i, blk in enumerate(self.blocks):
-            x = blk(x, cond_BC, None, None, cache=cache, layer=i)
+            x = blk(x, cache.ada[i], None, None, cache=cache, layer=i)
         cache.next_scale = k + 1
-        return self.head_out(x, cond_BC)
+        return self.head_out(x, cond_BC, cache.ada[-1])

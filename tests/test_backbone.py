@@ -67,6 +67,29 @@ def test_kv_cache_matches_teacher_forced_pass(schedule, options):
         m.step(x[:, :1], cond, cache)
 
 
+def test_steps_project_the_class_embedding_once_per_pyramid():
+    cfg = BackboneConfig(schedule=(1, 2, 3), in_dim=4, width=32, depth=2, heads=2)
+    m = randomized(cfg)
+    calls = []
+    for mod in [b.ada for b in m.blocks] + [m.ada_out]:
+        mod.register_forward_hook(lambda *_: calls.append(1))
+    x, y = inputs(cfg), torch.tensor([1, 2, 3])
+
+    def fed_two_scales(cond):
+        cache = m.new_cache()
+        for xi in (None, x[:, :4]):
+            m.step(xi, cond, cache)
+        return cache
+    with torch.no_grad():
+        cond, other = m.condition(y), m.condition(torch.tensor([4, 5, 6]))
+        cache = fed_two_scales(cond)
+        assert len(calls) == 3  # once per block and once for the output norm, not once per scale
+        h_other = m.step(x[:, 4:], other, cache)  # another class embedding is projected anew
+        assert len(calls) == 6
+        h_same = m.step(x[:, 4:], cond, fed_two_scales(cond))
+    assert not torch.allclose(h_other, h_same)
+
+
 def test_step_checks_its_input():
     cfg = BackboneConfig(schedule=(1, 2), in_dim=4, width=32, depth=1, heads=2)
     m = Backbone(cfg).eval()

@@ -21,3 +21,9 @@ def test_bench_quick_prints_finite_numbers(capsys):
         assert _finite(r["head_eval_in_sampling_ms"]) and _finite(r["head_eval_alone_ms"])
     out = capsys.readouterr().out
     assert out.count("\n| ") >= 3 and "ratio" in out
+
+
+def test_bench_measures_only_the_arms_asked_for(capsys):
+    rows = main(["--quick", "--repeats", "1", "--batch", "4", "--arms", "var"])
+    assert [r["arm"] for r in rows] == ["var"] and _finite(rows[0]["ratio"])
+    assert capsys.readouterr().out.count("\n| var ") == 1
