@@ -28,11 +28,20 @@ def parse(argv=None) -> CompareConfig:
     p.add_argument("--steps", type=int, default=None,
                    help=f"training steps of each generator (default {d.var_steps}); autoencoders get half")
     p.add_argument("--side", type=int, default=None, help="image side to resize to")
+    p.add_argument("--inception", default=None, metavar="PATH",
+                   help="pytorch-fid's InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth): adds FID/KID/"
+                        "precision/recall in Inception pool3 space beside the classifier's (default: off)")
+    p.add_argument("--reference", default=d.reference, choices=("test", "train"),
+                   help="real split the samples are scored against (default: %(default)s; CIFAR-10 papers use train)")
+    p.add_argument("--reference-stats", default=None, metavar="NPZ",
+                   help="precomputed Inception statistics (.npz with mu, sigma, pytorch-fid's format) for the "
+                        "Inception FID (default: computed from the reference split and written to --out)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--quick", action="store_true", help="the reduced run the tests use (< 3 minutes on 2 cores)")
     a = p.parse_args(argv)
     kw = dict(dataset=a.data, out=a.out, seed=a.seed, split_seed=a.split_seed, side=a.side, device=a.device,
-              head_width=a.head_width, arms=tuple(x.strip() for x in a.arms.split(",") if x.strip()))
+              head_width=a.head_width, inception=a.inception, reference=a.reference,
+              reference_stats=a.reference_stats, arms=tuple(x.strip() for x in a.arms.split(",") if x.strip()))
     if a.seeds is not None:
         kw["seeds"] = a.seeds
     if a.samples is not None:

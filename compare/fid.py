@@ -67,3 +67,40 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 def fid_from_features(feats1_ND, feats2_MD, eps: float = 1e-6) -> float:
     """Frechet distance between the Gaussian fits of two feature sets."""
     return frechet_distance(*gaussian_stats(feats1_ND), *gaussian_stats(feats2_MD), eps=eps)
+
+
+# ----------------------------------------------------------------------------- statistics files
+
+def save_stats(path, mu, sigma) -> None:
+    """Write ``mu`` (D,) and ``sigma`` (D, D) as an ``.npz`` in pytorch-fid's format (keys ``mu``, ``sigma``),
+    so the statistics can be compared with numbers from other FID code."""
+    mu, sigma = _as_array(mu, "mu", 1), _as_array(sigma, "sigma", 2)
+    if sigma.shape != (len(mu), len(mu)):
+        raise ValueError(f"sigma must have shape {(len(mu), len(mu))} to match mu, got {sigma.shape}")
+    with open(path, "wb") as f:  # a file object: np.savez would otherwise append .npz to the name
+        np.savez(f, mu=mu, sigma=sigma)
+
+
+def load_stats(path, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) from an ``.npz`` with keys ``mu`` and ``sigma`` (pytorch-fid's format, e.g. precomputed
+    reference statistics); ``dim`` checks the feature dimension (2048 for InceptionV3 pool3)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no statistics file at {path} (an .npz with arrays 'mu' (D,) and 'sigma' (D, D), "
+                         f"as pytorch-fid writes with --save-stats)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # not an .npz (numpy then refuses to unpickle it), truncated, unreadable
+        raise ValueError(f"cannot read statistics from {path} (want an .npz with arrays 'mu' and 'sigma'): {e}") from None
+    if not {"mu", "sigma"} <= set(arrays):
+        raise ValueError(f"{path} must hold arrays 'mu' and 'sigma' (pytorch-fid's format), has {sorted(arrays)}")
+    mu, sigma = arrays["mu"], arrays["sigma"]
+    mu, sigma = _as_array(mu, f"{path}: mu", 1), _as_array(sigma, f"{path}: sigma", 2)
+    if sigma.shape != (len(mu), len(mu)):
+        raise ValueError(f"{path}: sigma must have shape {(len(mu), len(mu))} to match mu, got {sigma.shape}")
+    if dim is not None and len(mu) != dim:
+        raise ValueError(f"{path} holds {len(mu)}-d statistics; the feature network gives {dim}-d features")
+    return mu, sigma

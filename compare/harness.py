@@ -28,7 +28,7 @@ import nextscale
 from nextscale.backbone import BackboneConfig
 from nextscale.checkpoint import keyed_stage_paths
 from nextscale.cli import out_folder, out_lock
-from nextscale.config import check_float, check_int, config_to_dict
+from nextscale.config import check_choice, check_float, check_int, config_to_dict
 from nextscale.cost import count_flops, count_params, count_train_flops
 from nextscale.data import ImageData, load_dataset
 from nextscale.train import TrainConfig, pick_device
@@ -39,7 +39,7 @@ from flowar.pipeline import PAPER_SAMPLING
 
 from .classifier import class_accuracy, train_classifier
 from .cost import measure_cost
-from .fid import fid_from_features
+from .fid import frechet_distance, gaussian_stats, load_stats, save_stats
 from .kid import kid
 from .prdc import precision_recall
 from .stats import paired_difference, t_interval
@@ -78,6 +78,7 @@ FEWSTEP_SAMPLERS = (
 QUICK_FLOWAR = ("euler x2", "euler_maruyama x8", "shortcut x1, w 0.5", "shortcut x2, w 0.5")
 QUICK_VAR = ("cfg 0", "cfg 1.5")
 ARMS = ("var", "flowar", "flowar-mlp", "flowar-fewstep")
+REFERENCES = ("test", "train")
 DEFAULT_ARMS = ("var", "flowar", "flowar-mlp")  # the few-step arm is opt-in (--arms): it adds ~12 minutes here
 
 
@@ -108,6 +109,9 @@ class CompareConfig:
     latent_channels: int = 8
     side: int | None = None       # image side (default: 16 for digits, 32 for folders, native for npz)
     device: str | None = None
+    inception: str | None = None  # path of pytorch-fid's InceptionV3 weights: adds the Inception feature space
+    reference: str = "test"       # the real images samples are scored against: "test" split or "train" (CIFAR-10's)
+    reference_stats: str | None = None  # Inception mu/sigma .npz (pytorch-fid's format) for the Inception FID
     arms: tuple[str, ...] = DEFAULT_ARMS
     quick: bool = False
 
@@ -127,6 +131,9 @@ class CompareConfig:
         if self.head_width is not None:
             check_int("head_width", self.head_width, 1)
         check_float("flowar_cfg", self.flowar_cfg, 0)
+        check_choice("reference", self.reference, REFERENCES)
+        if self.reference_stats is not None and self.inception is None:
+            raise ValueError("reference_stats are Inception statistics: give the Inception weights too (inception)")
 
     @property
     def seed_list(self) -> list[int]:
@@ -173,19 +180,59 @@ def backbone_flops_per_scale(model, batch: int = 1) -> list[int]:
     return flops
 
 
-def evaluate_samples(images, labels, real_feats, classifier, seed: int) -> dict:
-    feats = classifier.features(images)
-    kid_mean, kid_std = kid(real_feats, feats, subset_size=min(len(feats), len(real_feats), 1000),
-                            num_subsets=50, seed=seed)
-    pr = precision_recall(real_feats, feats, k=3)
-    return {"fid": fid_from_features(real_feats, feats), "kid": kid_mean, "kid_std": kid_std,
-            "precision": pr["precision"], "recall": pr["recall"],
-            "class_acc": None if labels is None else class_accuracy(classifier, images, labels)}
+@dataclass
+class FeatureSpace:
+    """A feature network with the real reference's features and Gaussian statistics in its space.
+    Metrics in the classifier space keep plain names (fid, kid, ...); others get a suffix (fid_inception)."""
+    name: str
+    net: object
+    real_feats: torch.Tensor
+    mu: np.ndarray
+    sigma: np.ndarray
+
+    @property
+    def suffix(self) -> str:
+        return "" if self.name == "classifier" else f"_{self.name}"
 
 
-# per-seed numbers of a row that get a mean and an interval
-ROW_METRICS = ("fid", "kid", "precision", "recall", "class_acc", "head_nfe", "flops_per_image", "ms_per_image",
-               "peak_mem_bytes")
+def evaluate_samples(images, labels, spaces: list[FeatureSpace], classifier, seed: int) -> dict:
+    """FID (against the space's reference statistics), KID and precision/recall (against its reference
+    features) in every feature space, and the classifier's accuracy on the intended labels."""
+    out = {"class_acc": None if labels is None else class_accuracy(classifier, images, labels)}
+    for sp in spaces:
+        feats, real = sp.net.features(images), sp.real_feats
+        kid_mean, kid_std = kid(real, feats, subset_size=min(len(feats), len(real), 1000), num_subsets=50, seed=seed)
+        pr = precision_recall(real, feats, k=3)
+        out.update({f"{k}{sp.suffix}": v for k, v in (
+            ("fid", frechet_distance(sp.mu, sp.sigma, *gaussian_stats(feats))), ("kid", kid_mean),
+            ("kid_std", kid_std), ("precision", pr["precision"]), ("recall", pr["recall"]))})
+    return out
+
+
+def feature_spaces(cfg: "CompareConfig", data: ImageData, clf, inception, out: Path) -> list[FeatureSpace]:
+    """The classifier's space and, with weights, Inception's; the reference split's features and statistics
+    in each (written as pytorch-fid .npz files beside the results; ``reference_stats`` replaces Inception's)."""
+    x = data.x_test if cfg.reference == "test" else data.x_train
+    spaces = []
+    for name, net in (("classifier", clf), ("inception", inception)):
+        if net is None:
+            continue
+        feats = net.features(x)
+        mu, sigma = gaussian_stats(feats)
+        save_stats(out / f"reference_{name}_{cfg.reference}_{data.fingerprint()}.npz", mu, sigma)
+        if name == "inception" and cfg.reference_stats is not None:
+            mu, sigma = load_stats(cfg.reference_stats, dim=net.dim)
+        spaces.append(FeatureSpace(name, net, feats, mu, sigma))
+    return spaces
+
+
+def metric_names(spaces: list[FeatureSpace]) -> tuple[str, ...]:
+    """The per-seed quality numbers of a row that get a mean and an interval."""
+    return ("class_acc",) + tuple(f"{k}{sp.suffix}" for sp in spaces for k in ("fid", "kid", "precision", "recall"))
+
+
+# per-seed cost numbers of a row that get a mean and an interval
+COST_METRICS = ("head_nfe", "flops_per_image", "ms_per_image", "peak_mem_bytes")
 
 
 def run(cfg: CompareConfig) -> dict:
@@ -214,17 +261,27 @@ def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
                               num_classes=data.num_classes, width=cfg.width, depth=cfg.depth, heads=cfg.heads)
     for name in cfg.arms:
         arm_configs(name, data, backbone, cfg)
+    inception = None
+    if cfg.inception is not None:
+        from .inception import load_inception
+        try:
+            inception = load_inception(cfg.inception, device=dev)
+        except FileNotFoundError as e:
+            raise ValueError(f"inception: {e}") from None
+    if cfg.reference_stats is not None:
+        load_stats(cfg.reference_stats, dim=2048)  # a bad file is refused before any training
 
     _stage("feature network: domain classifier on the real train split")
     clf = timed("classifier", train_classifier, data, seed=cfg.split_seed, cache_dir=out / "checkpoints",
                 steps=cfg.classifier_steps, device=dev)
-    real_feats = clf.features(data.x_test)
+    spaces = timed("reference_features", feature_spaces, cfg, data, clf, inception, out)
+    quality = metric_names(spaces)
     n_floor = min(cfg.samples, len(data.x_train))
     floor_seeds = []
     for s in cfg.seed_list:  # a fresh subset of real train images per seed, the same N as the samples
         pick = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(s))[:n_floor]
-        floor_seeds.append(evaluate_samples(data.x_train[pick], data.y_train[pick], real_feats, clf, s))
-    floor = {k: t_interval([f[k] for f in floor_seeds]) for k in ("fid", "kid", "precision", "recall", "class_acc")}
+        floor_seeds.append(evaluate_samples(data.x_train[pick], data.y_train[pick], spaces, clf, s))
+    floor = {k: t_interval([f[k] for f in floor_seeds]) for k in quality}
     floor["test_class_acc"] = class_accuracy(clf, data.x_test, data.y_test)
 
     labels = torch.arange(cfg.samples) % data.num_classes
@@ -244,7 +301,7 @@ def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
                 _stage(f"seed {seed} {name} [{label}]: {cfg.samples} samples, metrics, cost")
                 t = time.perf_counter()
                 images, stats = generate(model, labels, cfg.sample_batch, seed, **kw)
-                one = evaluate_samples(images, labels, real_feats, clf, seed)
+                one = evaluate_samples(images, labels, spaces, clf, seed)
                 sample_fn = _sample_fn(model, labels, seed, kw, dev)
                 one.update(measure_cost(sample_fn, batch_size=min(cfg.cost_batch, cfg.samples),
                                         repeats=cfg.cost_repeats, warmup=0, device=dev, seed=seed, flops=i == 0))
@@ -260,14 +317,15 @@ def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
                                                       "guided") if k in stats})
                 one["flops_per_image"] = row["flops_per_image_exact"]
                 one["sample_seconds"] = round(time.perf_counter() - t, 2)
-                row["per_seed"].append({k: one[k] for k in (*ROW_METRICS, "kid_std", "sample_seconds")})
+                row["per_seed"].append({k: v for k, v in one.items() if k in quality + COST_METRICS
+                                        or k.startswith("kid_std") or k == "sample_seconds"})
             del model
 
     for arm in models.values():
         arm["train_seconds"] = t_interval([p["train_seconds"] for p in arm["per_seed"]])
     result_rows = []
     for row in rows.values():
-        row.update({k: t_interval([p[k] for p in row["per_seed"]]) for k in ROW_METRICS})
+        row.update({k: t_interval([p[k] for p in row["per_seed"]]) for k in quality + COST_METRICS})
         result_rows.append(row)
     results = {"models": models, "rows": result_rows, "seeds": cfg.seed_list, "interval": INTERVAL_METHOD}
     results["comparisons"] = paired_comparisons(result_rows)
@@ -282,6 +340,9 @@ def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
         "data": {"name": data.name, "fingerprint": fp, "split_seed": cfg.split_seed, "train": len(data.x_train),
                  "test": len(data.x_test), "side": data.side, "channels": data.channels,
                  "classes": data.num_classes, "class_names": data.class_names},
+        "feature_spaces": [{"name": sp.name, "dim": int(sp.mu.shape[0]),
+                            "reference": cfg.reference_stats if sp.name == "inception" and cfg.reference_stats
+                            else f"{cfg.reference} split ({len(sp.real_feats)} images)"} for sp in spaces],
         "floor": floor,
         "floor_per_seed": floor_seeds,
         "floor_samples": n_floor,

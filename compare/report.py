@@ -27,17 +27,25 @@ def main_table(results: dict) -> str:
     head = ("| model | sampler | FID | KID x1e3 | class acc | precision | recall | backbone fwd | head NFE "
             "| GFLOPs/img | ms/img (batch {b}) | latency ms (batch 1) | throughput img/s (batch) | peak MB |")
     cost_b = results["config"]["cost_batch"]
-    lines = [head.format(b=cost_b), "|" + "---|" * 14]
+    other = [sp["name"] for sp in results.get("feature_spaces", []) if sp["name"] != "classifier"]
+    head = head.replace("| FID | KID x1e3 |", "| FID (classifier) | KID x1e3 |" if other else "| FID | KID x1e3 |")
+    head += "".join(f" FID ({n}) | KID x1e3 ({n}) | precision ({n}) | recall ({n}) |" for n in other)
+
+    def extra(r):
+        return "".join(f" {_iv(r[f'fid_{n}'])} | {_iv(r[f'kid_{n}'], 1e3)} | {_iv(r[f'precision_{n}'])} "
+                       f"| {_iv(r[f'recall_{n}'])} |" for n in other)
+    lines = [head.format(b=cost_b), "|" + "---|" * (14 + 4 * len(other))]
     f = results["floor"]
     lines.append(f"| real train | (floor, n={results['floor_samples']}) | {_iv(f['fid'])} | {_iv(f['kid'], 1e3)} "
-                 f"| {_iv(f['class_acc'])} | {_iv(f['precision'])} | {_iv(f['recall'])} | - | - | - | - | - | - | - |")
+                 f"| {_iv(f['class_acc'])} | {_iv(f['precision'])} | {_iv(f['recall'])} | - | - | - | - | - | - | - |"
+                 + extra(f))
     for r in results["rows"]:
         lines.append(
             f"| {r['model']} | {r['sampler']} | {_iv(r['fid'])} | {_iv(r['kid'], 1e3)} | {_iv(r['class_acc'])} "
             f"| {_iv(r['precision'])} | {_iv(r['recall'])} | {r['backbone_forwards']} | {_fmt(r['head_nfe']['mean'])} "
             f"| {_fmt(r['flops_per_image_exact'] / 1e9)} | {_iv(r['ms_per_image'])} | {_fmt(r['latency_ms'])} "
             f"| {_fmt(r['throughput_img_per_s'])} ({r['throughput_batch']}) "
-            f"| {_iv(r['peak_mem_bytes'], 1 / 2**20)} |")
+            f"| {_iv(r['peak_mem_bytes'], 1 / 2**20)} |" + extra(r))
     return "\n".join(lines)
 
 
@@ -112,8 +120,13 @@ def write_report(results: dict, out: Path) -> None:
         "",
         f"Every cell is mean ± 95% half-width over {n_seeds} training seeds ({results['interval']}). Each seed "
         f"trains every arm anew and draws {cfg['samples']} class-balanced samples per row, scored against the "
-        f"{results['data']['test']} held-out real images in the feature space of a classifier trained on the "
-        f"real train split (test accuracy {_fmt(results['floor']['test_class_acc'])}). The floor row scores a "
+        + (f"{results['data']['test']} held-out real images" if cfg.get("reference", "test") == "test" else
+           f"{results['data']['train']} real train images (the reference is the train split)")
+        + " in the feature space of a classifier trained on the "
+        f"real train split (test accuracy {_fmt(results['floor']['test_class_acc'])})"
+        + "".join(f"; and in {sp['name']} space against {sp['reference']}"
+                  for sp in results.get("feature_spaces", []) if sp["name"] != "classifier")
+        + ". The floor row scores a "
         "fresh subset of real train images per seed the same way: no model can be expected to beat it. FID is "
         "biased at small N; compare rows at the same N, and read KID (unbiased) beside it. Cost per image: "
         f"ms/img at batch {cfg['cost_batch']} on every seed (spread over seeds), latency at batch 1 (median of "

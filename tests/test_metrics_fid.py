@@ -81,3 +81,29 @@ def test_bad_input_raises_clearly():
         frechet_distance(mu, s, mu, s, eps=0)
     with pytest.raises(ValueError, match="at least 2"):
         gaussian_stats(np.zeros((1, 3)))
+
+
+def test_stats_files_round_trip_in_pytorch_fid_format(tmp_path):
+    from compare.fid import load_stats, save_stats
+
+    f = np.random.default_rng(0).normal(size=(200, 6))
+    mu, sigma = gaussian_stats(f)
+    path = tmp_path / "ref.npz"
+    save_stats(path, mu, sigma)
+    with np.load(path) as z:  # the layout pytorch-fid reads: arrays named mu and sigma
+        assert sorted(z.files) == ["mu", "sigma"] and z["sigma"].shape == (6, 6)
+    mu2, sigma2 = load_stats(path, dim=6)
+    assert frechet_distance(mu2, sigma2, *gaussian_stats(f)) == pytest.approx(0, abs=1e-8)
+    with pytest.raises(ValueError, match="holds 6-d statistics; the feature network gives 2048-d"):
+        load_stats(path, dim=2048)
+    np.savez(tmp_path / "other.npz", mean=mu)
+    with pytest.raises(ValueError, match=r"must hold arrays 'mu' and 'sigma'"):
+        load_stats(tmp_path / "other.npz")
+    with pytest.raises(ValueError, match="no statistics file at"):
+        load_stats(tmp_path / "missing.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="cannot read statistics"):
+        load_stats(tmp_path / "junk.npz")
+    np.savez(tmp_path / "nan.npz", mu=mu * np.nan, sigma=sigma)
+    with pytest.raises(ValueError, match="non-finite"):
+        load_stats(tmp_path / "nan.npz")
