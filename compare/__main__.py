@@ -36,12 +36,16 @@ def parse(argv=None) -> CompareConfig:
     p.add_argument("--reference-stats", default=None, metavar="NPZ",
                    help="precomputed Inception statistics (.npz with mu, sigma, pytorch-fid's format) for the "
                         "Inception FID (default: computed from the reference split and written to --out)")
+    p.add_argument("--precision", default=d.precision, choices=("fp32", "bf16"),
+                   help="bf16: autocast for sampling and feature extraction, metrics in float32 (default: %(default)s)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the backbone step and the head for sampling (slow to start; default: off)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--quick", action="store_true", help="the reduced run the tests use (< 3 minutes on 2 cores)")
     a = p.parse_args(argv)
     kw = dict(dataset=a.data, out=a.out, seed=a.seed, split_seed=a.split_seed, side=a.side, device=a.device,
               head_width=a.head_width, inception=a.inception, reference=a.reference,
-              reference_stats=a.reference_stats, arms=tuple(x.strip() for x in a.arms.split(",") if x.strip()))
+              reference_stats=a.reference_stats, precision=a.precision, compile=a.compile, arms=tuple(x.strip() for x in a.arms.split(",") if x.strip()))
     if a.seeds is not None:
         kw["seeds"] = a.seeds
     if a.samples is not None:

@@ -79,6 +79,7 @@ QUICK_FLOWAR = ("euler x2", "euler_maruyama x8", "shortcut x1, w 0.5", "shortcut
 QUICK_VAR = ("cfg 0", "cfg 1.5")
 ARMS = ("var", "flowar", "flowar-mlp", "flowar-fewstep")
 REFERENCES = ("test", "train")
+PRECISIONS = ("fp32", "bf16")
 DEFAULT_ARMS = ("var", "flowar", "flowar-mlp")  # the few-step arm is opt-in (--arms): it adds ~12 minutes here
 
 
@@ -113,6 +114,12 @@ class CompareConfig:
     reference: str = "test"       # the real images samples are scored against: "test" split or "train" (CIFAR-10's)
     reference_stats: str | None = None  # Inception mu/sigma .npz (pytorch-fid's format) for the Inception FID
     arms: tuple[str, ...] = DEFAULT_ARMS
+    # {arm: ((label, sampling kwargs), ...)}: replaces that arm's built-in sampler sweep (see _samplers)
+    samplers: dict | None = None
+    # {arm: {field: value}}: overrides of the arm's generator config (FlowARConfig / VARConfig fields)
+    arm_overrides: dict | None = None
+    precision: str = "fp32"       # "bf16": autocast for sampling and feature extraction (metrics in float32)
+    compile: bool = False         # torch.compile the backbone step and the head for sampling
     quick: bool = False
 
     def __post_init__(self):
@@ -120,6 +127,20 @@ class CompareConfig:
         if not arms or any(a not in ARMS for a in arms) or len(set(arms)) != len(arms):
             raise ValueError(f"arms must be a non-empty list of distinct arms from {ARMS}, got {self.arms!r}")
         object.__setattr__(self, "arms", arms)
+        for name in ("samplers", "arm_overrides"):
+            table = getattr(self, name)
+            if table is not None and (not isinstance(table, dict) or any(a not in ARMS for a in table)):
+                raise ValueError(f"{name} must map arms from {ARMS} to their settings, got {table!r}")
+        for arm, rows in (self.samplers or {}).items():
+            labels = [r[0] for r in rows] if isinstance(rows, (list, tuple)) and all(
+                isinstance(r, (list, tuple)) and len(r) == 2 and isinstance(r[0], str) and isinstance(r[1], dict)
+                for r in rows) else None
+            if not labels or len(set(labels)) != len(labels):
+                raise ValueError(f"samplers.{arm} must be a non-empty list of (distinct label, settings dict) pairs, "
+                                 f"got {rows!r}")
+        check_choice("precision", self.precision, PRECISIONS)
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be true or false, got {self.compile!r}")
         check_int("seed", self.seed, 0)
         check_int("seeds", self.seeds, 1)
         check_int("split_seed", self.split_seed, 0)
@@ -147,8 +168,59 @@ class CompareConfig:
         return CompareConfig(**{**base, **overrides})
 
 
+class Progress:
+    """One overall line for the whole run (stage i of n, elapsed, estimated time left) above the per-stage
+    bars on a terminal; plain log lines otherwise. The estimate assumes the remaining stages take as long
+    as the finished ones on average."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, position=0, desc="overall", bar_format="{desc} {n}/{total} {postfix}")
+
+    def stage(self, msg: str):
+        elapsed = time.perf_counter() - self.t0
+        left = "?" if self.done == 0 else _clock(elapsed / self.done * (self.total - self.done))
+        line = f"stage {self.done + 1}/{self.total}, {_clock(elapsed)} elapsed, ~{left} left: {msg}"
+        if self.bar is None:
+            print(f"== {line}", file=sys.stderr, flush=True)
+        else:
+            self.bar.n = self.done
+            self.bar.set_postfix_str(line, refresh=True)
+        self.done += 1
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
 def _stage(msg: str):
     print(f"== {msg}", file=sys.stderr, flush=True)
+
+
+def precision_context(cfg: CompareConfig, dev: torch.device):
+    """bf16 autocast for sampling and feature extraction (``precision="bf16"``); metrics stay float32/64."""
+    from contextlib import nullcontext
+
+    return torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
+
+
+def compile_for_sampling(model):
+    """Wrap the backbone's KV-cached step and the head's evaluation with ``torch.compile`` (in place)."""
+    model.backbone.step = torch.compile(model.backbone.step, dynamic=True)
+    head = model.head
+    if hasattr(head, "velocity"):
+        head.velocity = torch.compile(head.velocity, dynamic=True)
+    else:
+        model.head = torch.compile(head, dynamic=True)
+    return model
 
 
 @torch.no_grad()
@@ -163,6 +235,20 @@ def generate(model, labels_N: torch.Tensor, batch: int, seed: int, **kw) -> tupl
         out.append(imgs.float().cpu())
         stats = stats or st
     return torch.cat(out), stats
+
+
+def check_samplers(cfg: CompareConfig, data: ImageData, backbone: BackboneConfig, dev: torch.device) -> None:
+    """Refuse bad sampler settings of a run spec before any training: every row samples one image with
+    the arm's untrained model (milliseconds)."""
+    for name in cfg.arms:
+        if not (cfg.samplers and name in cfg.samplers):
+            continue
+        model = build_arm(name, *arm_configs(name, data, backbone, cfg)).to(dev).eval()
+        for label, kw in _samplers(name, cfg):
+            try:
+                model.sample(torch.zeros(1, dtype=torch.long, device=dev), seed=0, **kw)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"samplers.{name} [{label}]: {e}") from None
 
 
 def _device(model) -> torch.device:
@@ -261,6 +347,7 @@ def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
                               num_classes=data.num_classes, width=cfg.width, depth=cfg.depth, heads=cfg.heads)
     for name in cfg.arms:
         arm_configs(name, data, backbone, cfg)
+    check_samplers(cfg, data, backbone, dev)
     inception = None
     if cfg.inception is not None:
         from .inception import load_inception
@@ -271,7 +358,8 @@ def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
     if cfg.reference_stats is not None:
         load_stats(cfg.reference_stats, dim=2048)  # a bad file is refused before any training
 
-    _stage("feature network: domain classifier on the real train split")
+    progress = Progress(1 + cfg.seeds * sum(1 + len(_samplers(a, cfg)) for a in cfg.arms))
+    progress.stage("feature network: domain classifier on the real train split")
     clf = timed("classifier", train_classifier, data, seed=cfg.split_seed, cache_dir=out / "checkpoints",
                 steps=cfg.classifier_steps, device=dev)
     spaces = timed("reference_features", feature_spaces, cfg, data, clf, inception, out)
@@ -290,19 +378,22 @@ def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
 
     for i, seed in enumerate(cfg.seed_list):
         for name in cfg.arms:
-            _stage(f"seed {seed} ({i + 1}/{cfg.seeds}) {name}: autoencoder, then the generator")
+            progress.stage(f"seed {seed} ({i + 1}/{cfg.seeds}) {name}: autoencoder, then the generator")
             model, info = timed(f"train_{name}", _train_model, name, data, backbone, cfg, out, fp, dev, seed)
             arm = models.setdefault(name, {k: v for k, v in info.items() if k not in _PER_SEED_INFO})
             arm.setdefault("per_seed", []).append({k: info[k] for k in _PER_SEED_INFO})
             if i == 0:
                 arm["backbone_flops_per_scale"] = backbone_flops_per_scale(model)
                 arm["train_flops_per_image"] = train_flops_per_image(model, data, cfg.batch_size, dev)
+            if cfg.compile:
+                compile_for_sampling(model)
             for label, kw in _samplers(name, cfg):
-                _stage(f"seed {seed} {name} [{label}]: {cfg.samples} samples, metrics, cost")
+                progress.stage(f"seed {seed} {name} [{label}]: {cfg.samples} samples, metrics, cost")
                 t = time.perf_counter()
-                images, stats = generate(model, labels, cfg.sample_batch, seed, **kw)
-                one = evaluate_samples(images, labels, spaces, clf, seed)
-                sample_fn = _sample_fn(model, labels, seed, kw, dev)
+                with precision_context(cfg, dev):
+                    images, stats = generate(model, labels, cfg.sample_batch, seed, **kw)
+                    one = evaluate_samples(images, labels, spaces, clf, seed)
+                sample_fn = _sample_fn(model, labels, seed, kw, dev, cfg)
                 one.update(measure_cost(sample_fn, batch_size=min(cfg.cost_batch, cfg.samples),
                                         repeats=cfg.cost_repeats, warmup=0, device=dev, seed=seed, flops=i == 0))
                 row = rows.setdefault((name, label), {"model": name, "sampler": label, "settings": kw,
@@ -320,6 +411,7 @@ def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
                 row["per_seed"].append({k: v for k, v in one.items() if k in quality + COST_METRICS
                                         or k.startswith("kid_std") or k == "sample_seconds"})
             del model
+    progress.close()
 
     for arm in models.values():
         arm["train_seconds"] = t_interval([p["train_seconds"] for p in arm["per_seed"]])
@@ -336,6 +428,8 @@ def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
                      "python": platform.python_version(), "numpy": np.__version__},
         "device": str(dev),
         "device_name": device_name(dev),
+        "precision": cfg.precision,
+        "compiled": cfg.compile,
         "seed": cfg.seed,
         "data": {"name": data.name, "fingerprint": fp, "split_seed": cfg.split_seed, "train": len(data.x_train),
                  "test": len(data.x_test), "side": data.side, "channels": data.channels,
@@ -400,10 +494,11 @@ def device_name(dev: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def _sample_fn(model, labels, seed, kw, dev):
+def _sample_fn(model, labels, seed, kw, dev, cfg: CompareConfig):
     def sample(b):
         y = labels[torch.arange(b) % len(labels)]
-        return model.sample(y.to(dev), seed=seed, **kw)
+        with precision_context(cfg, dev):
+            return model.sample(y.to(dev), seed=seed, **kw)
     return sample
 
 
@@ -460,6 +555,8 @@ def train_flops_per_image(model, data: ImageData, batch: int, dev: torch.device)
 
 
 def _samplers(name: str, cfg: CompareConfig):
+    if cfg.samplers and name in cfg.samplers:
+        return [(lbl, dict(kw)) for lbl, kw in cfg.samplers[name]]
     if name == "var":
         return [s for s in VAR_SAMPLERS if not cfg.quick or s[0] in QUICK_VAR]
     guidance = {"cfg_scale": cfg.flowar_cfg, "cfg_schedule": PAPER_SAMPLING["cfg_schedule"],
@@ -482,14 +579,27 @@ def arm_configs(name: str, data: ImageData, backbone: BackboneConfig, cfg: Compa
     """(autoencoder config, generator config) of one arm; raises ``ValueError`` on a bad combination."""
     if name == "var":
         from var.pipeline import default_configs
-        return default_configs(data, backbone)
+        ae_cfg, gen_cfg = default_configs(data, backbone)
+        return ae_cfg, _override(name, gen_cfg, cfg)
     from flowar.pipeline import flowar_paper_configs
     ae_cfg, gen_cfg = flowar_paper_configs(data, backbone, head="mlp" if name == "flowar-mlp" else "transformer")
     if name == "flowar-fewstep":
         gen_cfg = replace(gen_cfg, few_step="shortcut")
     if cfg.head_width is not None:
         gen_cfg = replace(gen_cfg, head_width=cfg.head_width)
-    return ae_cfg, gen_cfg
+    return ae_cfg, _override(name, gen_cfg, cfg)
+
+
+def _override(name: str, gen_cfg, cfg: CompareConfig):
+    """The arm's generator config with ``cfg.arm_overrides[name]`` applied (unknown fields named)."""
+    import dataclasses
+
+    over = (cfg.arm_overrides or {}).get(name) or {}
+    fields = {f.name for f in dataclasses.fields(gen_cfg)}
+    for key in over:
+        if key not in fields:
+            raise ValueError(f"arm_overrides.{name}: unknown field {key!r}; fields: {', '.join(sorted(fields))}")
+    return replace(gen_cfg, **over) if over else gen_cfg
 
 
 def _train_model(name, data, backbone, cfg, out, fp, dev, seed):

@@ -25,8 +25,9 @@ def _iv(s: dict, scale: float = 1.0) -> str:
 def main_table(results: dict) -> str:
     """Quality against cost for every model and sampler, and the floor: mean ± 95% half-width over seeds."""
     head = ("| model | sampler | FID | KID x1e3 | class acc | precision | recall | backbone fwd | head NFE "
-            "| GFLOPs/img | ms/img (batch {b}) | latency ms (batch 1) | throughput img/s (batch) | peak MB |")
+            "| GFLOPs/img | ms/img (batch {b}, {dev}) | latency ms (batch 1) | throughput img/s (batch) | peak MB |")
     cost_b = results["config"]["cost_batch"]
+    dev = f"{results['device']} {results.get('precision', 'fp32')}" + (" compiled" if results.get("compiled") else "")
     other = [sp["name"] for sp in results.get("feature_spaces", []) if sp["name"] != "classifier"]
     head = head.replace("| FID | KID x1e3 |", "| FID (classifier) | KID x1e3 |" if other else "| FID | KID x1e3 |")
     head += "".join(f" FID ({n}) | KID x1e3 ({n}) | precision ({n}) | recall ({n}) |" for n in other)
@@ -34,7 +35,7 @@ def main_table(results: dict) -> str:
     def extra(r):
         return "".join(f" {_iv(r[f'fid_{n}'])} | {_iv(r[f'kid_{n}'], 1e3)} | {_iv(r[f'precision_{n}'])} "
                        f"| {_iv(r[f'recall_{n}'])} |" for n in other)
-    lines = [head.format(b=cost_b), "|" + "---|" * (14 + 4 * len(other))]
+    lines = [head.format(b=cost_b, dev=dev), "|" + "---|" * (14 + 4 * len(other))]
     f = results["floor"]
     lines.append(f"| real train | (floor, n={results['floor_samples']}) | {_iv(f['fid'])} | {_iv(f['kid'], 1e3)} "
                  f"| {_iv(f['class_acc'])} | {_iv(f['precision'])} | {_iv(f['recall'])} | - | - | - | - | - | - | - |"
@@ -105,7 +106,8 @@ def write_report(results: dict, out: Path) -> None:
         f"Data: **{results['data']['name']}** ({results['data']['train']} train / {results['data']['test']} test, "
         f"{results['data']['side']}x{results['data']['side']}, {results['data']['classes']} classes, split seed "
         f"{results['data']['split_seed']}), training seeds {results['seeds']}, device {results['device']} "
-        f"({results['device_name']}), torch {results['versions']['torch']}, nextscale "
+        f"({results['device_name']}, {results.get('precision', 'fp32')}"
+        f"{', compiled' if results.get('compiled') else ''}), torch {results['versions']['torch']}, nextscale "
         f"{results['versions']['nextscale']}.",
         "",
         f"Shared backbone config: width {bb['width']}, depth {bb['depth']}, heads {bb['heads']}, latent channels "

@@ -1,0 +1,98 @@
+"""Harness options that need no full run: precision, compile, the progress line, sampler and config
+overrides (as a run spec gives them), checked before any training."""
+import io
+import sys
+
+import pytest
+import torch
+
+from compare import harness as H
+from nextscale.backbone import BackboneConfig
+from nextscale.data import load_digits
+
+
+@pytest.fixture(scope="module")
+def small():
+    data = load_digits(side=16, seed=0)
+    bb = BackboneConfig(schedule=(1, 2, 3, 4, 6, 8), in_dim=8, num_classes=10, width=32, depth=1, heads=2)
+    return data, bb
+
+
+def test_bf16_autocasts_sampling_and_features_only_when_asked():
+    lin = torch.nn.Linear(4, 4)
+    with H.precision_context(H.CompareConfig(precision="bf16"), torch.device("cpu")):
+        assert lin(torch.randn(2, 4)).dtype == torch.bfloat16
+    with H.precision_context(H.CompareConfig(), torch.device("cpu")):
+        assert lin(torch.randn(2, 4)).dtype == torch.float32
+    with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"):
+        H.CompareConfig(precision="fp16")
+
+
+@pytest.mark.parametrize("arm", ["var", "flowar"])
+def test_bf16_sampling_runs_and_stays_close(small, arm):
+    data, bb = small
+    cfg = H.CompareConfig(precision="bf16")
+    torch.manual_seed(0)
+    model = H.build_arm(arm, *H.arm_configs(arm, data, bb, cfg)).eval()
+    kw = dict(cfg_scale=1.0) if arm == "var" else dict(solver="euler", steps=2, cfg_scale=1.0)
+    ref, _ = model.sample(torch.arange(4), seed=0, **kw)
+    with H.precision_context(cfg, torch.device("cpu")):
+        low, _ = model.sample(torch.arange(4), seed=0, **kw)
+    assert torch.isfinite(low.float()).all() and low.shape == ref.shape
+    if arm == "flowar":  # continuous: bf16 moves the images a little (VAR's tokens may flip instead)
+        assert 0 < (low.float() - ref).abs().mean() < 0.05
+
+
+def test_compile_wraps_the_step_and_the_head(small, monkeypatch):
+    data, bb = small
+    wrapped = []
+
+    def fake_compile(fn, **kw):  # torch.compile's contract: a callable computing the same function
+        wrapped.append(getattr(fn, "__name__", type(fn).__name__))
+        return fn
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    for arm in ("var", "flowar"):
+        torch.manual_seed(0)
+        model = H.build_arm(arm, *H.arm_configs(arm, data, bb, H.CompareConfig())).eval()
+        before, _ = model.sample(torch.arange(3), seed=1)
+        H.compile_for_sampling(model)
+        after, _ = model.sample(torch.arange(3), seed=1)
+        assert torch.equal(before, after)
+    assert wrapped == ["step", "Linear", "step", "velocity"]
+
+
+def test_progress_line_counts_stages_and_estimates_time_left(monkeypatch):
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    clock = iter([0.0, 0.0, 30.0, 90.0])
+    monkeypatch.setattr(H.time, "perf_counter", lambda: next(clock))
+    p = H.Progress(4)
+    p.stage("classifier")
+    p.stage("train var")
+    p.stage("sample var")
+    lines = err.getvalue().splitlines()
+    assert lines == ["== stage 1/4, 0:00 elapsed, ~? left: classifier",
+                     "== stage 2/4, 0:30 elapsed, ~1:30 left: train var",
+                     "== stage 3/4, 1:30 elapsed, ~1:30 left: sample var"]
+
+
+def test_sampler_and_config_overrides_are_checked_before_training(small):
+    data, bb = small
+    cfg = H.CompareConfig(arms=("var",), samplers={"var": (("greedy-ish", {"cfg_scale": 0.0, "top_k": 1}),)})
+    assert H._samplers("var", cfg) == [("greedy-ish", {"cfg_scale": 0.0, "top_k": 1})]
+    H.check_samplers(cfg, data, bb, torch.device("cpu"))
+    bad = H.CompareConfig(arms=("var",), samplers={"var": (("typo", {"cfg_scal": 1.0}),)})
+    with pytest.raises(ValueError, match=r"samplers.var \[typo\]: .*cfg_scal"):
+        H.check_samplers(bad, data, bb, torch.device("cpu"))
+    bad_value = H.CompareConfig(arms=("var",), samplers={"var": (("neg", {"cfg_scale": -1.0}),)})
+    with pytest.raises(ValueError, match=r"samplers.var \[neg\]: cfg_scale"):
+        H.check_samplers(bad_value, data, bb, torch.device("cpu"))
+    with pytest.raises(ValueError, match="samplers.var must be a non-empty list"):
+        H.CompareConfig(samplers={"var": ()})
+    over = H.CompareConfig(arm_overrides={"flowar": {"head_depth": 3}})
+    assert H.arm_configs("flowar", data, bb, over)[1].head_depth == 3
+    assert H.arm_configs("flowar-mlp", data, bb, over)[1].head_depth == 2  # only the arm named
+    with pytest.raises(ValueError, match=r"arm_overrides.flowar: unknown field 'hed_depth'"):
+        H.arm_configs("flowar", data, bb, H.CompareConfig(arm_overrides={"flowar": {"hed_depth": 3}}))
+    with pytest.raises(ValueError, match="head_depth must lie in"):
+        H.arm_configs("flowar", data, bb, H.CompareConfig(arm_overrides={"flowar": {"head_depth": 0}}))
