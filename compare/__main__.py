@@ -1,5 +1,8 @@
 """``python -m compare``: train VAR, FlowAR and FlowAR with an MLP head on the same backbone config and data,
-over several training seeds, and write the report (means with 95% intervals, paired differences)."""
+over several training seeds, and write the report (means with 95% intervals, paired differences).
+
+Settings are layered, each overriding the one before: the defaults, ``--quick``, ``--preset``, then the
+flags given on the command line."""
 from __future__ import annotations
 
 import argparse
@@ -7,53 +10,72 @@ import sys
 
 from nextscale.cli import run_or_exit
 
-from .harness import ARMS, CompareConfig, run
+from .harness import ARMS, PRESET_DATA_KEYS, PRESETS, CompareConfig, run
+
+
+def _parser(suppress: bool = False) -> argparse.ArgumentParser:
+    """The command's flags; ``suppress`` drops every default, so parsing returns only the flags given."""
+    d = CompareConfig()
+    p = argparse.ArgumentParser(prog="python -m compare", description=__doc__,
+                                argument_default=argparse.SUPPRESS if suppress else None)
+
+    def add(*names, default=None, **kw):
+        p.add_argument(*names, **kw) if suppress else p.add_argument(*names, default=default, **kw)
+
+    add("--data", default=d.dataset, help="'digits' (embedded default), an .npz file or an image folder "
+                                          "(default: %(default)s)")
+    add("--out", default=d.out, help="output folder: results.json, report.md, plots, checkpoints (default: %(default)s)")
+    add("--seed", type=int, default=d.seed, help="first training seed; seed i is seed + i (default: %(default)s)")
+    add("--seeds", type=int, help=f"training seeds per arm (default: {d.seeds}; --quick: 2)")
+    add("--split-seed", type=int, default=d.split_seed,
+        help="seed of the train/test split and of the feature network, the same for every seed (default: %(default)s)")
+    add("--arms", default=",".join(d.arms),
+        help="comma-separated arms to train and compare, from " + ", ".join(ARMS) + " (default: %(default)s)")
+    add("--head-width", type=int,
+        help="width of the FlowAR arms' velocity heads (default: the backbone's; smaller matches parameters)")
+    add("--samples", type=int, help=f"samples per model, sampler and seed (default: {d.samples}; --quick: 100)")
+    add("--steps", type=int, help=f"training steps of each generator, autoencoders get half (default: {d.var_steps})")
+    add("--side", type=int, help="image side to resize to (default: 16 for digits, 32 for folders, native for .npz)")
+    add("--inception", metavar="PATH",
+        help="pytorch-fid's InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth): adds FID/KID/precision/"
+             "recall in Inception pool3 space beside the classifier's (default: off)")
+    add("--reference", default=d.reference, choices=("test", "train"),
+        help="real split the samples are scored against (default: %(default)s; CIFAR-10 papers use train)")
+    add("--reference-stats", metavar="NPZ",
+        help="precomputed Inception statistics (.npz with mu, sigma: pytorch-fid's format) for the Inception FID "
+             "(default: computed from the reference split and written to --out)")
+    add("--precision", default=d.precision, choices=("fp32", "bf16"),
+        help="bf16: autocast for sampling and feature extraction, metrics in float32 (default: %(default)s)")
+    add("--compile", action="store_true", default=False,
+        help="torch.compile the backbone step and the head for sampling (slow to start; default: off)")
+    add("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    add("--preset", choices=sorted(PRESETS),
+        help="named settings for common data: cifar32 = 32x32 RGB folders such as CIFAR-10, sized for a GPU "
+             "(with --quick only its data settings apply; default: none)")
+    add("--quick", action="store_true", default=False,
+        help="the reduced run the tests use: small models, 2 seeds (< 3 minutes on 2 cores; default: off)")
+    return p
+
+
+def _to_config_kwargs(given: dict) -> dict:
+    """CompareConfig keyword arguments from the flags the user gave."""
+    kw = {("dataset" if k == "data" else k): v for k, v in given.items() if k not in ("steps", "arms", "preset", "quick")}
+    if "arms" in given:
+        kw["arms"] = tuple(x.strip() for x in given["arms"].split(",") if x.strip())
+    if "steps" in given:
+        s = given["steps"]
+        kw.update(var_steps=s, flowar_steps=s, tokenizer_steps=max(1, s // 2), ae_steps=max(1, s // 2))
+    return kw
 
 
 def parse(argv=None) -> CompareConfig:
-    d = CompareConfig()
-    p = argparse.ArgumentParser(prog="python -m compare", description=__doc__)
-    p.add_argument("--data", default=d.dataset, help="'digits' (embedded default), an .npz file or an image folder")
-    p.add_argument("--out", default=d.out, help="output folder (results.json, report.md, plots, checkpoints)")
-    p.add_argument("--seed", type=int, default=d.seed, help="first training seed (seed i is seed + i)")
-    p.add_argument("--seeds", type=int, default=None,
-                   help=f"training seeds per arm (default {d.seeds}; --quick: 2)")
-    p.add_argument("--split-seed", type=int, default=d.split_seed,
-                   help="seed of the train/test split and of the feature network (the same for every seed)")
-    p.add_argument("--arms", default=",".join(d.arms),
-                   help="comma-separated arms to train and compare, from " + ", ".join(ARMS) + f" (default: %(default)s)")
-    p.add_argument("--head-width", type=int, default=None,
-                   help="width of the FlowAR arms' velocity heads (default: the backbone's; smaller matches parameters)")
-    p.add_argument("--samples", type=int, default=None, help=f"samples per model and sampler (default {d.samples})")
-    p.add_argument("--steps", type=int, default=None,
-                   help=f"training steps of each generator (default {d.var_steps}); autoencoders get half")
-    p.add_argument("--side", type=int, default=None, help="image side to resize to")
-    p.add_argument("--inception", default=None, metavar="PATH",
-                   help="pytorch-fid's InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth): adds FID/KID/"
-                        "precision/recall in Inception pool3 space beside the classifier's (default: off)")
-    p.add_argument("--reference", default=d.reference, choices=("test", "train"),
-                   help="real split the samples are scored against (default: %(default)s; CIFAR-10 papers use train)")
-    p.add_argument("--reference-stats", default=None, metavar="NPZ",
-                   help="precomputed Inception statistics (.npz with mu, sigma, pytorch-fid's format) for the "
-                        "Inception FID (default: computed from the reference split and written to --out)")
-    p.add_argument("--precision", default=d.precision, choices=("fp32", "bf16"),
-                   help="bf16: autocast for sampling and feature extraction, metrics in float32 (default: %(default)s)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the backbone step and the head for sampling (slow to start; default: off)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
-    p.add_argument("--quick", action="store_true", help="the reduced run the tests use (< 3 minutes on 2 cores)")
-    a = p.parse_args(argv)
-    kw = dict(dataset=a.data, out=a.out, seed=a.seed, split_seed=a.split_seed, side=a.side, device=a.device,
-              head_width=a.head_width, inception=a.inception, reference=a.reference,
-              reference_stats=a.reference_stats, precision=a.precision, compile=a.compile, arms=tuple(x.strip() for x in a.arms.split(",") if x.strip()))
-    if a.seeds is not None:
-        kw["seeds"] = a.seeds
-    if a.samples is not None:
-        kw["samples"] = a.samples
-    if a.steps is not None:
-        kw.update(var_steps=a.steps, flowar_steps=a.steps, tokenizer_steps=max(1, a.steps // 2),
-                  ae_steps=max(1, a.steps // 2))
-    return run_or_exit(lambda: CompareConfig.quick_config(**kw) if a.quick else CompareConfig(**kw))
+    _parser().parse_args(argv)  # usage errors (and --help) with the defaults shown
+    given = vars(_parser(suppress=True).parse_args(argv))
+    preset = PRESETS.get(given.get("preset"), {})
+    if given.get("quick"):
+        preset = {k: v for k, v in preset.items() if k in PRESET_DATA_KEYS}
+    kw = {**preset, **_to_config_kwargs(given)}
+    return run_or_exit(lambda: CompareConfig.quick_config(**kw) if given.get("quick") else CompareConfig(**kw))
 
 
 def main(argv=None) -> None:

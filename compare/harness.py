@@ -83,6 +83,18 @@ PRECISIONS = ("fp32", "bf16")
 DEFAULT_ARMS = ("var", "flowar", "flowar-mlp")  # the few-step arm is opt-in (--arms): it adds ~12 minutes here
 
 
+# Named settings for common data (``--preset``). cifar32: 32x32 RGB (e.g. a CIFAR-10 image folder): latent
+# 16x16x16, VAR's schedule (1, 2, 3, 4, 6, 8, 12, 16) (L = 530) and FlowAR's (1, 2, 4, 8, 16) (L = 341), a
+# 384-wide depth-8 backbone, samples scored against the train split as CIFAR-10 papers do. Sized for one
+# GPU (see the README's "Your own data"); with --quick only its data keys (PRESET_DATA_KEYS) apply.
+PRESETS = {
+    "cifar32": dict(side=32, latent_channels=16, width=384, depth=8, heads=6, batch_size=64, ae_batch_size=64,
+                    tokenizer_steps=5000, ae_steps=5000, var_steps=20000, flowar_steps=20000,
+                    classifier_steps=3000, samples=10000, sample_batch=500, cost_batch=64, reference="train"),
+}
+PRESET_DATA_KEYS = ("side", "latent_channels", "reference")
+
+
 @dataclass(frozen=True)
 class CompareConfig:
     dataset: str = "digits"

@@ -26,6 +26,18 @@ def test_cli_validates_options():
             CompareConfig(arms=tuple(a for a in bad.split(",") if a))
 
 
+def test_layers_defaults_quick_preset_then_given_flags():
+    full = parse(["--preset", "cifar32"])
+    assert (full.side, full.latent_channels, full.width, full.reference, full.var_steps) == (32, 16, 384, "train", 20000)
+    quick = parse(["--preset", "cifar32", "--quick"])  # only the preset's data settings on top of --quick
+    assert (quick.side, quick.latent_channels, quick.reference, quick.width, quick.seeds) == (32, 16, "train", 64, 2)
+    given = parse(["--preset", "cifar32", "--reference", "test", "--steps", "100", "--seeds", "1"])
+    assert (given.reference, given.var_steps, given.ae_steps, given.seeds, given.width) == ("test", 100, 50, 1, 384)
+    assert parse([]) == CompareConfig()
+    with pytest.raises(SystemExit):
+        parse(["--preset", "cifar100"])
+
+
 @pytest.mark.slow
 def test_quick_few_step_arm(tmp_path):
     """The opt-in few-step arm: shortcut rows with exact NFE (a step [t, t + d] is guided where it meets
