@@ -48,6 +48,8 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
         help="bf16: autocast for sampling and feature extraction, metrics in float32 (default: %(default)s)")
     add("--compile", action="store_true", default=False,
         help="torch.compile the backbone step and the head for sampling (slow to start; default: off)")
+    add("--sample-batch", type=int, help=f"sampling batch for the quality metrics; batch i is seeded by i and, "
+        f"under torchrun, drawn by rank i %% N (default: {d.sample_batch})")
     add("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     add("--preset", choices=sorted(PRESETS),
         help="named settings for common data: cifar32 = 32x32 RGB folders such as CIFAR-10, sized for a GPU "
@@ -81,6 +83,8 @@ def parse(argv=None) -> CompareConfig:
 def main(argv=None) -> None:
     cfg = parse(argv)
     res = run_or_exit(run, cfg)  # bad data or options are found before any training (see harness.run)
+    if not res:  # a torchrun rank > 0: rank 0 reports
+        return
     from .report import main_table
     print(main_table(res))
     print(f"\nreport: {cfg.out}/report.md  ({res['timings_s']['total']:.0f} s)", file=sys.stderr)

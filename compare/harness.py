@@ -31,7 +31,7 @@ from nextscale.cli import out_folder, out_lock
 from nextscale.config import check_choice, check_float, check_int, config_to_dict
 from nextscale.cost import count_flops, count_params, count_train_flops
 from nextscale.data import ImageData, load_dataset
-from nextscale.train import TrainConfig, pick_device
+from nextscale.train import TrainConfig, pick_device, setup_distributed
 from nextscale.scales import default_schedule, latent_side_of
 from nextscale.viz import save_grid
 
@@ -185,10 +185,10 @@ class Progress:
     bars on a terminal; plain log lines otherwise. The estimate assumes the remaining stages take as long
     as the finished ones on average."""
 
-    def __init__(self, total: int):
-        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+    def __init__(self, total: int, enabled: bool = True):
+        self.total, self.done, self.t0, self.enabled = total, 0, time.perf_counter(), enabled
         self.bar = None
-        if sys.stderr.isatty():
+        if enabled and sys.stderr.isatty():
             from tqdm import tqdm
             self.bar = tqdm(total=total, position=0, desc="overall", bar_format="{desc} {n}/{total} {postfix}")
 
@@ -196,7 +196,9 @@ class Progress:
         elapsed = time.perf_counter() - self.t0
         left = "?" if self.done == 0 else _clock(elapsed / self.done * (self.total - self.done))
         line = f"stage {self.done + 1}/{self.total}, {_clock(elapsed)} elapsed, ~{left} left: {msg}"
-        if self.bar is None:
+        if not self.enabled:
+            pass
+        elif self.bar is None:
             print(f"== {line}", file=sys.stderr, flush=True)
         else:
             self.bar.n = self.done
@@ -240,13 +242,17 @@ def generate(model, labels_N: torch.Tensor, batch: int, seed: int, **kw) -> tupl
     """Samples for ``labels`` in batches; batch i uses seed + i. Returns images (CPU) and the first stats."""
     from tqdm import tqdm
 
-    out, stats = [], None
-    chunks = list(torch.split(labels_N, batch))
-    for i, y in enumerate(tqdm(chunks, leave=False, disable=not sys.stderr.isatty(), desc="sampling")):
+    chunks = list(enumerate(torch.split(labels_N, batch)))
+    bar = tqdm(total=len(chunks), leave=False, disable=not sys.stderr.isatty() or _rank() > 0, desc="sampling")
+
+    def one(item):
+        i, y = item
         imgs, st = model.sample(y.to(_device(model)), seed=seed + i, **kw)
-        out.append(imgs.float().cpu())
-        stats = stats or st
-    return torch.cat(out), stats
+        bar.update(_world())
+        return imgs.float().cpu(), st
+    done = shard_map(one, chunks)  # under torchrun: batch i on rank i % world, gathered in order
+    bar.close()
+    return torch.cat([imgs for imgs, _ in done]), done[0][1]
 
 
 def check_samplers(cfg: CompareConfig, data: ImageData, backbone: BackboneConfig, dev: torch.device) -> None:
@@ -298,7 +304,7 @@ def evaluate_samples(images, labels, spaces: list[FeatureSpace], classifier, see
     features) in every feature space, and the classifier's accuracy on the intended labels."""
     out = {"class_acc": None if labels is None else class_accuracy(classifier, images, labels)}
     for sp in spaces:
-        feats, real = sp.net.features(images), sp.real_feats
+        feats, real = sharded_features(sp.net, images), sp.real_feats
         kid_mean, kid_std = kid(real, feats, subset_size=min(len(feats), len(real), 1000), num_subsets=50, seed=seed)
         pr = precision_recall(real, feats, k=3)
         out.update({f"{k}{sp.suffix}": v for k, v in (
@@ -315,9 +321,10 @@ def feature_spaces(cfg: "CompareConfig", data: ImageData, clf, inception, out: P
     for name, net in (("classifier", clf), ("inception", inception)):
         if net is None:
             continue
-        feats = net.features(x)
+        feats = sharded_features(net, x)
         mu, sigma = gaussian_stats(feats)
-        save_stats(out / f"reference_{name}_{cfg.reference}_{data.fingerprint()}.npz", mu, sigma)
+        if _rank() == 0:
+            save_stats(out / f"reference_{name}_{cfg.reference}_{data.fingerprint()}.npz", mu, sigma)
         if name == "inception" and cfg.reference_stats is not None:
             mu, sigma = load_stats(cfg.reference_stats, dim=net.dim)
         spaces.append(FeatureSpace(name, net, feats, mu, sigma))
@@ -334,14 +341,54 @@ COST_METRICS = ("head_nfe", "flops_per_image", "ms_per_image", "peak_mem_bytes")
 
 
 def run(cfg: CompareConfig) -> dict:
+    """The whole comparison. Under ``torchrun --nproc_per_node N -m compare``, every stage trains
+    data-parallel (the shared loop's DDP), sampling and feature extraction are sharded over the ranks and
+    gathered, and rank 0 alone writes files; the samples and metrics equal one process's on the same
+    weights (a sampling batch is seeded by its index, whichever rank draws it)."""
+    import contextlib
+    import os
+
     t_start = time.perf_counter()
     out = out_folder(cfg.out)
-    with out_lock(out):
-        return _run(cfg, out, t_start)
+    rank = int(os.environ.get("RANK", 0))
+    with out_lock(out) if rank == 0 else contextlib.nullcontext():
+        try:
+            return _run(cfg, out, t_start)
+        finally:
+            if _world() > 1:
+                torch.distributed.barrier()  # no rank tears the group down while another still uses it
+                torch.distributed.destroy_process_group()
+
+
+def _world() -> int:
+    d = torch.distributed
+    return d.get_world_size() if d.is_available() and d.is_initialized() else 1
+
+
+def _rank() -> int:
+    d = torch.distributed
+    return d.get_rank() if d.is_available() and d.is_initialized() else 0
+
+
+def shard_map(fn, items: list) -> list:
+    """``[fn(x) for x in items]`` with item i computed by rank i % world and gathered on every rank."""
+    world = _world()
+    if world == 1:
+        return [fn(x) for x in items]
+    mine = [(i, fn(x)) for i, x in enumerate(items) if i % world == _rank()]
+    gathered = [None] * world
+    torch.distributed.all_gather_object(gathered, mine)
+    return [r for _, r in sorted((p for part in gathered for p in part), key=lambda p: p[0])]
+
+
+def sharded_features(net, images: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """``net.features(images)``, chunks spread over the ranks."""
+    return torch.cat(shard_map(net.features, list(images.split(chunk))))
 
 
 def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
     dev = pick_device(cfg.device)
+    setup_distributed(dev)  # under torchrun: one process group for training, sampling and features
     torch.manual_seed(cfg.seed)
     timings: dict[str, float] = {}
 
@@ -370,7 +417,7 @@ def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
     if cfg.reference_stats is not None:
         load_stats(cfg.reference_stats, dim=2048)  # a bad file is refused before any training
 
-    progress = Progress(1 + cfg.seeds * sum(1 + len(_samplers(a, cfg)) for a in cfg.arms))
+    progress = Progress(1 + cfg.seeds * sum(1 + len(_samplers(a, cfg)) for a in cfg.arms), enabled=_rank() == 0)
     progress.stage("feature network: domain classifier on the real train split")
     clf = timed("classifier", train_classifier, data, seed=cfg.split_seed, cache_dir=out / "checkpoints",
                 steps=cfg.classifier_steps, device=dev)
@@ -405,6 +452,8 @@ def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
                 with precision_context(cfg, dev):
                     images, stats = generate(model, labels, cfg.sample_batch, seed, **kw)
                     one = evaluate_samples(images, labels, spaces, clf, seed)
+                if _rank() > 0:  # cost is measured and files are written on rank 0 alone
+                    continue
                 sample_fn = _sample_fn(model, labels, seed, kw, dev, cfg)
                 one.update(measure_cost(sample_fn, batch_size=min(cfg.cost_batch, cfg.samples),
                                         repeats=cfg.cost_repeats, warmup=0, device=dev, seed=seed, flops=i == 0))
@@ -424,6 +473,8 @@ def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
                                         or k.startswith("kid_std") or k == "sample_seconds"})
             del model
     progress.close()
+    if _rank() > 0:
+        return {}
 
     for arm in models.values():
         arm["train_seconds"] = t_interval([p["train_seconds"] for p in arm["per_seed"]])
