@@ -1,8 +1,9 @@
 """``python -m compare``: train VAR, FlowAR and FlowAR with an MLP head on the same backbone config and data,
 over several training seeds, and write the report (means with 95% intervals, paired differences).
 
-Settings are layered, each overriding the one before: the defaults, ``--quick``, ``--preset``, then the
-flags given on the command line."""
+Settings are layered, each overriding the one before: the defaults, ``--quick``, ``--preset``, the run
+spec (``--config FILE``; only its keys that differ from the defaults), then the flags given on the
+command line. ``--print-config`` prints the default spec with a comment per key."""
 from __future__ import annotations
 
 import argparse
@@ -54,6 +55,10 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--preset", choices=sorted(PRESETS),
         help="named settings for common data: cifar32 = 32x32 RGB folders such as CIFAR-10, sized for a GPU "
              "(with --quick only its data settings apply; default: none)")
+    add("--config", metavar="TOML", help="run spec: data, arms (overrides, sampler sweeps), budgets, seeds, "
+        "feature networks, device ... (default: none; see --print-config)")
+    add("--print-config", action="store_true", default=False,
+        help="print the full default run spec (TOML, a comment per key) and exit")
     add("--quick", action="store_true", default=False,
         help="the reduced run the tests use: small models, 2 seeds (< 3 minutes on 2 cores; default: off)")
     return p
@@ -61,7 +66,8 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
 
 def _to_config_kwargs(given: dict) -> dict:
     """CompareConfig keyword arguments from the flags the user gave."""
-    kw = {("dataset" if k == "data" else k): v for k, v in given.items() if k not in ("steps", "arms", "preset", "quick")}
+    kw = {("dataset" if k == "data" else k): v for k, v in given.items()
+          if k not in ("steps", "arms", "preset", "quick", "config", "print_config")}
     if "arms" in given:
         kw["arms"] = tuple(x.strip() for x in given["arms"].split(",") if x.strip())
     if "steps" in given:
@@ -70,14 +76,32 @@ def _to_config_kwargs(given: dict) -> dict:
     return kw
 
 
+def _spec_kwargs(path: str) -> dict:
+    """CompareConfig keywords of the run spec at ``path`` that differ from the defaults."""
+    from .spec import load_spec, spec_to_config_kwargs
+
+    default = CompareConfig()
+    return {k: v for k, v in spec_to_config_kwargs(load_spec(path)).items() if v != getattr(default, k)}
+
+
 def parse(argv=None) -> CompareConfig:
     _parser().parse_args(argv)  # usage errors (and --help) with the defaults shown
     given = vars(_parser(suppress=True).parse_args(argv))
+    if given.get("print_config"):
+        from .spec import default_spec_text
+        print(default_spec_text(), end="")
+        raise SystemExit(0)
     preset = PRESETS.get(given.get("preset"), {})
     if given.get("quick"):
         preset = {k: v for k, v in preset.items() if k in PRESET_DATA_KEYS}
-    kw = {**preset, **_to_config_kwargs(given)}
-    return run_or_exit(lambda: CompareConfig.quick_config(**kw) if given.get("quick") else CompareConfig(**kw))
+
+    def config():
+        from .spec import merge_cli
+
+        spec = _spec_kwargs(given["config"]) if "config" in given else {}
+        kw = merge_cli({**preset, **spec}, _to_config_kwargs(given))
+        return CompareConfig.quick_config(**kw) if given.get("quick") else CompareConfig(**kw)
+    return run_or_exit(config)
 
 
 def main(argv=None) -> None:

@@ -54,11 +54,13 @@ def at_least(name: str, value, lo) -> None:
 
 
 def run_or_exit(fn, *args):
-    """Run a command; a user error (``ValueError``) prints one line ``error: ...`` and exits with status 2."""
+    """Run a command; a user error (``ValueError``) prints one line ``error: ...`` (one per problem when it
+    lists several, e.g. a run spec's) and exits with status 2."""
     try:
         return fn(*args)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        for line in str(e).splitlines() or [""]:
+            print(f"error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

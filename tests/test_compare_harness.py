@@ -235,3 +235,36 @@ def test_torchrun_two_processes_give_one_process_metrics(tmp_path):
         for key in ("fid", "kid", "precision", "recall", "class_acc"):
             assert r2[key]["values"] == pytest.approx(r1[key]["values"], rel=1e-4, abs=1e-6), (r1["sampler"], key)
     assert two["floor"]["fid"]["values"] == pytest.approx(one["floor"]["fid"]["values"], rel=1e-4)
+
+
+def test_run_spec_on_the_command_line(tmp_path, capsys):
+    """--print-config prints the default spec; a spec equal to it changes nothing (same config, so the
+    same checkpoint keys), with --quick too; flags given beat the spec; a bad spec stops the command
+    with status 2 and one `error:` line per problem, naming its path, within seconds and before training."""
+    import subprocess
+    import sys
+    import time
+
+    with pytest.raises(SystemExit) as e:
+        parse(["--print-config"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    spec = tmp_path / "run.toml"
+    spec.write_text(text)
+    assert parse(["--config", str(spec)]) == CompareConfig()
+    assert parse(["--config", str(spec), "--quick"]) == CompareConfig.quick_config()
+    spec.write_text(text.replace("seeds = 3", "seeds = 4").replace("spec = \"digits\"", f"spec = \"digits\""))
+    assert parse(["--config", str(spec)]).seeds == 4 and parse(["--config", str(spec), "--seeds", "2"]).seeds == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run]\nseeds = 0\n[arms.flowar]\noverrides = { hed_depth = 3 }\n")
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "compare", "--config", str(bad), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and time.perf_counter() - t < 60
+    assert r.stderr.strip().splitlines() == [
+        "error: unknown key arms.flowar.overrides.hed_depth (did you mean head_depth?)"], r.stderr
+    bad.write_text("[run]\nseeds = 0\n")
+    r = subprocess.run([sys.executable, "-m", "compare", "--config", str(bad), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == "error: run.seeds must be >= 1, got 0"
+    assert not (tmp_path / "o" / "checkpoints").exists()

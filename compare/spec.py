@@ -1,0 +1,380 @@
+"""The run spec: one TOML file with everything ``python -m compare`` runs (data, seeds, budgets, backbone,
+and per arm: on/off, generator-config overrides, sampler sweep).
+
+:func:`default_spec_text` is the full default spec with a comment per key (the harness's built-in sampler
+tables written out); :func:`load_spec` parses and validates a spec (every bad key or value one line naming
+its dotted path, all raised together as one ``ValueError`` before anything runs; missing keys take the
+defaults); :func:`spec_to_config_kwargs` turns it into :class:`~compare.harness.CompareConfig` keywords;
+:func:`merge_cli` lays the command-line flags the user gave on top; :func:`dump_spec` writes a spec back
+in the default's commented layout (``dump_spec(load_spec(default_spec_text())) == default_spec_text()``).
+TOML has no null: ``""``, ``0`` and ``"auto"`` stand for "none / the default" where a comment says so.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import json
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib
+
+from . import harness
+from .harness import ARMS, DEFAULT_ARMS, CompareConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """A scalar spec key ``section.name`` holding CompareConfig's ``field``; ``none`` is the TOML value
+    that stands for the field's ``None``."""
+    section: str
+    name: str
+    field: str
+    comment: str
+    none: object = None
+
+    @property
+    def path(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def default(self):
+        value = getattr(CompareConfig(), self.field)
+        return self.none if value is None else value
+
+
+SECTIONS = {
+    "data": "the images and the real reference the samples are scored against",
+    "run": "seeds, sample counts, device and feature networks",
+    "train": "training budgets (optimizer steps) and batches, the same recipe for every arm",
+    "eval": "sampling and cost-measurement batches",
+    "backbone": "the scale-wise transformer every arm shares",
+}
+KEYS = (
+    Key("data", "spec", "dataset", '"digits" (embedded, no download), an .npz file (x images, y labels) or an '
+        "image folder (one sub-folder per class)"),
+    Key("data", "side", "side", "image side to resize to; 0 = the data's default (16 for digits, 32 for "
+        "folders, native for .npz)", none=0),
+    Key("data", "split_seed", "split_seed", "seed of the train/test split and of the domain classifier "
+        "(the same for every training seed)"),
+    Key("data", "reference", "reference", '"test" (the held-out split) or "train" (the CIFAR-10 convention): '
+        "the real images the samples are scored against"),
+    Key("data", "reference_stats", "reference_stats", "pytorch-fid .npz (mu, sigma) of the reference in "
+        'Inception space, needs run.inception; "" = computed from the reference split', none=""),
+    Key("run", "out", "out", "output folder (results.json, report.md, plots, checkpoints)"),
+    Key("run", "seed", "seed", "first training seed; seed i of N is seed + i"),
+    Key("run", "seeds", "seeds", "training seeds: every arm is trained and sampled once per seed (>= 1)"),
+    Key("run", "samples", "samples", "generated images per model, sampler setting and seed, class-balanced "
+        "(>= 2)"),
+    Key("run", "device", "device", '"auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...', none="auto"),
+    Key("run", "precision", "precision", '"fp32" or "bf16" (autocast for sampling and feature extraction; '
+        "metrics in float32)"),
+    Key("run", "compile", "compile", "true: torch.compile the backbone step and the head for sampling"),
+    Key("run", "inception", "inception", "pytorch-fid's InceptionV3 weights (pt_inception-2015-12-05-6726825d"
+        '.pth): adds FID/KID/precision/recall in Inception space; "" = off', none=""),
+    Key("train", "tokenizer_steps", "tokenizer_steps", "VAR's VQ tokenizer"),
+    Key("train", "var_steps", "var_steps", "VAR generator"),
+    Key("train", "ae_steps", "ae_steps", "the FlowAR arms' shared autoencoder"),
+    Key("train", "flowar_steps", "flowar_steps", "each FlowAR generator"),
+    Key("train", "classifier_steps", "classifier_steps", "the domain classifier (the default feature network)"),
+    Key("train", "batch_size", "batch_size", "generator training batch (the same for VAR and FlowAR)"),
+    Key("train", "ae_batch_size", "ae_batch_size", "tokenizer / autoencoder training batch"),
+    Key("eval", "sample_batch", "sample_batch", "sampling batch for the quality metrics"),
+    Key("eval", "cost_batch", "cost_batch", "batch of the per-seed timed cost measurement"),
+    Key("eval", "cost_repeats", "cost_repeats", "timed calls per seed (the sampling just before is the warm-up)"),
+    Key("eval", "throughput_batch", "throughput_batch", "largest batch tried for throughput (halved on CUDA "
+        "out-of-memory)"),
+    Key("backbone", "width", "width", "channels (>= 1, a multiple of heads)"),
+    Key("backbone", "depth", "depth", "transformer blocks"),
+    Key("backbone", "heads", "heads", "attention heads"),
+    Key("backbone", "latent_channels", "latent_channels", "channels of the latent every autoencoder / "
+        "tokenizer makes (the backbone's input width)"),
+)
+ARM_DOCS = {
+    "var": "VAR (Tian et al. 2024): VQ tokenizer, next-scale token prediction",
+    "flowar": "FlowAR as published (Ren et al. 2025): transformer flow-matching head",
+    "flowar-mlp": "FlowAR's recipe with MAR's per-token MLP head",
+    "flowar-fewstep": "FlowAR's recipe with a shortcut head, sampled in 1, 2 or 4 steps per scale",
+}
+_SKIP_SAMPLE_ARGS = ("seed", "return_tokens")  # the harness sets the seed; tokens are not images
+
+
+def _gen_config_class(arm: str):
+    if arm == "var":
+        from var.model import VARConfig
+        return VARConfig
+    from flowar.model import FlowARConfig
+    return FlowARConfig
+
+
+def _nested(arm: str) -> list[str]:
+    """Generator-config fields that are configs themselves (autoencoder, backbone): not overridable here."""
+    return [f.name for f in dataclasses.fields(_gen_config_class(arm)) if dataclasses.is_dataclass(f.default_factory)]
+
+
+def override_fields(arm: str) -> list[str]:
+    """The generator-config fields ``arms.<arm>.overrides`` may set."""
+    return [f.name for f in dataclasses.fields(_gen_config_class(arm)) if f.name not in _nested(arm)]
+
+
+def sampler_keywords(arm: str) -> list[str]:
+    """The sampling keywords a row of ``arms.<arm>.samplers`` may set (the model's ``sample`` keywords)."""
+    if arm == "var":
+        from var.model import VAR as model
+    else:
+        from flowar.model import FlowAR as model
+    return [p.name for p in inspect.signature(model.sample).parameters.values()
+            if p.kind is p.KEYWORD_ONLY and p.name not in _SKIP_SAMPLE_ARGS]
+
+
+def _plain(value):
+    """Tuples as lists (TOML arrays)."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _tuples(value):
+    """TOML arrays back as tuples (the harness's sampler tables hold tuples, e.g. cfg_interval)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _ordered(arm: str, kw: dict) -> dict:
+    """Sampling keywords in the order of the model's signature (solver and steps before guidance)."""
+    order = sampler_keywords(arm)
+    return dict(sorted(kw.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
+
+
+def default_spec() -> dict:
+    """The default spec as data: CompareConfig's defaults and the sweeps the harness runs by default."""
+    cfg = CompareConfig()
+    spec = {section: {k.name: k.default for k in KEYS if k.section == section} for section in SECTIONS}
+    spec["arms"] = {arm: {"enabled": arm in DEFAULT_ARMS, "overrides": {},
+                          "samplers": [{"label": label, **_plain(_ordered(arm, kw))}
+                                       for label, kw in harness._samplers(arm, cfg)]}
+                    for arm in ARMS}
+    return spec
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # float reprs ('1.0', '1e-05', 'inf') are TOML floats
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(_toml, value)) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml(v)}" for k, v in value.items()) + " }" if value else "{}"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
+
+
+def _comment(text: str) -> list[str]:
+    return ["# " + line for line in textwrap.wrap(text, 108, break_on_hyphens=False)]
+
+
+def dump_spec(spec: dict) -> str:
+    """``spec`` (as :func:`load_spec` returns it) as commented TOML, in :func:`default_spec_text`'s layout."""
+    lines = ["# Run spec of python -m compare (--config FILE; --print-config prints this default). Every key is",
+             "# optional (a missing one takes the default shown here); command-line flags override the spec."]
+    for section, doc in SECTIONS.items():
+        lines += ["", *_comment(doc), f"[{section}]"]
+        for k in (k for k in KEYS if k.section == section):
+            lines += [*_comment(k.comment), f"{k.name} = {_toml(spec[section][k.name])}"]
+    lines += ["", *_comment("One table per arm. Arms run by default: " + ", ".join(DEFAULT_ARMS) + ".")]
+    for arm in ARMS:
+        table = spec["arms"][arm]
+        lines += ["", *_comment(ARM_DOCS[arm]), f"[arms.{_toml_key(arm)}]",
+                  "# true: train and compare this arm", f"enabled = {_toml(table['enabled'])}",
+                  *_comment(f"{_gen_config_class(arm).__name__} fields to override "
+                            f"({', '.join(override_fields(arm))}); {{}} = none"),
+                  f"overrides = {_toml(table['overrides'])}",
+                  *_comment("sampler sweep: one row per setting, a distinct label and sampling keywords ("
+                            + ", ".join(sampler_keywords(arm)) + ")"), "samplers = ["]
+        lines += [f"    {_toml(row)}," for row in table["samplers"]] + ["]"]
+    return "\n".join(lines) + "\n"
+
+
+def default_spec_text() -> str:
+    """The full default spec as commented TOML (what ``--print-config`` prints)."""
+    return dump_spec(default_spec())
+
+
+# ----------------------------------------------------------------------------- reading and checking
+
+def _unknown(path: str, allowed, hints: dict | None = None) -> str:
+    """``unknown key PATH (did you mean X?)``; ``hints`` maps more names to the suggestion shown for them."""
+    names = {a: a for a in allowed} | (hints or {})
+    key = path.rsplit(".", 1)[-1].split("]")[-1]
+    match = difflib.get_close_matches(key, list(names), n=1)
+    return f"unknown key {path} " + (f"(did you mean {names[match[0]]}?)" if match else
+                                     f"(allowed: {', '.join(allowed)})")
+
+
+def _type_error(path: str, value, like) -> str | None:
+    if isinstance(like, bool):
+        ok, what = isinstance(value, bool), "true or false"
+    elif isinstance(like, int):
+        ok, what = isinstance(value, int) and not isinstance(value, bool), "an int"
+    elif isinstance(like, float):
+        ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    else:
+        ok, what = isinstance(value, str), "a string"
+    return None if ok else f"{path} must be {what}, got {value!r}"
+
+
+def _read_samplers(arm: str, path: str, rows, errors: list) -> None:
+    keywords = sampler_keywords(arm)
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        errors.append(f"{path} must be a non-empty array of tables ({{ label = ..., <sampling keywords> }}), "
+                      f"got {rows!r}")
+        return
+    labels = []
+    for i, row in enumerate(rows):
+        label = row.get("label")
+        if not isinstance(label, str) or not label:
+            errors.append(f"{path}[{i}].label must be a non-empty string, got {label!r}")
+        elif label in labels:
+            errors.append(f"{path}[{i}].label {label!r} repeats an earlier row's label")
+        labels.append(label)
+        errors += [_unknown(f"{path}[{i}].{k}", keywords) for k in row if k != "label" and k not in keywords]
+
+
+def _read_arm(arm: str, table: dict, into: dict, errors: list) -> None:
+    fields, nested = override_fields(arm), _nested(arm)
+    for key, value in table.items():
+        path, n = f"arms.{arm}.{key}", len(errors)
+        if key not in into:
+            errors.append(_unknown(path, list(into), {f: f"overrides.{f}" for f in fields}))
+        elif key == "enabled":
+            errors += filter(None, [_type_error(path, value, True)])
+        elif key == "samplers":
+            _read_samplers(arm, path, value, errors)
+        elif not isinstance(value, dict):
+            errors.append(f"{path} must be a table of {_gen_config_class(arm).__name__} fields, got {value!r}")
+        else:
+            errors += [f"{path}.{k} is a nested config, not overridable here (the backbone's size is in [backbone])"
+                       if k in nested else _unknown(f"{path}.{k}", fields) for k in value if k not in fields]
+        if len(errors) == n:
+            into[key] = value
+
+
+def _with_path(msg: str, paths: dict, fallback: str | None = None) -> str:
+    """A config's error message with its leading field name replaced by the spec path (ranges in words)."""
+    msg = re.sub(r"must lie in \[([^,\]]+), inf\)", r"must be >= \1", msg)
+    msg = re.sub(r"must lie in \(([^,\]]+), inf\)", r"must be > \1", msg)
+    head = re.match(r"[A-Za-z_][\w.]*", msg)
+    if head and head.group(0) in paths:
+        return paths[head.group(0)] + msg[head.end():]
+    return f"{fallback}: {msg}" if fallback else msg
+
+
+def _value_errors(spec: dict) -> list[str]:
+    """Values checked by the configs themselves: CompareConfig, the backbone and every arm's configs."""
+    from nextscale.backbone import BackboneConfig
+    from nextscale.data import load_digits
+    from nextscale.scales import default_schedule, latent_side_of
+
+    kw = spec_to_config_kwargs(spec)
+    if not kw["arms"]:
+        return ["arms: no arm is enabled; set enabled = true in one of " + ", ".join(f"[arms.{a}]" for a in ARMS)]
+    paths = {k.field: k.path for k in KEYS} | {f"samplers.{a}": f"arms.{a}.samplers" for a in ARMS}
+    try:
+        cfg = CompareConfig(**kw)
+        data = load_digits(side=16)  # the override checks need an ImageData: the embedded one is instant
+        backbone = BackboneConfig(schedule=default_schedule(latent_side_of(data.side)), in_dim=cfg.latent_channels,
+                                  num_classes=data.num_classes, width=cfg.width, depth=cfg.depth, heads=cfg.heads)
+    except ValueError as e:
+        return [_with_path(str(e), paths | {"in_dim": "backbone.latent_channels"}, "backbone")]
+    errors = []
+    for arm in ARMS:
+        over = (kw["arm_overrides"] or {}).get(arm, {})
+        try:
+            harness.arm_configs(arm, data, backbone, dataclasses.replace(cfg, arm_overrides={arm: over}))
+        except ValueError as e:
+            base = f"arms.{arm}.overrides"
+            errors.append(_with_path(str(e), {k: f"{base}.{k}" for k in over}, base))
+    return errors
+
+
+def load_spec(source: str | Path) -> dict:
+    """Parse and check a spec: a path to a ``.toml`` file, or TOML text (anything with a newline or ``=``).
+    Returns the full spec (missing keys filled with the defaults); raises ``ValueError`` with one line per
+    bad key or value, each naming its dotted path."""
+    if isinstance(source, Path) or ("\n" not in source and "=" not in source):
+        try:
+            source = Path(source).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"cannot read the spec file {source}: {e.strerror or e}") from None
+    try:
+        raw = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"the spec is not valid TOML: {e}") from None
+    spec, errors = default_spec(), []
+    for section, body in raw.items():
+        if section not in spec:
+            errors.append(_unknown(section, list(spec)))
+        elif not isinstance(body, dict):
+            errors.append(f"{section} must be a table, got {body!r}")
+        elif section == "arms":
+            for arm, table in body.items():
+                if arm not in ARMS:
+                    errors.append(_unknown(f"arms.{arm}", ARMS))
+                elif not isinstance(table, dict):
+                    errors.append(f"arms.{arm} must be a table, got {table!r}")
+                else:
+                    _read_arm(arm, table, spec["arms"][arm], errors)
+        else:
+            for name, value in body.items():
+                path = f"{section}.{name}"
+                err = _unknown(path, list(spec[section])) if name not in spec[section] else \
+                    _type_error(path, value, spec[section][name])
+                if err:
+                    errors.append(err)
+                else:
+                    spec[section][name] = value
+    errors = errors or _value_errors(spec)
+    if errors:
+        raise ValueError("\n".join(errors))
+    return spec
+
+
+def spec_to_config_kwargs(spec: dict) -> dict:
+    """:class:`CompareConfig` keywords of a loaded spec. ``samplers`` holds only the sweeps that differ from
+    the harness's built-in ones (so ``--quick``'s reduced sweep still applies to a default sweep),
+    ``arm_overrides`` only the non-empty overrides; both are None when empty."""
+    kw = {}
+    for k in KEYS:
+        value = spec[k.section][k.name]
+        kw[k.field] = None if k.none is not None and value == k.none else value
+    arms, default = spec["arms"], CompareConfig()
+    kw["arms"] = tuple(a for a in ARMS if arms[a]["enabled"])
+    samplers = {}
+    for arm in ARMS:
+        rows = tuple((r["label"], {k: _tuples(v) for k, v in r.items() if k != "label"}) for r in arms[arm]["samplers"])
+        if rows != tuple(harness._samplers(arm, default)):
+            samplers[arm] = rows
+    kw["samplers"] = samplers or None
+    kw["arm_overrides"] = {a: dict(arms[a]["overrides"]) for a in ARMS if arms[a]["overrides"]} or None
+    return kw
+
+
+def merge_cli(spec_kwargs: dict, cli_overrides: dict) -> dict:
+    """CompareConfig keywords: the spec's, with the command-line flags the user gave (``cli_overrides``,
+    CompareConfig field names) winning. A ``head_width`` flag also beats the arms' head_width overrides."""
+    merged = {**spec_kwargs, **cli_overrides}
+    if cli_overrides.get("head_width") is not None and merged.get("arm_overrides"):
+        over = {a: {k: v for k, v in o.items() if k != "head_width"} for a, o in merged["arm_overrides"].items()}
+        merged["arm_overrides"] = {a: o for a, o in over.items() if o} or None
+    return merged
