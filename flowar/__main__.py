@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,7 +31,8 @@ from nextscale.viz import save_grid
 from .heads import HEADS
 from .pipeline import (PAPER_SAMPLING, default_train_configs, flow_losses, flowar_paper_configs, recon_mse,
                        train_autoencoder, train_flowar)
-from .solvers import METHODS
+from .model import FEW_STEP
+from .solvers import METHODS, STEP_AWARE
 
 SAMPLERS = (("euler x2", dict(solver="euler", steps=2)), ("euler x4", dict(solver="euler", steps=4)),
             ("euler x8", dict(solver="euler", steps=8)),
@@ -38,6 +40,8 @@ SAMPLERS = (("euler x2", dict(solver="euler", steps=2)), ("euler x4", dict(solve
             ("euler_maruyama x8", dict(solver="euler_maruyama", steps=8)),
             ("euler_maruyama x25", dict(solver="euler_maruyama", steps=25, time_grid="two_segment")),
             ("rk4 x2", dict(solver="rk4", steps=2)), ("dopri5", dict(solver="dopri5", rtol=1e-3, atol=1e-3)))
+# a few-step head (--few-step shortcut) is also sampled in 1, 2 and 4 of its steps per scale
+SHORTCUT_SAMPLERS = tuple((f"shortcut x{n}", dict(solver="shortcut", steps=n)) for n in (1, 2, 4))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -48,6 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=None, help="batch size of both trainings (default: 64 autoencoder, 32 FlowAR)")
     p.add_argument("--head", default="transformer", choices=HEADS,
                    help="velocity head: FlowAR's transformer (default) or MAR's per-token mlp")
+    p.add_argument("--few-step", default=None, choices=[f for f in FEW_STEP if f],
+                   help="a step-size-conditioned head trained for few-step sampling (not FlowAR's; default: none)")
     p.add_argument("--per-class", type=int, default=8, help="samples per class in the PNGs")
     p.add_argument("--solver", default="euler", choices=METHODS, help="sampler of samples.png")
     p.add_argument("--sample-steps", type=int, default=25,
@@ -63,6 +69,8 @@ def run(a: argparse.Namespace) -> dict:
     for name, lo in (("steps", 1), ("ae_steps", 1), ("batch_size", 1), ("per_class", 1), ("sample_steps", 1),
                      ("cfg_scale", 0.0)):
         at_least(name.replace("_", "-"), getattr(a, name), lo)
+    if a.solver in STEP_AWARE and a.few_step is None:
+        raise ValueError(f"--solver {a.solver} needs a few-step head: add --few-step shortcut")
     out = out_folder(a.out)
     with out_lock(out):
         return _run(a, out)
@@ -71,6 +79,8 @@ def run(a: argparse.Namespace) -> dict:
 def _run(a: argparse.Namespace, out: Path) -> dict:
     data, backbone = data_and_backbone(a)
     ae_cfg, fl_cfg = flowar_paper_configs(data, backbone, head=a.head)
+    if a.few_step is not None:
+        fl_cfg = replace(fl_cfg, few_step=a.few_step)
     ae_train, fl_train = default_train_configs(seed=a.seed)
     ae_train = ae_train.override(steps=a.ae_steps, batch_size=a.batch_size)
     fl_train = fl_train.override(steps=a.steps, batch_size=a.batch_size)
@@ -96,7 +106,7 @@ def _run(a: argparse.Namespace, out: Path) -> dict:
     y = torch.arange(data.num_classes).repeat_interleave(n)
     guidance = dict(cfg_scale=a.cfg_scale, cfg_schedule=a.cfg_schedule, cfg_interval=PAPER_SAMPLING["cfg_interval"])
     samplers = {}
-    for label, kw in SAMPLERS:
+    for label, kw in SAMPLERS + (SHORTCUT_SAMPLERS if a.few_step else ()):
         images, stats = model.sample(y, seed=a.seed, **kw, **guidance)
         name = "samples_" + label.replace(" ", "_") + ".png"
         save_grid(images, out / name, nrow=n)

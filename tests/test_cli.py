@@ -18,6 +18,7 @@ CASES = [
     (flowar_main, ["--sample-steps", "0"], "error: --sample-steps must be >= 1, got 0"),
     (flowar_main, ["--steps", "0"], "error: --steps must be >= 1, got 0"),
     (flowar_main, ["--data", "missing.npz"], "error: cannot read npz file missing.npz"),
+    (flowar_main, ["--solver", "shortcut"], "error: --solver shortcut needs a few-step head: add --few-step shortcut"),
     (compare_main, ["--samples", "1"], "error: samples must lie in [2, inf), got 1"),
     (compare_main, ["--seeds", "0"], "error: seeds must lie in [1, inf), got 0"),
 ]
