@@ -253,7 +253,7 @@ def test_run_spec_on_the_command_line(tmp_path, capsys):
     spec.write_text(text)
     assert parse(["--config", str(spec)]) == CompareConfig()
     assert parse(["--config", str(spec), "--quick"]) == CompareConfig.quick_config()
-    spec.write_text(text.replace("seeds = 3", "seeds = 4").replace("spec = \"digits\"", f"spec = \"digits\""))
+    spec.write_text(text.replace("seeds = 3", "seeds = 4"))
     assert parse(["--config", str(spec)]).seeds == 4 and parse(["--config", str(spec), "--seeds", "2"]).seeds == 2
     bad = tmp_path / "bad.toml"
     bad.write_text("[run]\nseeds = 0\n[arms.flowar]\noverrides = { hed_depth = 3 }\n")
