@@ -323,12 +323,24 @@ def feature_spaces(cfg: "CompareConfig", data: ImageData, clf, inception, out: P
             continue
         feats = sharded_features(net, x)
         mu, sigma = gaussian_stats(feats)
-        if _rank() == 0:
-            save_stats(out / f"reference_{name}_{cfg.reference}_{data.fingerprint()}.npz", mu, sigma)
+        if _rank() == 0:  # keyed by the data, the split and the feature network's weights
+            save_stats(out / f"reference_{name}_{cfg.reference}_{data.fingerprint()}_{weights_key(net)}.npz", mu, sigma)
         if name == "inception" and cfg.reference_stats is not None:
             mu, sigma = load_stats(cfg.reference_stats, dim=net.dim)
         spaces.append(FeatureSpace(name, net, feats, mu, sigma))
     return spaces
+
+
+def weights_key(net) -> str:
+    """A short hash of a network's weights (names, shapes and values)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for k, v in net.state_dict().items():
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 def metric_names(spaces: list[FeatureSpace]) -> tuple[str, ...]:
@@ -497,7 +509,7 @@ def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
         "data": {"name": data.name, "fingerprint": fp, "split_seed": cfg.split_seed, "train": len(data.x_train),
                  "test": len(data.x_test), "side": data.side, "channels": data.channels,
                  "classes": data.num_classes, "class_names": data.class_names},
-        "feature_spaces": [{"name": sp.name, "dim": int(sp.mu.shape[0]),
+        "feature_spaces": [{"name": sp.name, "dim": int(sp.mu.shape[0]), "weights": weights_key(sp.net),
                             "reference": cfg.reference_stats if sp.name == "inception" and cfg.reference_stats
                             else f"{cfg.reference} split ({len(sp.real_feats)} images)"} for sp in spaces],
         "floor": floor,

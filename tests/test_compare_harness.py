@@ -199,7 +199,7 @@ def test_inception_space_and_reference_statistics(tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     assert [s["name"] for s in res["feature_spaces"]] == ["classifier", "inception"]
     assert res["config"]["reference"] == "train" and "train split" in res["feature_spaces"][1]["reference"]
-    stats = out / f"reference_inception_train_{res['data']['fingerprint']}.npz"
+    stats = out / f"reference_inception_train_{res['data']['fingerprint']}_{res['feature_spaces'][1]['weights']}.npz"
     with np.load(stats) as z:
         assert z["mu"].shape == (2048,) and z["sigma"].shape == (2048, 2048)
     for r in res["rows"]:
