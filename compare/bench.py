@@ -5,7 +5,8 @@ process, with the measurements interleaved and reported as medians after a warm-
 - the teacher-forced forward (backbone + one head evaluation per position) of a batch, and KV-cached
   sampling of the same batch, unguided and guided (the forward then runs on the doubled batch), and
   their ratio: the floor is about 1.0 for VAR, whose sampling does the same matmul work;
-- the backbone part of sampling (sampling time minus the time inside the head) against one
+- the backbone part of sampling (sampling time minus the time inside the head; for FlowAR also measured
+  directly, sampling with the head replaced by a free zero field) against one
   teacher-forced backbone pass of the same batch (the arms' schedules differ, so each is compared with
   its own backbone), and for FlowAR the mean time of one head evaluation inside sampling against the
   head alone on the same batch, averaged over the scales as the sampler calls them (the per-evaluation
@@ -150,6 +151,7 @@ def measure_arm(arm, data, backbone, dev, batch, repeats, steps, compile_=False)
                  "sample": lambda: sample(model, y, 0.0), "sample_cfg": lambda: sample(model, y, 1.0)}
         if head_fwd is not None:
             tasks["head_eval_alone"] = head_fwd
+            tasks["sample_free_head"] = lambda: free_head_sample(model, lambda: sample(model, y, 0.0))
         for r in range(repeats + 1):  # interleaved; round 0 is the warm-up
             for name, fn in tasks.items():
                 if name.startswith("sample"):
@@ -181,13 +183,27 @@ def measure_arm(arm, data, backbone, dev, batch, repeats, steps, compile_=False)
            "backbone_ms": 1000 * med["backbone"],
            "backbone_ratio": (med["sample"] - med["sample_head"]) / med["backbone"],
            "ms_per_img": per_img}
-    if head_fwd is not None:  # one unguided head evaluation inside sampling (mean over its calls) vs alone
+    if head_fwd is not None:  # the backbone part measured with a free head; one head evaluation in sampling vs alone
+        out["backbone_part_free_head_ms"] = 1000 * med["sample_free_head"]
+        out["backbone_ratio_free_head"] = med["sample_free_head"] / med["backbone"]
         per_call = med["sample_head"] / med["sample_head_calls"]
         out["head_eval_in_sampling_ms"] = 1000 * per_call
         out["head_eval_alone_ms"] = 1000 * med["head_eval_alone"] / len(bb.cfg.schedule)
     if not compile_:
         out["train_img_per_s"] = train_throughput(model, data, dev, repeats)
     return out
+
+
+def free_head_sample(model, fn):
+    """Run ``fn`` (a sampling call) with the velocity head replaced by a zero field: what sampling costs
+    besides the head (backbone steps, solver, noise, resizes, decode), measured directly rather than as a
+    difference of two noisy timings. The path's values differ; its cost does not depend on them."""
+    real = model.head.velocity
+    model.head.velocity = lambda x, t, c, k, d=None: torch.zeros_like(x)
+    try:
+        return fn()
+    finally:
+        model.head.velocity = real
 
 
 def train_throughput(model, data, dev, repeats: int, batch: int = 32) -> float:
@@ -259,11 +275,12 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         he = (f"{f(r['head_eval_in_sampling_ms'])} / {f(r['head_eval_alone_ms'])}"
               if "head_eval_alone_ms" in r else "-")
+        bf = f" (free head {f(r['backbone_part_free_head_ms'])})" if "backbone_part_free_head_ms" in r else ""
         m = r["ms_per_img"]
         print(f"| {r['arm']} | {r['compile']} | {f(r['forward_ms'])} | {f(r['sample_ms'])} | {f(r['ratio'])} "
               f"({f(r['ratio_no_decode'])}) | {f(r['forward_x2_ms'])} | {f(r['sample_cfg_ms'])} | {f(r['ratio_cfg'])} "
               f"({f(r['ratio_cfg_no_decode'])}) | {f(r['decode_ms'])} "
-              f"| {f(r['backbone_part_ms'])} / {f(r['backbone_ms'])} "
+              f"| {f(r['backbone_part_ms'])}{bf} / {f(r['backbone_ms'])} "
               f"| {f(r['head_share'])} ({f(r['head_share_cfg'])}) | {he} | {f(m[1])} | {f(m[50])} | {f(m[256])} "
               f"| {f(r.get('train_img_per_s'))} |")
 
