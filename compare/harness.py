@@ -196,13 +196,11 @@ class Progress:
         elapsed = time.perf_counter() - self.t0
         left = "?" if self.done == 0 else _clock(elapsed / self.done * (self.total - self.done))
         line = f"stage {self.done + 1}/{self.total}, {_clock(elapsed)} elapsed, ~{left} left: {msg}"
-        if not self.enabled:
-            pass
-        elif self.bar is None:
-            print(f"== {line}", file=sys.stderr, flush=True)
-        else:
+        if self.bar is not None:
             self.bar.n = self.done
             self.bar.set_postfix_str(line, refresh=True)
+        elif self.enabled:
+            print(f"== {line}", file=sys.stderr, flush=True)
         self.done += 1
 
     def close(self):
@@ -293,6 +291,7 @@ class FeatureSpace:
     real_feats: torch.Tensor
     mu: np.ndarray
     sigma: np.ndarray
+    weights: str  # weights_key(net)
 
     @property
     def suffix(self) -> str:
@@ -321,13 +320,13 @@ def feature_spaces(cfg: "CompareConfig", data: ImageData, clf, inception, out: P
     for name, net in (("classifier", clf), ("inception", inception)):
         if net is None:
             continue
-        feats = sharded_features(net, x)
+        feats, key = sharded_features(net, x), weights_key(net)
         mu, sigma = gaussian_stats(feats)
         if _rank() == 0:  # keyed by the data, the split and the feature network's weights
-            save_stats(out / f"reference_{name}_{cfg.reference}_{data.fingerprint()}_{weights_key(net)}.npz", mu, sigma)
+            save_stats(out / f"reference_{name}_{cfg.reference}_{data.fingerprint()}_{key}.npz", mu, sigma)
         if name == "inception" and cfg.reference_stats is not None:
             mu, sigma = load_stats(cfg.reference_stats, dim=net.dim)
-        spaces.append(FeatureSpace(name, net, feats, mu, sigma))
+        spaces.append(FeatureSpace(name, net, feats, mu, sigma, key))
     return spaces
 
 
@@ -509,7 +508,7 @@ def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
         "data": {"name": data.name, "fingerprint": fp, "split_seed": cfg.split_seed, "train": len(data.x_train),
                  "test": len(data.x_test), "side": data.side, "channels": data.channels,
                  "classes": data.num_classes, "class_names": data.class_names},
-        "feature_spaces": [{"name": sp.name, "dim": int(sp.mu.shape[0]), "weights": weights_key(sp.net),
+        "feature_spaces": [{"name": sp.name, "dim": int(sp.mu.shape[0]), "weights": sp.weights,
                             "reference": cfg.reference_stats if sp.name == "inception" and cfg.reference_stats
                             else f"{cfg.reference} split ({len(sp.real_feats)} images)"} for sp in spaces],
         "floor": floor,
