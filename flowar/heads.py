@@ -45,6 +45,13 @@ def modulate(x, shift, scale):
     return x * (1 + scale) + shift
 
 
+def sinusoid_angles(t, freq_dim: int):
+    """(..., freq_dim / 2) angles 1000 t f_i of the sinusoidal features of t in [0, 1] (as DiT)."""
+    half = freq_dim // 2
+    freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    return (1000 * t.float())[..., None] * freqs
+
+
 class TimeEmbedding(nn.Module):
     """Sinusoidal features of t in [0, 1] (times 1000, as DiT) followed by an MLP."""
 
@@ -54,9 +61,7 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
 
     def forward(self, t):  # (...) -> (..., width)
-        half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        arg = (1000 * t.float())[..., None] * freqs
+        arg = sinusoid_angles(t, self.freq_dim)
         return self.mlp(torch.cat([torch.cos(arg), torch.sin(arg)], dim=-1))
 
 
@@ -104,10 +109,7 @@ class StepEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width, bias=False), nn.SiLU(), nn.Linear(width, width, bias=False))
 
     def forward(self, d):  # (...) -> (..., width)
-        half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=d.device, dtype=torch.float32) / half)
-        d = torch.where(d.float() >= self.min_step, d.float(), 0.0)
-        arg = (1000 * d)[..., None] * freqs
+        arg = sinusoid_angles(torch.where(d.float() >= self.min_step, d.float(), 0.0), self.freq_dim)
         return self.mlp(torch.cat([torch.cos(arg) - 1, torch.sin(arg)], dim=-1))
 
 
