@@ -1,19 +1,22 @@
 """``python -m compare.bench``: where sampling time goes, for VAR and each FlowAR arm on the default config.
 
 For every arm (random weights: cost does not depend on them for fixed-step samplers) it prints, in one
-process, with the measurements interleaved and reported as medians after a warm-up:
+process, with the measurements interleaved (one round runs each once) and reported as medians over the
+rounds after a warm-up round; each ratio is the median of the per-round ratios of two measurements
+taken back to back, which cancels the machine's slow drifts:
 - the teacher-forced forward (backbone + one head evaluation per position) of a batch, and KV-cached
   sampling of the same batch, unguided and guided (the forward then runs on the doubled batch), and
-  their ratio: the floor is about 1.0 for VAR, whose sampling does the same matmul work;
-- the backbone part of sampling (sampling time minus the time inside the head; for FlowAR also measured
-  directly, sampling with the head replaced by a free zero field) against one
-  teacher-forced backbone pass of the same batch (the arms' schedules differ, so each is compared with
-  its own backbone), and for FlowAR the mean time of one head evaluation inside sampling against the
-  head alone on the same batch, averaged over the scales as the sampler calls them (the per-evaluation
-  overhead of the solver, guidance and bookkeeping);
-- the final decode (latent -> image) that sampling includes and the forward does not, and the ratios
-  without it;
-- ms/img at batch 1, 50 and 256, the head's share of sampling time, training images/s;
+  their ratio, with and without the final decode (latent -> image), which sampling includes and the
+  forward does not;
+- the backbone part of sampling, timed inside ``Backbone.step``, against one teacher-forced backbone pass
+  of the same batch (the arms' schedules differ, so each is compared with its own backbone): the floor
+  is about 1.0, the cached steps do the same matmul work as the pass;
+- the rest of sampling outside the backbone steps and the head (VAR: token draws, the tokenizer's
+  next input, the decode; FlowAR: the solver loop, noise, resizes, the decode);
+- for FlowAR, the mean time of one head evaluation inside sampling against the head alone on the same
+  batch, averaged over the scales as the sampler calls them (the per-evaluation overhead of the solver,
+  guidance and bookkeeping);
+- ms/img at batch 1, 50 and 256 (guided), the head's share of sampling time, training images/s;
 - with ``--compile``, the same sampling figures with the backbone and head compiled by ``torch.compile``.
 
 No test asserts a time: this machine is shared and noisy; compare ratios from one run.
@@ -49,30 +52,34 @@ def build(arm: str, data, backbone: BackboneConfig, dev):
     return model.to(dev).eval()
 
 
-class HeadTimer:
-    """Accumulates the wall time spent inside the head's evaluation calls (synchronised on CUDA)."""
+class CallTimer:
+    """Accumulates the wall time spent inside ``obj.<name>`` calls while active (synchronised on CUDA)."""
 
-    def __init__(self, model, dev):
-        self.seconds, self.calls, self.dev = 0.0, 0, dev
-        head = model.head
-        name = "forward" if not hasattr(head, "velocity") else "velocity"
-        self.fn_name, self.head, self.orig = name, head, getattr(head, name)
+    def __init__(self, obj, name: str, dev):
+        self.obj, self.name, self.dev = obj, name, dev
+        self.seconds, self.calls = 0.0, 0
 
     @contextmanager
     def active(self):
-        def timed(*a, **kw):  # noqa: ANN001
+        orig, own = getattr(self.obj, self.name), self.name in vars(self.obj)  # own: an instance attribute
+        self.seconds, self.calls = 0.0, 0
+
+        def timed(*a, **kw):
             _sync(self.dev)
             t = time.perf_counter()
-            out = self.orig(*a, **kw)
+            out = orig(*a, **kw)
             _sync(self.dev)
             self.seconds += time.perf_counter() - t
             self.calls += 1
             return out
-        setattr(self.head, self.fn_name, timed)
+        setattr(self.obj, self.name, timed)
         try:
             yield self
         finally:
-            setattr(self.head, self.fn_name, self.orig)
+            if own:
+                setattr(self.obj, self.name, orig)
+            else:
+                delattr(self.obj, self.name)
 
 
 def _sync(dev):
@@ -124,86 +131,77 @@ def sampler(arm: str, steps: int):
 
 def measure_arm(arm, data, backbone, dev, batch, repeats, steps, compile_=False) -> dict:
     model = build(arm, data, backbone, dev)
+    bb, head = model.backbone, model.head
+    head_fn = "velocity" if hasattr(head, "velocity") else "forward"
     if compile_:  # sampling calls Block.forward and the head's evaluation, not the modules' forward
-        for blk in model.backbone.blocks:
+        for blk in bb.blocks:
             blk.forward = torch.compile(blk.forward, dynamic=True)
-        name = "velocity" if hasattr(model.head, "velocity") else "forward"
-        setattr(model.head, name, torch.compile(getattr(model.head, name), dynamic=True))
+        setattr(head, head_fn, torch.compile(getattr(head, head_fn), dynamic=True))
     sample = sampler(arm, steps)
     y = (torch.arange(batch) % data.num_classes).to(dev)
-    y2 = torch.cat([y, torch.full_like(y, model.backbone.null_class)])
-    bb = model.backbone
+    y2 = torch.cat([y, torch.full_like(y, bb.null_class)])
     x_in = torch.randn(batch, bb.cfg.seq_len - bb.cfg.first_len, bb.cfg.in_dim, device=dev)
-    head_fwd = None
-    if hasattr(model.head, "velocity"):  # one evaluation of the head alone at every scale (the sampler's mix)
+    tasks = {"forward": teacher_forced(model, y, dev), "forward_x2": teacher_forced(model, y2, dev),
+             "backbone": lambda: bb(x_in, y), "backbone_x2": lambda: bb(x_in.repeat(2, 1, 1), y2),
+             "decode": decoder(model, batch, dev),
+             "sample": lambda: sample(model, y, 0.0), "sample_cfg": lambda: sample(model, y, 1.0)}
+    if head_fn == "velocity":  # one evaluation of the head alone at every scale (the sampler's mix)
         C, t = model.config.ae.latent_channels, torch.full((1, 1), 0.5, device=dev)
-        inputs = [(torch.randn(batch, s * s, C, device=dev), model.head.condition(
-            torch.randn(batch, s * s, bb.cfg.width, device=dev), k), k) for k, s in enumerate(bb.cfg.schedule)]
+        with torch.no_grad():
+            inputs = [(torch.randn(batch, s * s, C, device=dev), head.condition(
+                torch.randn(batch, s * s, bb.cfg.width, device=dev), k), k) for k, s in enumerate(bb.cfg.schedule)]
 
-        def head_fwd():
+        def head_alone():
             for x, c, k in inputs:
-                model.head.velocity(x, t, c, k)
-    timer = HeadTimer(model, dev)
+                head.velocity(x, t, c, k)
+        tasks["head_eval_alone"] = head_alone
+    in_head, in_steps = CallTimer(head, head_fn, dev), CallTimer(bb, "step", dev)
     series: dict[str, list[float]] = {}
     with torch.no_grad():
-        tasks = {"forward": teacher_forced(model, y, dev), "forward_x2": teacher_forced(model, y2, dev),
-                 "backbone": lambda: bb(x_in, y), "decode": decoder(model, batch, dev),
-                 "sample": lambda: sample(model, y, 0.0), "sample_cfg": lambda: sample(model, y, 1.0)}
-        if head_fwd is not None:
-            tasks["head_eval_alone"] = head_fwd
-            tasks["sample_free_head"] = lambda: free_head_sample(model, lambda: sample(model, y, 0.0))
         for r in range(repeats + 1):  # interleaved; round 0 is the warm-up
             for name, fn in tasks.items():
                 if name.startswith("sample"):
-                    timer.seconds, timer.calls = 0.0, 0
-                    with timer.active():
+                    with in_head.active(), in_steps.active():
                         dt = _timed(fn, dev)
                     if r:
-                        series.setdefault(name + "_head", []).append(timer.seconds)
-                        series.setdefault(name + "_head_calls", []).append(timer.calls)
+                        for part, timer in (("head", in_head), ("steps", in_steps)):
+                            series.setdefault(f"{name}_{part}", []).append(timer.seconds)
+                        series.setdefault(f"{name}_head_calls", []).append(in_head.calls)
                 else:
                     dt = _timed(fn, dev)
                 if r:
                     series.setdefault(name, []).append(dt)
-        med = {k: statistics.median(v) for k, v in series.items()}
         per_img = {}
         for b in (1, 50, 256):
             yb = (torch.arange(b) % data.num_classes).to(dev)
             sample(model, yb, 1.0)
-            per_img[b] = 1000 * statistics.median(_timed(lambda: sample(model, yb, 1.0), dev)
+            per_img[b] = 1000 * statistics.median(_timed(lambda yb=yb: sample(model, yb, 1.0), dev)
                                                   for _ in range(max(1, repeats // 2))) / b
-    out = {"arm": arm, "forward_ms": 1000 * med["forward"], "forward_x2_ms": 1000 * med["forward_x2"],
-           "sample_ms": 1000 * med["sample"], "sample_cfg_ms": 1000 * med["sample_cfg"],
-           "ratio": med["sample"] / med["forward"], "ratio_cfg": med["sample_cfg"] / med["forward_x2"],
-           "decode_ms": 1000 * med["decode"],
-           "ratio_no_decode": (med["sample"] - med["decode"]) / med["forward"],
-           "ratio_cfg_no_decode": (med["sample_cfg"] - med["decode"]) / med["forward_x2"],
-           "head_share": med["sample_head"] / med["sample"], "head_share_cfg": med["sample_cfg_head"] / med["sample_cfg"],
-           "backbone_part_ms": 1000 * (med["sample"] - med["sample_head"]),
-           "backbone_ms": 1000 * med["backbone"],
-           "backbone_ratio": (med["sample"] - med["sample_head"]) / med["backbone"],
+    med = {k: statistics.median(v) for k, v in series.items()}
+
+    def ratio(num, den, minus=None):
+        """Median over rounds of the per-round ratio: the two were measured back to back in each round."""
+        n = series[num] if minus is None else [a - b for a, b in zip(series[num], series[minus])]
+        return statistics.median(a / b for a, b in zip(n, series[den]))
+
+    ms = lambda k: 1000 * med[k]
+    out = {"arm": arm, "forward_ms": ms("forward"), "forward_x2_ms": ms("forward_x2"),
+           "sample_ms": ms("sample"), "sample_cfg_ms": ms("sample_cfg"), "decode_ms": ms("decode"),
+           "ratio": ratio("sample", "forward"), "ratio_cfg": ratio("sample_cfg", "forward_x2"),
+           "ratio_no_decode": ratio("sample", "forward", minus="decode"),
+           "ratio_cfg_no_decode": ratio("sample_cfg", "forward_x2", minus="decode"),
+           "backbone_ms": ms("backbone"), "steps_ms": ms("sample_steps"),
+           "steps_ratio": ratio("sample_steps", "backbone"), "steps_ratio_cfg": ratio("sample_cfg_steps", "backbone_x2"),
+           "head_share": ratio("sample_head", "sample"), "head_share_cfg": ratio("sample_cfg_head", "sample_cfg"),
+           "rest_ms": 1000 * statistics.median(s - h - b for s, h, b in zip(
+               series["sample"], series["sample_head"], series["sample_steps"])),
            "ms_per_img": per_img}
-    if head_fwd is not None:  # the backbone part measured with a free head; one head evaluation in sampling vs alone
-        out["backbone_part_free_head_ms"] = 1000 * med["sample_free_head"]
-        out["backbone_ratio_free_head"] = med["sample_free_head"] / med["backbone"]
-        per_call = med["sample_head"] / med["sample_head_calls"]
-        out["head_eval_in_sampling_ms"] = 1000 * per_call
-        out["head_eval_alone_ms"] = 1000 * med["head_eval_alone"] / len(bb.cfg.schedule)
+    if head_fn == "velocity":  # one head evaluation inside sampling vs the head alone on the same batch
+        out["head_eval_in_sampling_ms"] = 1000 * med["sample_head"] / med["sample_head_calls"]
+        out["head_eval_alone_ms"] = ms("head_eval_alone") / len(bb.cfg.schedule)
     if not compile_:
         out["train_img_per_s"] = train_throughput(model, data, dev, repeats)
     return out
-
-
-def free_head_sample(model, fn):
-    """Run ``fn`` (a sampling call) with the velocity head replaced by a zero field: what sampling costs
-    besides the head (backbone steps, solver, noise, resizes, decode), measured directly rather than as a
-    difference of two noisy timings. The path's values differ; its cost does not depend on them."""
-    real = model.head.velocity
-    model.head.velocity = lambda x, t, c, k, d=None: torch.zeros_like(x)
-    try:
-        return fn()
-    finally:
-        model.head.velocity = real
 
 
 def train_throughput(model, data, dev, repeats: int, batch: int = 32) -> float:
@@ -268,19 +266,18 @@ def main(argv=None) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
     f = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
-    print("| arm | compile | forward ms | sample ms | ratio (w/o decode) | forward x2 ms | sample cfg ms "
-          "| ratio cfg (w/o decode) | decode ms | backbone part / backbone pass ms | head share (cfg) "
-          "| head eval in sampling / alone ms | ms/img b1 | b50 | b256 | train img/s |")
-    print("|" + "---|" * 16)
+    print("| arm | compile | forward ms | sample ms | sample / forward (w/o decode) | forward x2 ms | sample cfg ms "
+          "| cfg ratio (w/o decode) | decode ms | backbone steps / pass ms | steps / pass (cfg) | rest ms "
+          "| head share (cfg) | head eval in sampling / alone ms | ms/img b1 | b50 | b256 | train img/s |")
+    print("|" + "---|" * 18)
     for r in rows:
         he = (f"{f(r['head_eval_in_sampling_ms'])} / {f(r['head_eval_alone_ms'])}"
               if "head_eval_alone_ms" in r else "-")
-        bf = f" (free head {f(r['backbone_part_free_head_ms'])})" if "backbone_part_free_head_ms" in r else ""
         m = r["ms_per_img"]
         print(f"| {r['arm']} | {r['compile']} | {f(r['forward_ms'])} | {f(r['sample_ms'])} | {f(r['ratio'])} "
               f"({f(r['ratio_no_decode'])}) | {f(r['forward_x2_ms'])} | {f(r['sample_cfg_ms'])} | {f(r['ratio_cfg'])} "
-              f"({f(r['ratio_cfg_no_decode'])}) | {f(r['decode_ms'])} "
-              f"| {f(r['backbone_part_ms'])}{bf} / {f(r['backbone_ms'])} "
+              f"({f(r['ratio_cfg_no_decode'])}) | {f(r['decode_ms'])} | {f(r['steps_ms'])} / {f(r['backbone_ms'])} "
+              f"| {f(r['steps_ratio'])} ({f(r['steps_ratio_cfg'])}) | {f(r['rest_ms'])} "
               f"| {f(r['head_share'])} ({f(r['head_share_cfg'])}) | {he} | {f(m[1])} | {f(m[50])} | {f(m[256])} "
               f"| {f(r.get('train_img_per_s'))} |")
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
 
 from .attention import KINDS, attention, check_options
 from .config import check_choice, check_float, check_int
@@ -67,38 +66,48 @@ class BackboneConfig:
 
 
 class KVCache:
-    """Keys and values of the scales fed so far, one (k, v) pair per layer.
+    """Keys and values of the scales fed so far, one buffer per layer.
 
-    The buffers are allocated at the first scale for the whole pyramid (``seq_len`` positions) and each
-    scale is written in place, so a step copies only its own keys and values (no ``torch.cat`` of the
-    growing prefix per scale and layer)."""
+    A layer's buffer, (B, seq_len, 2, H, d), is allocated at the first scale for the whole pyramid, and
+    each scale's keys and values are written in place with one copy, in the layout the qkv projection
+    produces them (no ``torch.cat`` of the growing prefix, no transpose). The class embedding's adaLN
+    terms are kept here too: they are computed once per pyramid, not once per scale."""
 
     def __init__(self, depth: int, seq_len: int):
         self.seq_len = seq_len
-        self.k: list[torch.Tensor | None] = [None] * depth
-        self.v: list[torch.Tensor | None] = [None] * depth
+        self.kv: list[torch.Tensor | None] = [None] * depth
         self.length = [0] * depth
         self.next_scale = 0
-        self.cond: torch.Tensor | None = None  # the class embedding of the steps, and its adaLN projections:
-        self.ada: list[torch.Tensor] = []      # one per block, then the output norm's
+        self.cond: torch.Tensor | None = None  # the class embedding of the steps, and its adaLN terms:
+        self.ada: list[tuple[torch.Tensor, ...]] = []  # one tuple per block, then the output norm's
 
-    def append(self, layer: int, k_BHSd: torch.Tensor, v_BHSd: torch.Tensor):
-        """Write one scale's keys and values after the previous ones; returns views of all fed so far."""
-        start, n = self.length[layer], k_BHSd.shape[2]
+    def append(self, layer: int, kv_Bn2Hd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write one scale's keys and values (stacked on dim 2) after the previous ones; returns views
+        (B, H, S, d) of all keys and values fed so far."""
+        start, n = self.length[layer], kv_Bn2Hd.shape[1]
         if start + n > self.seq_len:
             raise ValueError(f"KV cache holds {self.seq_len} positions, got {start + n}")
-        if self.k[layer] is None:
-            B, H, _, d = k_BHSd.shape
-            self.k[layer] = k_BHSd.new_empty(B, H, self.seq_len, d)
-            self.v[layer] = v_BHSd.new_empty(B, H, self.seq_len, d)
-        self.k[layer][:, :, start:start + n] = k_BHSd
-        self.v[layer][:, :, start:start + n] = v_BHSd
+        if self.kv[layer] is None:
+            B, _, _, H, d = kv_Bn2Hd.shape
+            self.kv[layer] = kv_Bn2Hd.new_empty(B, self.seq_len, 2, H, d)
+        buf = self.kv[layer]
+        buf[:, start:start + n] = kv_Bn2Hd
         self.length[layer] = start + n
-        return self.k[layer][:, :, :start + n], self.v[layer][:, :, :start + n]
+        return buf[:, :start + n, 0].transpose(1, 2), buf[:, :start + n, 1].transpose(1, 2)
 
 
-def modulate(x_BLC, shift_BC, scale_BC):
-    return x_BLC * (1 + scale_BC[:, None]) + shift_BC[:, None]
+def modulate(x_BLC, shift_B1C, scale1p_B1C):
+    """adaLN: ``x * (1 + scale) + shift``, with ``1 + scale`` given (see :func:`ada_terms`)."""
+    return x_BLC * scale1p_B1C + shift_B1C
+
+
+def ada_terms(ada_BnC: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    """Split an adaLN projection (B, n * C) into n (B, 1, C) terms laid out (shift, scale, gate, ...) or
+    (shift, scale), each scale replaced by 1 + scale: the form :func:`modulate` takes, computed once."""
+    terms = list(ada_BnC[:, None].chunk(n, dim=-1))
+    for i in range(1, n, 3):
+        terms[i] = 1 + terms[i]
+    return tuple(terms)
 
 
 def drop_path(x_BLC: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -133,22 +142,28 @@ class Block(nn.Module):
         if cfg.qk_norm:  # log of the per-head logit scale
             self.qk_log_scale = nn.Parameter(torch.full((1, cfg.heads, 1, 1), math.log(QK_SCALE_INIT)))
 
-    def forward(self, x_BLC, ada_B6C, q_level, k_level, cache: KVCache | None = None, layer: int = 0):
-        """``ada_B6C`` is ``self.ada(cond)``: the block's adaLN shifts, scales and gates (the backbone
-        projects the class embedding once per pass or, with a cache, once per pyramid)."""
-        sh1, sc1, g1, sh2, sc2, g2 = ada_B6C.chunk(6, dim=-1)
-        q, k, v = rearrange(self.qkv(modulate(self.norm1(x_BLC), sh1, sc1)), "B L (n H d) -> n B H L d",
-                            n=3, H=self.heads)
+    def forward(self, x_BLC, ada: tuple[torch.Tensor, ...], q_level, k_level, cache: KVCache | None = None,
+                layer: int = 0):
+        """``ada`` is ``ada_terms(self.ada(cond), 6)``: the block's adaLN shifts, 1 + scales and gates (the
+        backbone projects the class embedding once per pass or, with a cache, once per pyramid)."""
+        sh1, sc1, g1, sh2, sc2, g2 = ada
+        B, L, C = x_BLC.shape
+        qkv_BL3Hd = self.qkv(modulate(self.norm1(x_BLC), sh1, sc1)).view(B, L, 3, self.heads, -1)
         if hasattr(self, "qk_log_scale"):  # times sqrt(d): SDPA divides the logits by sqrt(d) again
-            scale = self.qk_log_scale.clamp(max=math.log(QK_SCALE_MAX)).exp() * q.shape[-1] ** 0.5
-            q, k = F.normalize(q, dim=-1) * scale, F.normalize(k, dim=-1)
+            scale_1H11 = self.qk_log_scale.clamp(max=math.log(QK_SCALE_MAX)).exp() * qkv_BL3Hd.shape[-1] ** 0.5
+            q, k, v = qkv_BL3Hd.unbind(2)
+            q, k = F.normalize(q, dim=-1) * scale_1H11.transpose(1, 2), F.normalize(k, dim=-1)
+            qkv_BL3Hd = torch.stack([q, k, v], 2)
+        q = qkv_BL3Hd[:, :, 0].transpose(1, 2)  # (B, H, L, d) views, no copies
         if cache is not None:
-            k, v = cache.append(layer, k, v)
+            k, v = cache.append(layer, qkv_BL3Hd[:, :, 1:])
+        else:
+            k, v = qkv_BL3Hd[:, :, 1].transpose(1, 2), qkv_BL3Hd[:, :, 2].transpose(1, 2)
         a = attention(q, k, v, q_level, k_level, kind=self.attn_kind,
                       dropout_p=self.dropout if self.training else 0.0, **self.attn_opts)
-        a = g1[:, None] * self.drop(self.proj(rearrange(a, "B H L d -> B L (H d)")))
+        a = g1 * self.drop(self.proj(a.transpose(1, 2).reshape(B, L, C)))
         x_BLC = x_BLC + drop_path(a, self.drop_path, self.training)
-        m = g2[:, None] * self.drop(self.mlp(modulate(self.norm2(x_BLC), sh2, sc2)))
+        m = g2 * self.drop(self.mlp(modulate(self.norm2(x_BLC), sh2, sc2)))
         return x_BLC + drop_path(m, self.drop_path, self.training)
 
 
@@ -223,10 +238,10 @@ class Backbone(nn.Module):
         sl = slice(0, self.cfg.seq_len) if scale is None else self.slices[scale]
         return x_BlC + self.pos_emb[:, sl] + self.level_emb(self.levels[sl])
 
-    def head_out(self, x_BLC, cond_BC, ada_out_B2C: torch.Tensor | None = None):
-        """Final adaLN; ``ada_out_B2C`` is ``self.ada_out(cond_BC)`` if already computed."""
-        shift, scale = (self.ada_out(cond_BC) if ada_out_B2C is None else ada_out_B2C).chunk(2, dim=-1)
-        return modulate(self.norm_out(x_BLC), shift, scale)
+    def head_out(self, x_BLC, cond_BC, ada_out: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """Final adaLN; ``ada_out`` is ``ada_terms(self.ada_out(cond_BC), 2)`` if already computed."""
+        shift, scale1p = ada_terms(self.ada_out(cond_BC), 2) if ada_out is None else ada_out
+        return modulate(self.norm_out(x_BLC), shift, scale1p)
 
     def forward(self, x_in_BlI: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
         """Teacher-forced pass. x_in: (B, L - first_len, in_dim), inputs of scales 2..K. Returns h (B, L, C)."""
@@ -238,7 +253,7 @@ class Backbone(nn.Module):
         cond = self.condition(y_B)
         x = self.embed(x_in_BlI, cond)
         for blk in self.blocks:
-            x = blk(x, blk.ada(cond), self.levels, self.levels)
+            x = blk(x, ada_terms(blk.ada(cond), 6), self.levels, self.levels)
         return self.head_out(x, cond)
 
     def new_cache(self) -> KVCache:
@@ -258,7 +273,7 @@ class Backbone(nn.Module):
                              f"{self.cfg.in_dim}), got {tuple(x_in_BlI.shape)}")
         if cache.cond is not cond_BC:  # the class embedding is projected once per pyramid, not per scale
             cache.cond = cond_BC
-            cache.ada = [blk.ada(cond_BC) for blk in self.blocks] + [self.ada_out(cond_BC)]
+            cache.ada = [ada_terms(blk.ada(cond_BC), 6) for blk in self.blocks] + [ada_terms(self.ada_out(cond_BC), 2)]
         x = self.embed(x_in_BlI, cond_BC, scale=k)
         for i, blk in enumerate(self.blocks):
             x = blk(x, cache.ada[i], None, None, cache=cache, layer=i)
