@@ -3,7 +3,11 @@
 For every arm (random weights: cost does not depend on them for fixed-step samplers) it prints, in one
 process, with the measurements interleaved (one round runs each once) and reported as medians over the
 rounds after a warm-up round; each ratio is the median of the per-round ratios of two measurements
-taken back to back, which cancels the machine's slow drifts:
+taken in the same round, which cancels the machine's slow drifts. Each timed call comes right after an
+untimed call of itself: it is timed in the steady state of repeating it, as sampling or training runs.
+(The allocator returns freed large blocks to the system, so the call that ran before decides how many
+pages a call must fault in again: on the 2-core CPU here a batch-50 forward took 108 to 140 ms
+depending on its predecessor.)
 - the teacher-forced forward (backbone + one head evaluation per position) of a batch, and KV-cached
   sampling of the same batch, unguided and guided (the forward then runs on the doubled batch), and
   their ratio, with and without the final decode (latent -> image), which sampling includes and the
@@ -160,6 +164,7 @@ def measure_arm(arm, data, backbone, dev, batch, repeats, steps, compile_=False)
     with torch.no_grad():
         for r in range(repeats + 1):  # interleaved; round 0 is the warm-up
             for name, fn in tasks.items():
+                fn()  # untimed: each call is timed in the steady state of repeating it (see the module doc)
                 if name.startswith("sample"):
                     with in_head.active(), in_steps.active():
                         dt = _timed(fn, dev)
