@@ -178,3 +178,25 @@ def test_qk_norm_and_drop_path_do_what_they_say():
         m2.blocks[0].qkv.weight[:64] *= 3.0
         m2.blocks[0].qkv.bias[:64] *= 3.0
     assert torch.allclose(m2(x, y), h, atol=1e-5)
+
+
+def test_qk_norm_scales_each_head_by_its_own_factor():
+    """The block against attention written out by hand in (B, H, L, d): head h's logits are
+    s_h cos(q, k), with s_h = exp(qk_log_scale[h]) (a per-head scale put on the wrong head fails)."""
+    import torch.nn.functional as F
+
+    from nextscale.backbone import ada_terms
+    cfg = BackboneConfig(schedule=(1, 2), in_dim=3, width=32, depth=1, heads=2, qk_norm=True)
+    blk = randomized(cfg).blocks[0]
+    s_1H11 = torch.tensor([0.5, 6.0]).view(1, 2, 1, 1)
+    with torch.no_grad():
+        blk.qk_log_scale.copy_(s_1H11.log())
+        x, cond = torch.randn(3, 5, 32), torch.randn(3, 32)
+        ada = ada_terms(blk.ada(cond), 6)
+        sh1, sc1, g1, sh2, sc2, g2 = ada
+        q, k, v = blk.qkv(blk.norm1(x) * sc1 + sh1).view(3, 5, 3, 2, 16).permute(2, 0, 3, 1, 4)
+        logits = s_1H11 * F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2)
+        a = (logits.softmax(-1) @ v).transpose(1, 2).reshape(3, 5, 32)
+        h = x + g1 * blk.proj(a)
+        h = h + g2 * blk.mlp(blk.norm2(h) * sc2 + sh2)
+        assert torch.allclose(blk(x, ada, None, None), h, atol=1e-5)
