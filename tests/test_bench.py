@@ -18,6 +18,7 @@ def test_bench_quick_prints_finite_numbers(capsys):
             assert _finite(r[key]), (r["arm"], key, r[key])
         assert all(_finite(v) for v in r["ms_per_img"].values()) and set(r["ms_per_img"]) == {1, 50, 256}
         assert 0 < r["head_share"] < 1
+        assert r["steps_ms"] < r["sample_ms"]  # the steps are inside every sampling call: so is their median
     for r in rows[1:]:
         assert _finite(r["head_eval_in_sampling_ms"]) and _finite(r["head_eval_alone_ms"])
     out = capsys.readouterr().out
