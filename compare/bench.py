@@ -145,8 +145,9 @@ def measure_arm(arm, data, backbone, dev, batch, repeats, steps, compile_=False)
     y = (torch.arange(batch) % data.num_classes).to(dev)
     y2 = torch.cat([y, torch.full_like(y, bb.null_class)])
     x_in = torch.randn(batch, bb.cfg.seq_len - bb.cfg.first_len, bb.cfg.in_dim, device=dev)
+    x_in2 = x_in.repeat(2, 1, 1)
     tasks = {"forward": teacher_forced(model, y, dev), "forward_x2": teacher_forced(model, y2, dev),
-             "backbone": lambda: bb(x_in, y), "backbone_x2": lambda: bb(x_in.repeat(2, 1, 1), y2),
+             "backbone": lambda: bb(x_in, y), "backbone_x2": lambda: bb(x_in2, y2),
              "decode": decoder(model, batch, dev),
              "sample": lambda: sample(model, y, 0.0), "sample_cfg": lambda: sample(model, y, 1.0)}
     if head_fn == "velocity":  # one evaluation of the head alone at every scale (the sampler's mix)
@@ -185,7 +186,7 @@ def measure_arm(arm, data, backbone, dev, batch, repeats, steps, compile_=False)
     med = {k: statistics.median(v) for k, v in series.items()}
 
     def ratio(num, den, minus=None):
-        """Median over rounds of the per-round ratio: the two were measured back to back in each round."""
+        """Median over rounds of the per-round ratio of two measurements taken in the same round."""
         n = series[num] if minus is None else [a - b for a, b in zip(series[num], series[minus])]
         return statistics.median(a / b for a, b in zip(n, series[den]))
 
