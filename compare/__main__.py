@@ -48,7 +48,7 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--precision", default=d.precision, choices=("fp32", "bf16"),
         help="bf16: autocast for sampling and feature extraction, metrics in float32 (default: %(default)s)")
     add("--compile", action="store_true", default=False,
-        help="torch.compile the backbone step and the head for sampling (slow to start; default: off)")
+        help="torch.compile the backbone blocks and the head for sampling (slow to start; default: off)")
     add("--sample-batch", type=int, help=f"sampling batch for the quality metrics; batch i is seeded by i and, "
         f"under torchrun, drawn by rank i %% N (default: {d.sample_batch})")
     add("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")

@@ -40,7 +40,7 @@ from nextscale.data import load_digits
 from nextscale.scales import default_schedule
 from nextscale.train import pick_device
 
-from .harness import CompareConfig, arm_configs, build_arm, trainable_copy
+from .harness import CompareConfig, arm_configs, build_arm, compile_for_sampling, trainable_copy
 
 ARMS = ("var", "flowar", "flowar-mlp")
 
@@ -135,12 +135,10 @@ def sampler(arm: str, steps: int):
 
 def measure_arm(arm, data, backbone, dev, batch, repeats, steps, compile_=False) -> dict:
     model = build(arm, data, backbone, dev)
+    if compile_:
+        compile_for_sampling(model)
     bb, head = model.backbone, model.head
     head_fn = "velocity" if hasattr(head, "velocity") else "forward"
-    if compile_:  # sampling calls Block.forward and the head's evaluation, not the modules' forward
-        for blk in bb.blocks:
-            blk.forward = torch.compile(blk.forward, dynamic=True)
-        setattr(head, head_fn, torch.compile(getattr(head, head_fn), dynamic=True))
     sample = sampler(arm, steps)
     y = (torch.arange(batch) % data.num_classes).to(dev)
     y2 = torch.cat([y, torch.full_like(y, bb.null_class)])

@@ -131,7 +131,7 @@ class CompareConfig:
     # {arm: {field: value}}: overrides of the arm's generator config (FlowARConfig / VARConfig fields)
     arm_overrides: dict | None = None
     precision: str = "fp32"       # "bf16": autocast for sampling and feature extraction (metrics in float32)
-    compile: bool = False         # torch.compile the backbone step and the head for sampling
+    compile: bool = False         # torch.compile the backbone blocks and the head for sampling
     quick: bool = False
 
     def __post_init__(self):
@@ -225,13 +225,15 @@ def precision_context(cfg: CompareConfig, dev: torch.device):
 
 
 def compile_for_sampling(model):
-    """Wrap the backbone's KV-cached step and the head's evaluation with ``torch.compile`` (in place)."""
-    model.backbone.step = torch.compile(model.backbone.step, dynamic=True)
+    """Wrap every backbone block's forward and the head's evaluation (``velocity``, or VAR's linear head's
+    ``forward``) with ``torch.compile``, in place; returns the model. The block is the compute of a
+    KV-cached step; ``Backbone.step`` itself is bookkeeping (input checks, the scale counter) that
+    dynamic-shape tracing cannot follow (it fails on the check of which scale is fed)."""
+    for blk in model.backbone.blocks:
+        blk.forward = torch.compile(blk.forward, dynamic=True)
     head = model.head
-    if hasattr(head, "velocity"):
-        head.velocity = torch.compile(head.velocity, dynamic=True)
-    else:
-        model.head = torch.compile(head, dynamic=True)
+    name = "velocity" if hasattr(head, "velocity") else "forward"
+    setattr(head, name, torch.compile(getattr(head, name), dynamic=True))
     return model
 
 

@@ -75,7 +75,7 @@ KEYS = (
     Key("run", "device", "device", '"auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...', none="auto"),
     Key("run", "precision", "precision", '"fp32" or "bf16" (autocast for sampling and feature extraction; '
         "metrics in float32)"),
-    Key("run", "compile", "compile", "true: torch.compile the backbone step and the head for sampling"),
+    Key("run", "compile", "compile", "true: torch.compile the backbone blocks and the head for sampling"),
     Key("run", "inception", "inception", "pytorch-fid's InceptionV3 weights (pt_inception-2015-12-05-6726825d"
         '.pth): adds FID/KID/precision/recall in Inception space; "" = off', none=""),
     Key("train", "tokenizer_steps", "tokenizer_steps", "VAR's VQ tokenizer"),
