@@ -229,7 +229,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--batch", type=int, default=50, help="batch of the forward vs sampling comparison")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7; --quick 2)")
-    p.add_argument("--steps", type=int, default=25, help="FlowAR Euler steps per scale (two-segment grid)")
+    p.add_argument("--steps", type=int, default=24, help="FlowAR Euler steps per scale (two-segment grid; 24: the release's)")
     p.add_argument("--compile", action="store_true", help="also measure with torch.compile (slow to start)")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="arms to measure (default: all)")
     a = p.parse_args(argv)

@@ -51,7 +51,7 @@ VAR_SAMPLERS = (
     ("cfg 3", dict(cfg_scale=3.0)),
     ("cfg 1.5, top-k 64, top-p 0.95", dict(cfg_scale=1.5, top_k=64, top_p=0.95)),
 )
-# FlowAR rows: steps per scale; "x25" is FlowAR's own sampler (two-segment grid). Every FlowAR row uses
+# FlowAR rows: steps per scale; "euler x24" is FlowAR's own sampler (the release's 25-point two-segment grid). Every FlowAR row uses
 # FlowAR's guidance (linear ramp from 0 at scale 1, off for t < 0.1) at CompareConfig.flowar_cfg unless
 # the row sets its own cfg_scale.
 FLOWAR_SAMPLERS = (
@@ -59,9 +59,9 @@ FLOWAR_SAMPLERS = (
     ("euler x2", dict(solver="euler", steps=2)),
     ("euler x4", dict(solver="euler", steps=4)),
     ("euler x8", dict(solver="euler", steps=8)),
-    ("euler x25", dict(solver="euler", steps=25, time_grid="two_segment")),
+    ("euler x24", dict(solver="euler", steps=24, time_grid="two_segment")),
     ("euler_maruyama x8", dict(solver="euler_maruyama", steps=8)),
-    ("euler_maruyama x25", dict(solver="euler_maruyama", steps=25, time_grid="two_segment")),
+    ("euler_maruyama x24", dict(solver="euler_maruyama", steps=24, time_grid="two_segment")),
 )
 # The few-step arm (FlowAR's recipe with a shortcut head): 1, 2, 4 shortcut steps per scale at guidance
 # w = 0.5 (a few large steps keep less diversity than the flow at FlowAR's w = 1: on seed 0, 1 step gave
@@ -73,7 +73,7 @@ FEWSTEP_SAMPLERS = (
     ("shortcut x4, w 0.5", dict(solver="shortcut", steps=4, cfg_scale=0.5)),
     ("shortcut x1", dict(solver="shortcut", steps=1)),
     ("shortcut x2", dict(solver="shortcut", steps=2)),
-    ("euler x25", dict(solver="euler", steps=25, time_grid="two_segment")),
+    ("euler x24", dict(solver="euler", steps=24, time_grid="two_segment")),
 )
 QUICK_FLOWAR = ("euler x2", "euler_maruyama x8", "shortcut x1, w 0.5", "shortcut x2, w 0.5")
 QUICK_VAR = ("cfg 0", "cfg 1.5")

@@ -36,9 +36,9 @@ from .solvers import METHODS, STEP_AWARE
 
 SAMPLERS = (("euler x2", dict(solver="euler", steps=2)), ("euler x4", dict(solver="euler", steps=4)),
             ("euler x8", dict(solver="euler", steps=8)),
-            ("euler x25", dict(solver="euler", steps=25, time_grid="two_segment")),
+            ("euler x24", dict(solver="euler", steps=24, time_grid="two_segment")),
             ("euler_maruyama x8", dict(solver="euler_maruyama", steps=8)),
-            ("euler_maruyama x25", dict(solver="euler_maruyama", steps=25, time_grid="two_segment")),
+            ("euler_maruyama x24", dict(solver="euler_maruyama", steps=24, time_grid="two_segment")),
             ("rk4 x2", dict(solver="rk4", steps=2)), ("dopri5", dict(solver="dopri5", rtol=1e-3, atol=1e-3)))
 # a few-step head (--few-step shortcut) is also sampled in 1, 2 and 4 of its steps per scale
 SHORTCUT_SAMPLERS = tuple((f"shortcut x{n}", dict(solver="shortcut", steps=n)) for n in (1, 2, 4))
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="a step-size-conditioned head trained for few-step sampling (not FlowAR's; default: none)")
     p.add_argument("--per-class", type=int, default=8, help="samples per class in the PNGs")
     p.add_argument("--solver", default="euler", choices=METHODS, help="sampler of samples.png")
-    p.add_argument("--sample-steps", type=int, default=25,
+    p.add_argument("--sample-steps", type=int, default=24,
                    help="steps per scale of samples.png (fixed-step solvers; two-segment grid from 2 steps)")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="w in v = v_c + w (v_c - v_u); 0 = no guidance")
     p.add_argument("--cfg-schedule", default="linear", choices=["linear", "constant"])

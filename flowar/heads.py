@@ -1,7 +1,7 @@
 """Velocity heads: v(x_t, t | h) on the tokens of one scale, conditioned per position on the backbone.
 
-Both heads take the noisy latent tokens of scale k, ``x_BnC`` (n = side_k^2, row-major), the time t
-and the backbone output of that scale ``h_BnW``, and return a velocity (B, n, C). They share one
+Every head takes the noisy latent tokens of scale k, ``x_BnC`` (n = side_k^2, row-major), the time t
+and the backbone output of that scale ``h_BnW``, and returns a velocity (B, n, C). They share one
 interface so the model, its solvers, guidance and inpainting do not care which head they drive:
 
 - ``condition(h_BnW, k)``: everything that depends on h but not on (t, x): computed once per scale
@@ -13,18 +13,28 @@ interface so the model, its solvers, guidance and inpainting do not care which h
   embedding is exactly 0 for d = 0 (and for any d below the finest trained step ``min_step``), so at
   d = 0 the head computes the plain flow velocity, the same function as without ``d``.
 
-``"transformer"`` (:class:`TransformerHead`) is FlowAR's head (Ren et al. 2025, the release's
-``SimpleTransformerAdaLN``): bidirectional self-attention over all tokens of the scale with 2-D
-rotary position embedding (RoPE, Su et al. 2021; 2-D as in EVA-02 / FiT) on the scale's grid, a
-SwiGLU MLP (Shazeer 2020), and "spatial" adaLN-Zero (DiT, Peebles & Xie 2023) whose shift, scale
-and gate come per position from c = proj(h) + pos_emb_k + t_emb(t). Tokens of a scale are sampled
-jointly. Here: the rotary angles use the integer grid positions of each scale; pos_emb is a learned
-table over every position of the pyramid.
+``"transformer"`` (:class:`TransformerHead`) is FlowAR's head exactly as released (Ren et al. 2025,
+``SimpleTransformerAdaLN`` with its ``Block_v1``, the S model's): self-attention over all tokens of
+the scale with 2-D rotary position embedding (RoPE, Su et al. 2021; 2-D as in EVA-02), a GEGLU MLP
+(timm's SwiGLU with GELU), RMSNorm without weight, no qkv bias, head dim 64, and "spatial" adaLN whose
+shift, scale and gate come per position from c = Linear(h + pos_k) + t_emb. ``"transformer_cross"``
+(``Block_v2``, FlowAR-L/H): self-attention modulated by t only, an un-gated cross-attention to
+RMSNorm(h + pos_k) (with weight), and the MLP modulated per position by c + t_emb. Both equal the
+release's head with ported weights (:mod:`flowar.release`, ``tests/test_flowar_release.py``).
+
+Release conventions kept so that ported weights compute the same function: the rotary positions of a
+side-s scale are i * S / s on the final S x S grid's frame; every Linear starts xavier-uniform with
+zero bias (the release re-initialises the whole model so; no adaLN-Zero); the position embedding has
+the backbone's width and is added before the condition projection. The time embedding reads the
+release's clock s = 1 - t (it runs from noise, s = 1, to data): ``time_input="index"`` embeds the
+integer floor(1000 s) as the release does (its first sampling step embeds 1000, which training never
+draws); ``"continuous"`` (this project's default) embeds 1000 s. The release's velocity points from
+data to noise; here it points from noise to data (t = 0 noise), so a ported output layer is negated.
 
 ``"mlp"`` (:class:`MLPHead`) is MAR's diffusion head design (Li et al. 2024, "Autoregressive Image
-Generation without Vector Quantization"): a residual MLP with adaLN applied to every position on its
-own, so the distribution it samples at a scale is a product of per-token distributions. Kept as the
-per-token baseline; it is not FlowAR's head.
+Generation without Vector Quantization"): a residual MLP with adaLN-Zero and LayerNorm applied to
+every position on its own (time embedding of 1000 t), so the distribution it samples at a scale is a
+product of per-token distributions. Kept as the per-token baseline; it is not FlowAR's head.
 """
 from __future__ import annotations
 
@@ -38,65 +48,65 @@ from einops import rearrange
 from nextscale.attention import attention
 from nextscale.scales import scale_slices
 
-HEADS = ("transformer", "mlp")
+HEADS = ("transformer", "transformer_cross", "mlp")
+TIME_INPUTS = ("continuous", "index")
 
 
 def modulate(x, shift, scale):
     return x * (1 + scale) + shift
 
 
-def sinusoid_angles(t, freq_dim: int):
-    """(..., freq_dim / 2) angles 1000 t f_i of the sinusoidal features of t in [0, 1] (as DiT)."""
+def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x / rms(x) over the last dimension, computed in float32 (the release's RMSNorm)."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm, with a learned per-channel weight or without one (``weight=False``: no parameters)."""
+
+    def __init__(self, width: int, weight: bool = False, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width)) if weight else None
+
+    def forward(self, x):
+        out = rms_norm(x, self.eps)
+        return out if self.weight is None else out * self.weight
+
+
+def sinusoid_angles(v, freq_dim: int):
+    """(..., freq_dim / 2) angles v f_i of the sinusoidal features of v (v = 1000 t, as DiT)."""
     half = freq_dim // 2
-    freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    return (1000 * t.float())[..., None] * freqs
+    freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=v.device, dtype=torch.float32) / half)
+    return v.float()[..., None] * freqs
+
+
+CLOCKS = ("t", "continuous", "index")
 
 
 class TimeEmbedding(nn.Module):
-    """Sinusoidal features of t in [0, 1] (times 1000, as DiT) followed by an MLP."""
+    """Sinusoidal features of a time value followed by an MLP. ``clock`` says which value: ``"t"`` 1000 t
+    (MAR's head here); ``"continuous"`` 1000 s and ``"index"`` floor(1000 s) (the release), s = 1 - t."""
 
-    def __init__(self, width: int, freq_dim: int = 256):
+    def __init__(self, width: int, clock: str = "t", freq_dim: int = 256):
         super().__init__()
-        self.freq_dim = freq_dim
+        if clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+        self.clock, self.freq_dim = clock, freq_dim
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
 
+    def value(self, t: torch.Tensor) -> torch.Tensor:
+        if self.clock == "t":
+            return 1000 * t.float()
+        if self.clock == "continuous":
+            return 1000 * (1 - t.float())
+        # the release truncates 1000 s; the 1e-3 keeps a grid time s = i/1000 at i whichever way 1 - t rounded
+        return torch.floor(1000 * (1 - t.double()) + 1e-3).float()
+
     def forward(self, t):  # (...) -> (..., width)
-        arg = sinusoid_angles(t, self.freq_dim)
+        arg = sinusoid_angles(self.value(t), self.freq_dim)
         return self.mlp(torch.cat([torch.cos(arg), torch.sin(arg)], dim=-1))
-
-
-def _init(module: nn.Module, zero: list[nn.Linear]) -> None:
-    """Xavier linear layers, zero biases; ``zero`` (adaLN and output projections) start at 0 (adaLN-Zero)."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    for lin in zero:
-        nn.init.zeros_(lin.weight)
-        nn.init.zeros_(lin.bias)
-
-
-# ----------------------------------------------------------------------------- 2-D rotary embedding
-
-def rope_2d(side: int, head_dim: int, base: float = 10_000.0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin), each (side^2, head_dim / 2), for the side x side grid in row-major order: the first
-    half of the rotated pairs turns with the row index, the second half with the column index."""
-    if head_dim % 4:
-        raise ValueError(f"2-D rotary embedding needs a head dimension divisible by 4, got {head_dim}")
-    quarter = head_dim // 4
-    freqs = base ** (-torch.arange(quarter, dtype=torch.float32, device=device) / quarter)  # (d/4,)
-    pos = torch.arange(side, dtype=torch.float32, device=device)
-    rows, cols = pos.repeat_interleave(side), pos.repeat(side)                             # (n,)
-    ang = torch.cat([rows[:, None] * freqs, cols[:, None] * freqs], dim=1)                 # (n, d/2)
-    return ang.cos(), ang.sin()
-
-
-def apply_rope(x_BHnd: torch.Tensor, cos_nh: torch.Tensor, sin_nh: torch.Tensor) -> torch.Tensor:
-    """Rotate the channel pairs (2i, 2i+1) of x by the angles of its position."""
-    x1, x2 = x_BHnd.float().unflatten(-1, (-1, 2)).unbind(-1)                              # (B, H, n, d/2)
-    out = torch.stack([x1 * cos_nh - x2 * sin_nh, x1 * sin_nh + x2 * cos_nh], dim=-1)
-    return out.flatten(-2).to(x_BHnd.dtype)
 
 
 class StepEmbedding(nn.Module):
@@ -109,102 +119,211 @@ class StepEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width, bias=False), nn.SiLU(), nn.Linear(width, width, bias=False))
 
     def forward(self, d):  # (...) -> (..., width)
-        arg = sinusoid_angles(torch.where(d.float() >= self.min_step, d.float(), 0.0), self.freq_dim)
+        arg = sinusoid_angles(1000 * torch.where(d.float() >= self.min_step, d.float(), 0.0), self.freq_dim)
         return self.mlp(torch.cat([torch.cos(arg) - 1, torch.sin(arg)], dim=-1))
 
 
-class _Head(nn.Module):
-    """What both heads share: input/condition projections, t (and step) embedding and the adaLN output
-    layer. A subclass builds ``self.blocks`` and says how a block is called (:meth:`trunk`)."""
+def _init(module: nn.Module, zero: list[nn.Linear]) -> None:
+    """Xavier-uniform linear layers with zero biases; the layers in ``zero`` start at 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    for lin in zero:
+        nn.init.zeros_(lin.weight)
+        nn.init.zeros_(lin.bias)
 
-    def __init__(self, channels: int, cond_width: int, width: int, step_embedding: bool = False,
+
+# ----------------------------------------------------------------------------- 2-D rotary embedding
+
+def rope_2d(side: int, head_dim: int, frame: int | None = None, base: float = 10_000.0,
+            device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin), each (side^2, head_dim / 2), for the side x side grid in row-major order: the first
+    half of the rotated pairs turns with the row position, the second half with the column position.
+    Positions are i * frame / side (the release puts every scale on the final grid's frame, ``frame`` =
+    the last side); ``frame=None`` gives the integer positions 0..side-1."""
+    if head_dim % 4:
+        raise ValueError(f"2-D rotary embedding needs a head dimension divisible by 4, got {head_dim}")
+    half = head_dim // 2
+    freqs = 1.0 / (base ** (torch.arange(0, half, 2, device=device).float() / half))    # (d/4,), EVA-02's
+    pos = torch.arange(side, device=device) / side * (side if frame is None else frame)
+    rows, cols = pos.repeat_interleave(side), pos.repeat(side)                             # (n,)
+    ang = torch.cat([rows[:, None] * freqs, cols[:, None] * freqs], dim=1)                 # (n, d/2)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x_BHnd: torch.Tensor, cos_nh: torch.Tensor, sin_nh: torch.Tensor) -> torch.Tensor:
+    """Rotate the channel pairs (2i, 2i+1) of x by the angles of its position."""
+    x1, x2 = x_BHnd.float().unflatten(-1, (-1, 2)).unbind(-1)                              # (B, H, n, d/2)
+    out = torch.stack([x1 * cos_nh - x2 * sin_nh, x1 * sin_nh + x2 * cos_nh], dim=-1)
+    return out.flatten(-2).to(x_BHnd.dtype)
+
+
+# ----------------------------------------------------------------------------- what every head shares
+
+class _Head(nn.Module):
+    """Input and condition projections, t (and step) embedding and the adaLN output layer. A subclass
+    builds ``self.blocks`` and ``self.norm_out`` and says how the blocks run (:meth:`trunk`)."""
+
+    def __init__(self, channels: int, cond_width: int, width: int, clock: str, step_embedding: bool = False,
                  min_step: float = 0.0):
         super().__init__()
+        self.width = width
         self.x_in = nn.Linear(channels, width)
         self.c_in = nn.Linear(cond_width, width)
-        self.t_emb = TimeEmbedding(width)
+        self.t_emb = TimeEmbedding(width, clock)
         self.d_emb = StepEmbedding(width, min_step) if step_embedding else None
-        self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.out = nn.Linear(width, channels)
-
-    def _init_weights(self):
-        _init(self, [b.ada[-1] for b in self.blocks] + [self.ada_out[-1], self.out])
 
     def condition(self, h_BnW: torch.Tensor, k: int) -> torch.Tensor:
         return self.c_in(h_BnW)
 
-    def trunk(self, x_BnW, c_BnW, k: int):
+    def trunk(self, x_BnW, ct_BnW, te, cond, k: int):
+        """The blocks; ``ct`` = projected condition + time (and step) embedding ``te``; ``cond`` as
+        returned by :meth:`condition`."""
         raise NotImplementedError
 
-    def velocity(self, x_BnC, t, c_BnW, k: int, d=None):
-        c = c_BnW + self.t_emb(t)
+    def velocity(self, x_BnC, t, c, k: int, d=None):
+        te = self.t_emb(t)
         if d is not None:
             if self.d_emb is None:
                 if bool((torch.as_tensor(d) != 0).any()):
                     raise ValueError("this head has no step embedding (FlowARConfig.few_step=None): d must be 0")
             else:
-                c = c + self.d_emb(torch.as_tensor(d, device=c.device))
-        x = self.trunk(self.x_in(x_BnC), c, k)
-        shift, scale = self.ada_out(c).chunk(2, dim=-1)
+                te = te + self.d_emb(torch.as_tensor(d, device=te.device))
+        ct = c[..., :self.width] + te
+        x = self.trunk(self.x_in(x_BnC), ct, te, c, k)
+        shift, scale = self.ada_out(ct).chunk(2, dim=-1)
         return self.out(modulate(self.norm_out(x), shift, scale))
 
     def forward(self, x_BnC, t, h_BnW, k: int, d=None):
         return self.velocity(x_BnC, t, self.condition(h_BnW, k), k, d)
 
 
-# ----------------------------------------------------------------------------- FlowAR's transformer head
+# ----------------------------------------------------------------------------- FlowAR's transformer heads
 
-class HeadBlock(nn.Module):
-    """x + g1 * Attn(modulate(LN(x))) ; x + g2 * SwiGLU(modulate(LN(x))), all six modulations per position."""
+class SelfAttention(nn.Module):
+    """Attention among all tokens of the scale (no mask), RoPE on q and k, no qkv bias (the release's)."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float):
+    def __init__(self, width: int, heads: int):
         super().__init__()
         self.heads = heads
-        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.qkv = nn.Linear(width, 3 * width)
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.proj = nn.Linear(width, width)
-        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        hidden = int(2 * mlp_ratio * width / 3)  # SwiGLU at the parameter count of a mlp_ratio GELU MLP
+
+    def forward(self, x_BnW, rope):
+        q, k, v = rearrange(self.qkv(x_BnW), "B n (three H d) -> three B H n d", three=3, H=self.heads)
+        a = attention(apply_rope(q, *rope), apply_rope(k, *rope), v)
+        return self.proj(rearrange(a, "B H n d -> B n (H d)"))
+
+
+class CrossAttention(nn.Module):
+    """Queries from the head's tokens, keys and values from the condition at the same positions (RoPE on
+    q and k, no q/kv bias): the release's cross-attention of FlowAR-L/H."""
+
+    def __init__(self, width: int, cond_width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(width, width, bias=False)
+        self.kv = nn.Linear(cond_width, 2 * width, bias=False)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x_BnW, z_BnW, rope):
+        q = rearrange(self.q(x_BnW), "B n (H d) -> B H n d", H=self.heads)
+        k, v = rearrange(self.kv(z_BnW), "B n (two H d) -> two B H n d", two=2, H=self.heads)
+        a = attention(apply_rope(q, *rope), apply_rope(k, *rope), v)
+        return self.proj(rearrange(a, "B H n d -> B n (H d)"))
+
+
+class GEGLU(nn.Module):
+    """down(GELU(gate x) * up x), hidden int(W * mlp_ratio * 2/3): timm's SwiGLU with act_layer=GELU,
+    as the release builds it (gate and up fused in one Linear here)."""
+
+    def __init__(self, width: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        hidden = int(width * mlp_ratio * 2 / 3.)
         self.gate_up = nn.Linear(width, 2 * hidden)
         self.down = nn.Linear(hidden, width)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.gelu(gate) * up)
+
+
+class HeadBlock(nn.Module):
+    """The release's ``Block_v1``: x + g1 Attn(modulate(RMS(x))); x + g2 GEGLU(modulate(RMS(x))), the six
+    modulations per position from c + t_emb, in the release's order (g1, g2, scale1, scale2, shift1, shift2)."""
+
+    def __init__(self, width: int, cond_width: int, heads: int):
+        super().__init__()
+        self.attn = SelfAttention(width, heads)
+        self.mlp = GEGLU(width)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
-    def forward(self, x_BnW, c_BnW, rope):
-        sh1, sc1, g1, sh2, sc2, g2 = self.ada(c_BnW).chunk(6, dim=-1)
-        q, k, v = rearrange(self.qkv(modulate(self.norm1(x_BnW), sh1, sc1)), "B n (three H d) -> three B H n d",
-                            three=3, H=self.heads)
-        a = attention(apply_rope(q, *rope), apply_rope(k, *rope), v)  # no mask: every token sees the scale
-        x_BnW = x_BnW + g1 * self.proj(rearrange(a, "B H n d -> B n (H d)"))
-        gate, up = self.gate_up(modulate(self.norm2(x_BnW), sh2, sc2)).chunk(2, dim=-1)
-        return x_BnW + g2 * self.down(F.silu(gate) * up)
+    def forward(self, x_BnW, ct_BnW, te, z_BnW, rope):
+        g1, g2, sc1, sc2, sh1, sh2 = self.ada(ct_BnW).chunk(6, dim=-1)
+        x_BnW = x_BnW + g1 * self.attn(modulate(rms_norm(x_BnW), sh1, sc1), rope)
+        return x_BnW + g2 * self.mlp(modulate(rms_norm(x_BnW), sh2, sc2))
+
+
+class CrossBlock(nn.Module):
+    """The release's ``Block_v2`` (FlowAR-L/H): self-attention modulated by t only (per image), an
+    un-gated cross-attention from RMS(x) (with weight) to RMS(h + pos) (with weight), and the GEGLU
+    modulated per position by c + t_emb; modulations in the release's order (gate, scale, shift)."""
+
+    def __init__(self, width: int, cond_width: int, heads: int):
+        super().__init__()
+        self.attn = SelfAttention(width, heads)
+        self.cross = CrossAttention(width, cond_width, heads)
+        self.norm_x, self.norm_z = RMSNorm(width, weight=True), RMSNorm(cond_width, weight=True)
+        self.mlp = GEGLU(width)
+        self.ada_attn = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+        self.ada_mlp = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+
+    def forward(self, x_BnW, ct_BnW, te, z_BnW, rope):
+        g1, sc1, sh1 = self.ada_attn(te).chunk(3, dim=-1)
+        g2, sc2, sh2 = self.ada_mlp(ct_BnW).chunk(3, dim=-1)
+        x_BnW = x_BnW + g1 * self.attn(modulate(rms_norm(x_BnW), sh1, sc1), rope)
+        x_BnW = x_BnW + self.cross(self.norm_x(x_BnW), self.norm_z(z_BnW), rope)
+        return x_BnW + g2 * self.mlp(modulate(rms_norm(x_BnW), sh2, sc2))
 
 
 class TransformerHead(_Head):
+    """FlowAR's released head (see the module doc); ``cross=True`` builds FlowAR-L/H's blocks. The
+    condition of a scale is c = Linear(h + pos_k) (and, with ``cross``, h + pos_k itself after it, along
+    the channels, for the cross-attention)."""
+
     def __init__(self, channels: int, cond_width: int, width: int, depth: int, heads: int,
-                 schedule: tuple[int, ...], mlp_ratio: float = 4.0, **step):
-        super().__init__(channels, cond_width, width, **step)
-        self.schedule, self.head_dim = tuple(schedule), width // heads
+                 schedule: tuple[int, ...], cross: bool = False, time_input: str = "continuous", **step):
+        if time_input not in TIME_INPUTS:
+            raise ValueError(f"time_input must be one of {TIME_INPUTS}, got {time_input!r}")
+        super().__init__(channels, cond_width, width, time_input, **step)
+        self.schedule, self.head_dim, self.cross = tuple(schedule), width // heads, cross
         self.slices = scale_slices(schedule)
-        self.pos_emb = nn.Parameter(torch.zeros(1, sum(s * s for s in schedule), width))
-        self.blocks = nn.ModuleList(HeadBlock(width, heads, mlp_ratio) for _ in range(depth))
-        self._init_weights()
-        nn.init.trunc_normal_(self.pos_emb, std=0.02)
+        self.pos_emb = nn.Parameter(torch.zeros(1, sum(s * s for s in schedule), cond_width))
+        self.blocks = nn.ModuleList((CrossBlock if cross else HeadBlock)(width, cond_width, heads)
+                                    for _ in range(depth))
+        self.norm_out = RMSNorm(width)
+        _init(self, [])  # the release re-initialises every Linear so: nothing starts at zero
+        nn.init.normal_(self.pos_emb, std=0.02)
         self._rope: dict = {}  # (scale, device) -> (cos, sin): tables are built once per scale
 
     def rope(self, k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (k, str(device))
         if key not in self._rope:
-            self._rope[key] = rope_2d(self.schedule[k], self.head_dim, device=device)
+            self._rope[key] = rope_2d(self.schedule[k], self.head_dim, frame=self.schedule[-1], device=device)
         return self._rope[key]
 
     def condition(self, h_BnW: torch.Tensor, k: int) -> torch.Tensor:
-        return self.c_in(h_BnW) + self.pos_emb[:, self.slices[k]]
+        z = h_BnW + self.pos_emb[:, self.slices[k]]
+        return torch.cat([self.c_in(z), z], dim=-1) if self.cross else self.c_in(z)
 
-    def trunk(self, x_BnW, c_BnW, k: int):
-        rope = self.rope(k, x_BnW.device)
+    def trunk(self, x_BnW, ct_BnW, te, cond, k: int):
+        rope, z = self.rope(k, x_BnW.device), cond[..., self.width:]
         for blk in self.blocks:
-            x_BnW = blk(x_BnW, c_BnW, rope)
+            x_BnW = blk(x_BnW, ct_BnW, te, z, rope)
         return x_BnW
 
 
@@ -228,22 +347,26 @@ class MLPHead(_Head):
     """v(x_t, t | h) independently at every position (MAR's head design)."""
 
     def __init__(self, channels: int, cond_width: int, width: int, depth: int, **step):
-        super().__init__(channels, cond_width, width, **step)
+        super().__init__(channels, cond_width, width, "t", **step)
+        self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.blocks = nn.ModuleList(MLPBlock(width) for _ in range(depth))
-        self._init_weights()
+        _init(self, [b.ada[-1] for b in self.blocks] + [self.ada_out[-1], self.out])
 
-    def trunk(self, x_BnW, c_BnW, k: int):
+    def trunk(self, x_BnW, ct_BnW, te, cond, k: int):
         for blk in self.blocks:
-            x_BnW = blk(x_BnW, c_BnW)
+            x_BnW = blk(x_BnW, ct_BnW)
         return x_BnW
 
 
 def make_head(kind: str, channels: int, cond_width: int, width: int, depth: int, heads: int,
-              schedule: tuple[int, ...], step_embedding: bool = False, min_step: float = 0.0) -> nn.Module:
-    """A velocity head; ``step_embedding`` makes it a few-step head (conditioned on the step size d)."""
+              schedule: tuple[int, ...], step_embedding: bool = False, min_step: float = 0.0,
+              time_input: str = "continuous") -> nn.Module:
+    """A velocity head; ``step_embedding`` makes it a few-step head (conditioned on the step size d);
+    ``time_input`` applies to the transformer heads (MAR's head embeds 1000 t)."""
     step = dict(step_embedding=step_embedding, min_step=min_step)
-    if kind == "transformer":
-        return TransformerHead(channels, cond_width, width, depth, heads, schedule, **step)
+    if kind in ("transformer", "transformer_cross"):
+        return TransformerHead(channels, cond_width, width, depth, heads, schedule,
+                               cross=kind == "transformer_cross", time_input=time_input, **step)
     if kind == "mlp":
         return MLPHead(channels, cond_width, width, depth, **step)
     raise ValueError(f"head must be one of {HEADS}, got {kind!r}")

@@ -10,7 +10,7 @@ does (``input_resize="via_full"``: bicubic up to the full latent side S, then ar
 predicts the velocity of the linear path x_t = t x1 + (1 - t) x0, x1 = z_k, x0 ~ N(0, I) at every
 scale (``path="noise"``, FlowAR's). t is uniform, one per image and scale (``t_per="scale"``,
 FlowAR's; ``"token"`` draws one per position; ``t_sampling="logit_normal"`` is SD3's). Each scale's
-loss is weighted by its token count (the mean over all tokens, as in the release).
+loss is weighted by its token count over the last scale's, n_k / n_K (the release's n_k / 256 at 256 px).
 
 Not FlowAR's, kept as a variant of this project: ``path="prev_noise"`` starts scale k from the
 upsampled previous scale plus noise (closer to a bridge between scales than to FlowAR).
@@ -51,7 +51,7 @@ from nextscale.config import check_choice, check_float, check_int
 from nextscale.scales import pyramid, resize, scale_slices
 
 from .autoencoder import AEConfig, ContinuousAE
-from .heads import HEADS, make_head
+from .heads import HEADS, TIME_INPUTS, make_head
 from .solvers import METHODS, STEP_AWARE, TIME_GRIDS, SolverConfig, path_sample, sample_t, shortcut_target, solve
 
 PATHS = ("noise", "prev_noise")
@@ -66,10 +66,11 @@ FEW_STEP = (None, "shortcut")
 class FlowARConfig:
     ae: AEConfig = field(default_factory=AEConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    head: str = "transformer"      # "transformer" (FlowAR's) | "mlp" (MAR's per-token head)
+    head: str = "transformer"      # "transformer" (FlowAR-S's) | "transformer_cross" (FlowAR-L/H's) | "mlp" (MAR's)
     head_width: int | None = None  # None: the backbone's width
     head_depth: int = 2            # transformer blocks / adaLN residual MLP blocks
-    head_heads: int | None = None  # attention heads of the transformer head (None: the backbone's)
+    head_heads: int | None = None  # attention heads of a transformer head (None: head_width // 64, the release's)
+    head_time: str = "continuous"  # transformer heads' time input: 1000 (1 - t) | "index": floor of it (release)
     path: str = "noise"            # "noise" (FlowAR's) | "prev_noise" (upsampled previous scale + noise; ours)
     prev_noise_std: float = 1.0    # std of the noise added to the previous scale (prev_noise only)
     input_resize: str = "via_full" # next-scale input: "via_full" (release: bicubic to S, area down) | "direct"
@@ -77,7 +78,7 @@ class FlowARConfig:
     t_sampling: str = "uniform"
     logit_mean: float = 0.0
     logit_std: float = 1.0
-    loss_weight: str = "tokens"    # "tokens": scale k weighted by its token count (FlowAR); "uniform"
+    loss_weight: str = "tokens"    # "tokens": scale k weighted n_k / n_K (FlowAR's release); "uniform": 1 / K
     few_step: str | None = None    # None (FlowAR) | "shortcut" (step-size-conditioned head, self-consistency)
     shortcut_fraction: float = 0.25  # share of each batch trained on the self-consistency target
     shortcut_max_steps: int = 8    # finest trained step 1/shortcut_max_steps (a power of 2); finer steps = flow
@@ -97,13 +98,15 @@ class FlowARConfig:
         if self.head_width is None:
             object.__setattr__(self, "head_width", self.backbone.width)
         if self.head_heads is None:
-            object.__setattr__(self, "head_heads", self.backbone.heads)
+            object.__setattr__(self, "head_heads", max(1, self.head_width // 64))
         check_int("head_width", self.head_width, 1)
         check_int("head_depth", self.head_depth, 1)
         check_int("head_heads", self.head_heads, 1)
-        if self.head == "transformer" and (self.head_width % self.head_heads or (self.head_width // self.head_heads) % 4):
+        transformer = self.head != "mlp"
+        if transformer and (self.head_width % self.head_heads or (self.head_width // self.head_heads) % 4):
             raise ValueError(f"head_width ({self.head_width}) must be head_heads ({self.head_heads}) times a multiple "
                              f"of 4 (the 2-D rotary embedding splits each head's channels in 4)")
+        check_choice("head_time", self.head_time, TIME_INPUTS if transformer else ("continuous",))
         check_choice("path", self.path, PATHS)
         check_choice("input_resize", self.input_resize, INPUT_RESIZES)
         check_choice("t_per", self.t_per, T_PER)
@@ -144,10 +147,11 @@ class FlowAR(nn.Module):
         self.backbone = Backbone(config.backbone)
         self.head = make_head(config.head, config.ae.latent_channels, config.backbone.width, config.head_width,
                               config.head_depth, config.head_heads, config.backbone.schedule,
-                              step_embedding=config.few_step is not None, min_step=1 / config.shortcut_max_steps)
+                              step_embedding=config.few_step is not None, min_step=1 / config.shortcut_max_steps,
+                              time_input=config.head_time)
         sch = config.backbone.schedule
         n = torch.tensor([s * s for s in sch], dtype=torch.float32)
-        w = n / n.sum() if config.loss_weight == "tokens" else torch.full_like(n, 1 / len(sch))
+        w = n / n[-1] if config.loss_weight == "tokens" else torch.full_like(n, 1 / len(sch))
         self.register_buffer("scale_weights", w, persistent=False)
 
     def train(self, mode: bool = True):

@@ -23,25 +23,42 @@ def default_configs(data: ImageData, backbone: BackboneConfig) -> tuple[AEConfig
     return ae, FlowARConfig(ae=ae, backbone=backbone)
 
 
-# FlowAR's sampler (Ren et al. 2025, release): Euler on the two-segment grid, 25 steps per scale here
-# (the release builds its grid from n = 25 time points, i.e. 24 steps: our steps = its n - 1), CFG
-# ramping linearly from 0 at the first scale, off for the noisiest 10% of t (t < 0.1, t = 0 noise).
-PAPER_SAMPLING = dict(solver="euler", steps=25, time_grid="two_segment", cfg_schedule="linear",
+# FlowAR's sampler (Ren et al. 2025, release): Euler on the two-segment grid of the release's n = 25
+# time points, i.e. 24 steps per scale (our steps = its n - 1), CFG ramping linearly from 0 at the first
+# scale, off for the noisiest 10% of t (t < 0.1, t = 0 noise). The release's CFG values per size:
+# flowar.release.RELEASE_SAMPLING.
+PAPER_SAMPLING = dict(solver="euler", steps=24, time_grid="two_segment", cfg_schedule="linear",
                       cfg_interval=(0.1, 1.0))
 
 
 def flowar_paper_configs(data: ImageData, backbone: BackboneConfig, head: str = "transformer"
                          ) -> tuple[AEConfig, FlowARConfig]:
     """FlowAR's published recipe on ``backbone``'s width, depth and heads: the doubling schedule ending
-    at the latent side, FlowAR's transformer head at the backbone's width with 2 blocks (the paper's
-    S model), pure-noise source at every scale, uniform t per (image, scale), the release's next-scale
-    input (bicubic to the full latent side, then area down), scales weighted by token count.
-    ``head="mlp"`` swaps in MAR's per-token head and keeps everything else. Sample with
+    at the latent side, FlowAR's released transformer head (integer time index) at the backbone's width
+    with 2 blocks (the S model's depth), pure-noise source at every scale, uniform t per (image, scale),
+    the release's next-scale input (bicubic to the full latent side, then area down), scale k weighted
+    n_k / n_K. ``head="mlp"`` swaps in MAR's per-token head and keeps everything else. Sample with
     :data:`PAPER_SAMPLING`."""
     bb = replace(backbone, schedule=doubling_schedule(backbone.schedule[-1]))
     ae, _ = default_configs(data, bb)
     return ae, FlowARConfig(ae=ae, backbone=bb, head=head, head_width=bb.width, head_depth=2, path="noise",
-                            input_resize="via_full", t_per="scale", t_sampling="uniform", loss_weight="tokens")
+                            input_resize="via_full", t_per="scale", t_sampling="uniform", loss_weight="tokens",
+                            head_time="continuous" if head == "mlp" else "index")
+
+
+def flowar_release_configs(data: ImageData, backbone: BackboneConfig, size: str = "S"
+                           ) -> tuple[AEConfig, FlowARConfig]:
+    """:func:`flowar_paper_configs` with the head of a released size (``flowar.release.RELEASE_SIZES``):
+    S 2 blocks of width 1024, L 12 x 1024 and H 12 x 1536 with cross-attention blocks; head dim 64.
+    The AR transformer is ``backbone`` (the release's own sizes are in ``RELEASE_SIZES`` for reference).
+    Sample with ``RELEASE_SAMPLING[size]``."""
+    from .release import RELEASE_SIZES
+    if size not in RELEASE_SIZES:
+        raise ValueError(f"size must be one of {tuple(RELEASE_SIZES)}, got {size!r}")
+    r = RELEASE_SIZES[size]
+    ae, fl = flowar_paper_configs(data, backbone)
+    return ae, replace(fl, head=r["head"], head_width=r["head_width"], head_depth=r["head_depth"],
+                       head_heads=r["head_width"] // 64)
 
 
 def default_train_configs(seed: int = 0, ae_steps: int = 300, flowar_steps: int = 600, progress: bool = True

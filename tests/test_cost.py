@@ -96,10 +96,15 @@ def test_transformer_head_parameters_match_the_hand_formula():
     from flowar.heads import MLPHead, TransformerHead
 
     C, Wc, W, depth, heads, sch = 4, 48, 32, 2, 2, (1, 2, 4)
-    L, H = sum(s * s for s in sch), int(2 * 4.0 * W / 3)  # SwiGLU hidden width at mlp_ratio 4
-    block = (3 * W * W + 3 * W) + (W * W + W) + (W * 2 * H + 2 * H) + (H * W + W) + (W * 6 * W + 6 * W)
+    L, H = sum(s * s for s in sch), int(W * 4.0 * 2 / 3)  # GEGLU hidden width at mlp_ratio 4 (the release's)
+    attn = 3 * W * W + (W * W + W)                        # qkv without bias, proj with
+    mlp = (W * 2 * H + 2 * H) + (H * W + W)
+    block = attn + mlp + (W * 6 * W + 6 * W)
+    cross = attn + (W * W + Wc * 2 * W + W * W + W) + (W + Wc) + mlp + 2 * (W * 3 * W + 3 * W)
     shared = (C * W + W) + (Wc * W + W) + (256 * W + W + W * W + W) + (W * 2 * W + 2 * W) + (W * C + C)
     head = TransformerHead(C, Wc, W, depth, heads, sch)
-    assert sum(p.numel() for p in head.parameters()) == shared + L * W + depth * block
+    assert sum(p.numel() for p in head.parameters()) == shared + L * Wc + depth * block  # pos_emb: backbone width
+    head = TransformerHead(C, Wc, W, depth, heads, sch, cross=True)
+    assert sum(p.numel() for p in head.parameters()) == shared + L * Wc + depth * cross
     mlp_block = 2 * (W * W + W) + (W * 3 * W + 3 * W)
     assert sum(p.numel() for p in MLPHead(C, Wc, W, depth).parameters()) == shared + depth * mlp_block

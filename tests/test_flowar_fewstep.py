@@ -111,7 +111,7 @@ def test_shortcut_rows_of_a_training_batch(digits8, monkeypatch):
     torch.manual_seed(0)
     with torch.no_grad():
         base = float(m(digits8.x_train[:16], digits8.y_train[:16])["loss"])
-    assert 20 < moved - base < 30
+    assert 25 < moved - base < 40  # 100 x 4/16 rows x the scale weights' sum 21/16 = 32.8, give or take
     # and the loss trains: a few steps on one batch lower it
     opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=3e-3)
     monkeypatch.undo()

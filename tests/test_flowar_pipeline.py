@@ -9,8 +9,11 @@ from nextscale.data import load_digits
 from nextscale.train import TrainConfig
 
 from flowar.__main__ import main
-from flowar.pipeline import (PAPER_SAMPLING, default_configs, flow_losses, flowar_paper_configs, recon_mse,
-                             train_autoencoder, train_flowar)
+from flowar.autoencoder import ContinuousAE
+from flowar.model import FlowAR
+from flowar.pipeline import (PAPER_SAMPLING, default_configs, flow_losses, flowar_paper_configs,
+                             flowar_release_configs, recon_mse, train_autoencoder, train_flowar)
+from flowar.solvers import time_grid
 
 BB = BackboneConfig(schedule=(1, 2, 4), in_dim=4, num_classes=10, width=32, depth=1, heads=2)
 
@@ -39,14 +42,30 @@ def test_paper_preset_pins_flowars_recipe():
     ae, fl = flowar_paper_configs(d16, bb)
     assert fl.backbone.schedule == (1, 2, 4, 8)      # ... FlowAR's doubling schedule comes out
     assert (fl.backbone.width, fl.backbone.depth, fl.backbone.heads) == (64, 3, 4)
-    assert (fl.head, fl.head_width, fl.head_depth, fl.head_heads) == ("transformer", 64, 2, 4)
+    # the released head: head dim 64 (one head at width 64), the integer time index
+    assert (fl.head, fl.head_width, fl.head_depth, fl.head_heads, fl.head_time) == ("transformer", 64, 2, 1, "index")
     assert (fl.path, fl.t_per, fl.t_sampling, fl.input_resize, fl.loss_weight) == \
         ("noise", "scale", "uniform", "via_full", "tokens")
     assert fl.ae == ae and ae.latent_side == 8
-    assert PAPER_SAMPLING == dict(solver="euler", steps=25, time_grid="two_segment", cfg_schedule="linear",
+    # the release's grid: n = 25 time points, 24 steps (mirrored: t = 0 noise here)
+    assert PAPER_SAMPLING == dict(solver="euler", steps=24, time_grid="two_segment", cfg_schedule="linear",
                                   cfg_interval=(0.1, 1.0))
+    release = torch.cat([torch.linspace(1, 0.3, 25 // 2, dtype=torch.float64),
+                         torch.linspace(0.25, 0, 25 // 2 + 1, dtype=torch.float64)])
+    assert torch.allclose(1 - release, time_grid(24, "two_segment", dtype=torch.float64), rtol=0, atol=1e-15)
+    # scale k's loss weighted n_k / n_K (the release: n_k / 256 at 256 px)
+    model = FlowAR(fl, ContinuousAE(ae))
+    assert model.scale_weights.tolist() == [1 / 64, 4 / 64, 16 / 64, 1.0]
     _, mlp = flowar_paper_configs(d16, bb, head="mlp")
-    assert mlp.head == "mlp" and mlp.backbone == fl.backbone
+    assert mlp.head == "mlp" and mlp.backbone == fl.backbone and mlp.head_time == "continuous"
+    for size, (head, width, depth) in {"S": ("transformer", 1024, 2), "L": ("transformer_cross", 1024, 12),
+                                       "H": ("transformer_cross", 1536, 12)}.items():
+        _, rel = flowar_release_configs(d16, bb, size)
+        assert (rel.head, rel.head_width, rel.head_depth, rel.head_heads, rel.head_time) == \
+            (head, width, depth, width // 64, "index")
+        assert rel.backbone == fl.backbone and rel.loss_weight == "tokens"
+    with pytest.raises(ValueError, match=r"size must be one of \('S', 'L', 'H'\), got 'XL'"):
+        flowar_release_configs(d16, bb, "XL")
     from nextscale.scales import doubling_schedule
     assert doubling_schedule(16) == (1, 2, 4, 8, 16) and doubling_schedule(12) == (3, 6, 12)
 
@@ -113,15 +132,15 @@ def test_command_writes_samples_and_metrics(tmp_path):
     m = main(args)
     files = {p.name for p in out.iterdir()}
     assert {"checkpoints", "samples.png", "inpaint.png", "metrics.json", "samples_euler_x2.png",
-            "samples_euler_maruyama_x25.png", "samples_dopri5.png"} <= files
+            "samples_euler_maruyama_x24.png", "samples_dopri5.png"} <= files
     cks = [out / m["files"]["autoencoder"], out / m["files"]["flowar"]]
     assert all(c.is_file() for c in cks) and m["configs"]["flowar"]["head"] == "transformer"
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["autoencoder"]["recon_mse_test"] == pytest.approx(m["autoencoder"]["recon_mse_test"])
     assert set(saved["flowar"]["flow_loss_test"]) == {"loss"} | {f"flow_s{k}" for k in range(1, 4)}  # (1, 2, 4)
     s = saved["sampling"]["samplers"]
-    assert [s[f"euler x{n}"]["head_nfe_per_scale"][0] for n in (2, 4, 8, 25)] == [2, 4, 8, 25]
-    assert s["euler_maruyama x25"]["head_nfe_per_scale"][0] == 25 and s["rk4 x2"]["head_nfe_per_scale"][0] == 8
+    assert [s[f"euler x{n}"]["head_nfe_per_scale"][0] for n in (2, 4, 8, 24)] == [2, 4, 8, 24]
+    assert s["euler_maruyama x24"]["head_nfe_per_scale"][0] == 24 and s["rk4 x2"]["head_nfe_per_scale"][0] == 8
     assert s["dopri5"]["head_nfe"] > 0
     # a second run reuses both checkpoints and gives the same numbers
     mtimes = [c.stat().st_mtime_ns for c in cks]
