@@ -1,6 +1,8 @@
 """compare.bench --quick: runs, prints a table, every number finite (no time is asserted)."""
 import math
 
+import pytest
+
 from compare.bench import main
 
 
@@ -8,6 +10,7 @@ def _finite(v):
     return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
 
+@pytest.mark.slow  # 10 s: the bench's --quick run
 def test_bench_quick_prints_finite_numbers(capsys):
     rows = main(["--quick", "--repeats", "1", "--batch", "8"])
     assert [r["arm"] for r in rows] == ["var", "flowar", "flowar-mlp"]

@@ -43,6 +43,7 @@ def test_bf16_sampling_runs_and_stays_close(small, arm):
         assert 0 < (low.float() - ref).abs().mean() < 0.05
 
 
+@pytest.mark.slow  # 13 s: torch.compile traces every block
 def test_compile_wraps_the_blocks_and_the_head_and_traces(small, monkeypatch):
     """Every block's forward and the head's evaluation go through torch.compile, and dynamo really traces
     them (the eager backend: dynamo's tracing without code generation), giving the same samples."""

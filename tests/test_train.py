@@ -283,6 +283,7 @@ def test_two_process_ddp_matches_one_process(d8, tmp_path):
     assert two[-1] < two[0]
 
 
+@pytest.mark.slow  # 10 s: two gloo processes
 def test_two_process_ddp_trains_flowar_with_the_transformer_head(tmp_path):
     """FlowAR (transformer head: several head calls per step, one per scale) trains under DDP: the
     loss falls and both ranks end with the same weights."""

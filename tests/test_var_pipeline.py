@@ -1,9 +1,15 @@
 import json
+import math
 
 import pytest
+import torch
+
 from nextscale.backbone import BackboneConfig
+from nextscale.data import load_digits
+from nextscale.train import TrainConfig
 from var.__main__ import main
-from var.pipeline import default_configs
+from var.pipeline import default_configs, measure, train_tokenizer
+from var.tokenizer import MultiScaleVQVAE
 
 
 def test_default_configs(digits):
@@ -18,6 +24,20 @@ def test_default_configs(digits):
         default_configs(digits, BackboneConfig(schedule=(1, 2, 3, 5)))
 
 
+def test_trained_tokenizer_beats_the_mean_image():
+    """60 steps of tokenizer training reconstruct the test split to below half the MSE of predicting the
+    mean image (its per-pixel variance, 0.29 on 8x8 digits): the untrained tokenizer (0.70) and a decoder
+    that outputs 0 (E[x^2] = 0.72) are far above it; trained, 0.13 here."""
+    d = load_digits(side=8, seed=0)
+    bb = BackboneConfig(schedule=(1, 2, 4), in_dim=4, num_classes=10, width=32, depth=1, heads=2)
+    vq, _ = default_configs(d, bb, vocab_size=64)
+    bound = 0.5 * float((d.x_test - d.x_test.mean(0)).pow(2).mean())
+    torch.manual_seed(0)
+    assert measure(MultiScaleVQVAE(vq).eval(), None, d.x_test, d.y_test)["recon_mse"] > bound
+    tok = train_tokenizer(d, vq, TrainConfig(steps=60, batch_size=64, lr=2e-3, warmup_steps=5, progress=False))
+    assert measure(tok, None, d.x_test, d.y_test)["recon_mse"] < bound
+
+
 @pytest.mark.slow  # ~20 s: two runs of the command, each evaluating on the whole data set
 def test_command_end_to_end_and_checkpoint_reuse(tmp_path):
     args = ["--out", str(tmp_path), "--steps", "4", "--tokenizer-steps", "4", "--batch-size", "16",
@@ -29,13 +49,13 @@ def test_command_end_to_end_and_checkpoint_reuse(tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert len(saved["var"]["ce_train_per_scale"]) == len(saved["var"]["ce_test_per_scale"]) == 6
     t = saved["tokenizer"]
-    assert 0 < t["recon_mse_test"] < 4 and 0 < t["codebook_usage_train"] <= 1 and t["perplexity_train"] >= 1
+    # 4 tokenizer steps reconstruct nothing yet: the quality bound is test_trained_tokenizer_beats_the_mean_image
+    assert math.isfinite(t["recon_mse_test"]) and 0 < t["codebook_usage_train"] <= 1 and t["perplexity_train"] >= 1
     assert saved["sampling"]["num_images"] == 20 and saved["sampling"]["head_nfe"] == 12
     stamps = [c.stat().st_mtime_ns for c in cks]
     m2 = main(args)  # reuses both checkpoints: nothing retrained, same numbers, same samples
     assert [c.stat().st_mtime_ns for c in cks] == stamps
     assert m2["var"] == m1["var"] and m2["tokenizer"] == m1["tokenizer"]
-    assert m2["seconds"]["var_train"] < m1["seconds"]["var_train"]
     # more tokenizer steps: a new tokenizer, and a new VAR on it (its key names the tokenizer it was trained on)
     m3 = main(args + ["--tokenizer-steps", "8"])
     assert m3["files"]["tokenizer"] != m1["files"]["tokenizer"] and m3["files"]["var"] != m1["files"]["var"]
