@@ -38,7 +38,7 @@ def test_step_embedding_is_zero_at_zero_and_below_the_finest_step():
     assert emb(torch.full((1, 1), 1 / 8)).abs().sum() > 0
 
 
-@pytest.mark.parametrize("head", ["transformer", "mlp"])
+@pytest.mark.parametrize("head", ["transformer", "transformer_cross", "mlp"])
 def test_d_zero_is_the_plain_flow_velocity(digits8, head):
     """At d = 0 the few-step head computes the flow velocity of the shared path (the same function as
     without a step), and a nonzero d changes it."""
