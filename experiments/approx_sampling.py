@@ -1,7 +1,7 @@
 """Experiment (iii): VAR and FlowAR sampled with approximate attention swapped into a trained backbone.
 
 Trains (or reuses) a tokenizer + VAR and an autoencoder + FlowAR on digits, measures the entry bound
-of each trained backbone on real test inputs (``nextscale.fastattn.entry_bound``), then for every
+of each trained backbone on real test inputs (``experiments.theory.entry_bound``), then for every
 attention setting (exact, polynomial method, Performer) swaps it in with ``Backbone.set_attention``
 and reports: the teacher-forced test loss, and for class-balanced seeded samples the wall time
 (speedup vs exact), class accuracy and FID in the feature space of the comparison's domain
@@ -23,11 +23,12 @@ import torch
 
 from nextscale.backbone import BackboneConfig
 from nextscale.data import load_digits
-from nextscale.fastattn import ApproximationRefused, entry_bound, feature_rank
+from nextscale.fastattn import ApproximationRefused, feature_rank
 from nextscale.train import TrainConfig
 
 from . import heads
 from .common import base_parser, machine, pyplot, setup, write_json
+from .theory import entry_bound
 
 
 def settings(head_dim: int, quick: bool) -> dict[str, dict]:

@@ -27,10 +27,11 @@ import torch.nn.functional as F
 
 from nextscale.attention import attention
 from nextscale.cost import count_flops
-from nextscale.fastattn import doubling_schedule, feature_rank, pyramid_attention_flops
+from nextscale.fastattn import feature_rank
 from nextscale.scales import level_ids, num_tokens, scale_slices
 
 from .common import base_parser, loglog_slope, machine, pyplot, setup, write_json
+from .theory import halving_sides, pyramid_attention_flops
 
 MAX_DENSE_TOKENS = 6000  # the masked dense kernel holds a few L x L float tensors
 
@@ -65,7 +66,7 @@ def run(args) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
     for n in sides:
-        sch = doubling_schedule(n)
+        sch = halving_sides(n)
         L = num_tokens(sch)
         lv = level_ids(sch)
         q, k = ((torch.rand(2, 1, 1, L, d, generator=gen) * 2 - 1) * args.entry_bound * d ** 0.25).unbind(0)
@@ -98,7 +99,7 @@ def run(args) -> dict:
         print(f"n={n:4d} L={L:6d} " + "  ".join(f"{nm.split(' (')[0]}: {r['seconds'][-1] * 1e3:.1f} ms"
                                                  if r["seconds"][-1] is not None else f"{nm.split(' (')[0]}: -"
                                                  for nm, r in rows.items()), flush=True)
-    summary = {"sides": sides, "L": [num_tokens(doubling_schedule(n)) for n in sides], "head_dim": d,
+    summary = {"sides": sides, "L": [num_tokens(halving_sides(n)) for n in sides], "head_dim": d,
                "degree": g, "rank": feature_rank(d, g), "num_features": args.features,
                "entry_bound": args.entry_bound, "methods": rows, "repeats": repeats}
     fit_from = max(0, len(sides) - 3)  # growth exponents over the largest three sides (timed ones for time)

@@ -1,7 +1,7 @@
 """Experiment (i): error of approximate block-causal attention vs exact as the entry bound B grows.
 
 Q and K have entries of ``Q d^{-1/4}``, ``K d^{-1/4}`` drawn uniformly in [-B, B] (so B is exactly
-the entry bound of :func:`nextscale.fastattn.entry_bound`), V is standard normal, the mask is
+the entry bound of :func:`experiments.theory.entry_bound`), V is standard normal, the mask is
 block-causal over a doubling pyramid. For every B and approximation we report the max entrywise
 error relative to max |V|, the B where it passes 1e-2, and for the polynomial method the degree
 and rank it would need for 1e-2 on the realised logit range: once that rank exceeds the sequence
@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 from nextscale.attention import attention
-from nextscale.fastattn import degree_needed, doubling_schedule, feature_rank
+from nextscale.fastattn import degree_needed, feature_rank
 from nextscale.scales import level_ids, num_tokens
 
 from .common import base_parser, crossing, machine, pyplot, setup, write_json
+from .theory import halving_sides
 
 TARGET = 1e-2
 
@@ -47,7 +48,7 @@ def draw(B_entry: float, L: int, d: int, heads: int, g: torch.Generator):
 def run(args) -> dict:
     out = setup(args)
     d = args.head_dim
-    schedule = doubling_schedule(8 if args.quick else args.side)
+    schedule = halving_sides(8 if args.quick else args.side)
     L = num_tokens(schedule)
     lv = level_ids(schedule)
     grid = np.linspace(0.05, 1.6, 7 if args.quick else 24).round(4).tolist()

@@ -1,6 +1,6 @@
 """Experiment: universality of single-head, single-layer VAR transformers, measured.
 
-Fits :class:`nextscale.universality.UniversalVAR` (one up-interpolation layer, one single-head
+Fits :class:`experiments.universal_model.UniversalVAR` (one up-interpolation layer, one single-head
 attention layer, token-wise FFNs) and its flow-based variant to known Lipschitz image-to-image maps
 of real digits (input: the digit area-downsampled to the first side of the schedule; output: the
 map of its bicubic upsampling, or a random smooth map), through the shared training loop. Reports
@@ -22,7 +22,7 @@ import torch
 
 from nextscale.data import load_digits
 from nextscale.train import TrainConfig, train
-from nextscale.universality import MAPS, FitConfig, MapConfig, MapFit, UniversalConfig
+from experiments.universal_model import MAPS, FitConfig, MapConfig, MapFit, UniversalConfig
 
 from .common import base_parser, loglog_slope, machine, pyplot, setup, write_json
 

@@ -10,7 +10,7 @@ from nextscale.train import TrainConfig, train
 from toy import Toy
 
 
-def flowar_model(d):
+def flowar_model(d, head="transformer"):
     from nextscale.autoencoder import ConvAEConfig
     from nextscale.backbone import BackboneConfig
     from flowar.autoencoder import AEConfig, ContinuousAE
@@ -20,7 +20,8 @@ def flowar_model(d):
     bb = BackboneConfig(schedule=(1, 2, 4), in_dim=4, num_classes=10, width=32, depth=1, heads=2)
     autoencoder = ContinuousAE(ae)
     autoencoder.calibrate(d.x_train)
-    return FlowAR(FlowARConfig(ae=ae, backbone=bb), autoencoder)  # FlowAR's transformer head
+    time = "continuous" if head == "transformer" else "index"
+    return FlowAR(FlowARConfig(ae=ae, backbone=bb, head=head, head_time=time), autoencoder)
 
 
 if __name__ == "__main__":
@@ -28,7 +29,7 @@ if __name__ == "__main__":
     torch.manual_seed(0)
     d = load_digits(side=8)
     kind = sys.argv[2] if len(sys.argv) > 2 else "toy"
-    model = Toy() if kind == "toy" else flowar_model(d)
+    model = Toy() if kind == "toy" else flowar_model(d, "transformer_cross" if kind == "flowar_cross" else "transformer")
     res = train(model, d.x_train, d.y_train, TrainConfig(steps=8, batch_size=32, lr=3e-3, warmup_steps=2,
                                                          progress=False), device="cpu")
     flat = torch.cat([p.detach().flatten() for p in res.model.parameters()])

@@ -7,9 +7,10 @@ import torch.nn.functional as F
 
 from nextscale.attention import KINDS, attention, check_options
 from nextscale.backbone import Backbone, BackboneConfig
-from nextscale.fastattn import (_monomials, crossover_side, degree_needed, doubling_schedule, entry_bound,
-                                exp_poly, feature_rank, monomial_features, pyramid_attention_flops)
+from nextscale.fastattn import _monomials, degree_needed, exp_poly, feature_rank, monomial_features
 from nextscale.scales import level_ids, num_tokens
+
+from experiments.theory import crossover_side, entry_bound, halving_sides, pyramid_attention_flops
 
 SCHEDULE = (1, 2, 4, 8)
 LV = level_ids(SCHEDULE)
@@ -191,12 +192,12 @@ def test_cost_model_crossover():
     # the rank must be smaller than roughly the pyramid length for the method to pay off
     for d, g in [(8, 2), (16, 2), (32, 2), (8, 4)]:
         n = crossover_side(d, g)
-        sch = doubling_schedule(n)
+        sch = halving_sides(n)
         assert pyramid_attention_flops(sch, d, "poly", degree=g) < pyramid_attention_flops(sch, d)
-        small = doubling_schedule(n // 2)
+        small = halving_sides(n // 2)
         assert pyramid_attention_flops(small, d, "poly", degree=g) >= pyramid_attention_flops(small, d)
         assert num_tokens(sch) > feature_rank(d, g) / 2
-    assert doubling_schedule(12) == (1, 2, 3, 6, 12)
+    assert halving_sides(12) == (1, 2, 3, 6, 12)
 
 
 def tiny_backbone(seed=0):
@@ -265,3 +266,19 @@ def test_entry_bound_on_backbone():
     assert eb.to_dict()["sqrt_log_L"] == pytest.approx(math.sqrt(math.log(L)))
     with pytest.raises(ValueError, match="no nextscale Backbone"):
         entry_bound(torch.nn.Linear(2, 2), torch.zeros(1, 2))
+
+
+def test_entry_bound_measures_the_logits_a_qk_norm_model_uses():
+    """With qk-norm, attention sees normalised q, k and a per-head logit scale, not the qkv output: doubling
+    the scale doubles every logit, and the logits are cosines times the scale."""
+    torch.manual_seed(0)
+    bb = Backbone(BackboneConfig(schedule=SCHEDULE, in_dim=2, num_classes=4, width=16, depth=1, heads=2,
+                                 qk_norm=True)).eval()
+    x, y = torch.randn(4, L - 1, 2), torch.tensor([0, 1, 2, 3])
+    one = entry_bound(bb, x, y)
+    with torch.no_grad():
+        bb.blocks[0].qk_log_scale.add_(math.log(2))
+    two = entry_bound(bb, x, y)
+    assert two.max_logit == pytest.approx(2 * one.max_logit, rel=1e-5)
+    scale = float(bb.blocks[0].qk_log_scale.detach().exp().max())
+    assert two.max_logit <= scale * (1 + 1e-5)  # |cos| <= 1

@@ -284,14 +284,15 @@ def test_two_process_ddp_matches_one_process(d8, tmp_path):
 
 
 @pytest.mark.slow  # 10 s: two gloo processes
-def test_two_process_ddp_trains_flowar_with_the_transformer_head(tmp_path):
-    """FlowAR (transformer head: several head calls per step, one per scale) trains under DDP: the
-    loss falls and both ranks end with the same weights."""
+@pytest.mark.parametrize("kind", ["flowar", "flowar_cross"])
+def test_two_process_ddp_trains_flowar_with_the_transformer_heads(tmp_path, kind):
+    """FlowAR (transformer heads, FlowAR-S's and FlowAR-L/H's: several head calls per step, one per
+    scale) trains under DDP: the loss falls and both ranks end with the same weights."""
     import json
     out = tmp_path / "ddp_flowar.json"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    str(Path(__file__).parent / "ddp_worker.py"), str(out), "flowar"], check=True, env=env,
+                    str(Path(__file__).parent / "ddp_worker.py"), str(out), kind], check=True, env=env,
                    timeout=300)
     res = json.loads(out.read_text())
     assert len(res["losses"]) == 8 and all(math.isfinite(v) for v in res["losses"])

@@ -6,7 +6,7 @@ import torch
 
 from nextscale.data import load_digits
 from nextscale.train import TrainConfig, train
-from nextscale.universality import (MAPS, FitConfig, LipschitzMap, MapConfig, MapFit, UniversalConfig,
+from experiments.universal_model import (MAPS, FitConfig, LipschitzMap, MapConfig, MapFit, UniversalConfig,
                                     UniversalFlowAR, UniversalVAR, pyramid_up)
 
 

@@ -32,9 +32,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attention
-from .config import check_choice, check_float, check_int
-from .scales import UPSAMPLE_MODES, level_ids, maps_to_seq, num_tokens, resize, scale_slices, validate_schedule
+from nextscale.attention import attention
+from nextscale.config import check_choice, check_float, check_int
+from nextscale.scales import UPSAMPLE_MODES, level_ids, maps_to_seq, num_tokens, resize, scale_slices, validate_schedule
 
 MAPS = ("blur", "shift", "flip", "edge", "center", "random")
 
