@@ -46,14 +46,11 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from nextscale.attention import attention
+from nextscale.backbone import modulate
 from nextscale.scales import scale_slices
 
 HEADS = ("transformer", "transformer_cross", "mlp")
 TIME_INPUTS = ("continuous", "index")
-
-
-def modulate(x, shift, scale):
-    return x * (1 + scale) + shift
 
 
 def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -196,7 +193,7 @@ class _Head(nn.Module):
         ct = c[..., :self.width] + te
         x = self.trunk(self.x_in(x_BnC), ct, te, c, k)
         shift, scale = self.ada_out(ct).chunk(2, dim=-1)
-        return self.out(modulate(self.norm_out(x), shift, scale))
+        return self.out(modulate(self.norm_out(x), shift, 1 + scale))
 
     def forward(self, x_BnC, t, h_BnW, k: int, d=None):
         return self.velocity(x_BnC, t, self.condition(h_BnW, k), k, d)
@@ -264,8 +261,8 @@ class HeadBlock(nn.Module):
 
     def forward(self, x_BnW, ct_BnW, te, z_BnW, rope):
         g1, g2, sc1, sc2, sh1, sh2 = self.ada(ct_BnW).chunk(6, dim=-1)
-        x_BnW = x_BnW + g1 * self.attn(modulate(rms_norm(x_BnW), sh1, sc1), rope)
-        return x_BnW + g2 * self.mlp(modulate(rms_norm(x_BnW), sh2, sc2))
+        x_BnW = x_BnW + g1 * self.attn(modulate(rms_norm(x_BnW), sh1, 1 + sc1), rope)
+        return x_BnW + g2 * self.mlp(modulate(rms_norm(x_BnW), sh2, 1 + sc2))
 
 
 class CrossBlock(nn.Module):
@@ -285,9 +282,9 @@ class CrossBlock(nn.Module):
     def forward(self, x_BnW, ct_BnW, te, z_BnW, rope):
         g1, sc1, sh1 = self.ada_attn(te).chunk(3, dim=-1)
         g2, sc2, sh2 = self.ada_mlp(ct_BnW).chunk(3, dim=-1)
-        x_BnW = x_BnW + g1 * self.attn(modulate(rms_norm(x_BnW), sh1, sc1), rope)
+        x_BnW = x_BnW + g1 * self.attn(modulate(rms_norm(x_BnW), sh1, 1 + sc1), rope)
         x_BnW = x_BnW + self.cross(self.norm_x(x_BnW), self.norm_z(z_BnW), rope)
-        return x_BnW + g2 * self.mlp(modulate(rms_norm(x_BnW), sh2, sc2))
+        return x_BnW + g2 * self.mlp(modulate(rms_norm(x_BnW), sh2, 1 + sc2))
 
 
 class TransformerHead(_Head):
@@ -340,7 +337,7 @@ class MLPBlock(nn.Module):
 
     def forward(self, x, c):
         shift, scale, gate = self.ada(c).chunk(3, dim=-1)
-        return x + gate * self.mlp(modulate(self.norm(x), shift, scale))
+        return x + gate * self.mlp(modulate(self.norm(x), shift, 1 + scale))
 
 
 class MLPHead(_Head):
