@@ -52,7 +52,7 @@ from nextscale.scales import pyramid, resize, scale_slices
 
 from .autoencoder import AEConfig, ContinuousAE
 from .heads import HEADS, TIME_INPUTS, make_head
-from .solvers import METHODS, STEP_AWARE, TIME_GRIDS, SolverConfig, path_sample, sample_t, shortcut_target, solve
+from .solvers import SOLVERS, TIME_GRIDS, SolverConfig, path_sample, sample_t, shortcut_target, solve
 
 PATHS = ("noise", "prev_noise")
 T_PER = ("scale", "token")
@@ -244,10 +244,10 @@ class FlowAR(nn.Module):
               cfg_interval, cfg_max_scale) -> tuple[list[SolverConfig], list[float], tuple[float, float]]:
         """Validate the sampling arguments; returns one SolverConfig and one guidance weight per scale."""
         K = len(self.schedule)
-        check_choice("solver", solver, METHODS)
-        if solver in STEP_AWARE and self.config.few_step is None:
+        check_choice("solver", solver, tuple(SOLVERS))
+        if SOLVERS[solver].step_aware and self.config.few_step is None:
             raise ValueError(f"solver={solver!r} needs a few-step head (FlowARConfig.few_step='shortcut'); this "
-                             f"model samples with one of {tuple(m for m in METHODS if m not in STEP_AWARE)}")
+                             f"model samples with one of {tuple(m for m, s in SOLVERS.items() if not s.step_aware)}")
         check_choice("time_grid", time_grid, TIME_GRIDS)
         if isinstance(steps, (list, tuple)) and len(steps) == K:
             for k, n in enumerate(steps):

@@ -49,11 +49,6 @@ from torchdiffeq import odeint
 
 from nextscale.config import check_choice, check_float, check_int
 
-FIXED_METHODS = ("euler", "midpoint", "rk4", "euler_maruyama", "shortcut")
-ADAPTIVE_METHODS = ("dopri5", "bosh3")
-METHODS = FIXED_METHODS + ADAPTIVE_METHODS
-EVALS_PER_STEP = {"euler": 1, "midpoint": 2, "rk4": 4, "euler_maruyama": 1, "shortcut": 1}
-STEP_AWARE = ("shortcut",)  # methods whose field takes the step size d (a few-step head)
 TIME_GRIDS = ("uniform", "two_segment")
 # FlowAR's two-segment grid (mirrored to t = 0 noise): half the steps on [0, 0.7], the rest on [0.75, 1].
 TWO_SEGMENT_KNEE = (0.7, 0.75)
@@ -131,7 +126,7 @@ class SolverConfig:
     sde_noise: float = 1.0
 
     def __post_init__(self):
-        check_choice("solver", self.method, METHODS)
+        check_choice("solver", self.method, tuple(SOLVERS))
         check_int("steps", self.steps, 1)
         check_choice("time_grid", self.time_grid, TIME_GRIDS)
         if self.time_grid == "two_segment" and self.steps < 2:
@@ -145,12 +140,12 @@ class SolverConfig:
 
     @property
     def adaptive(self) -> bool:
-        return self.method in ADAPTIVE_METHODS
+        return SOLVERS[self.method].evals_per_step is None
 
     @property
     def fixed_nfe(self) -> int | None:
         """Field evaluations of one fixed-step solve (None for adaptive methods)."""
-        return None if self.adaptive else self.steps * EVALS_PER_STEP[self.method]
+        return None if self.adaptive else self.steps * SOLVERS[self.method].evals_per_step
 
 
 # ----------------------------------------------------------------------------- integration
@@ -183,13 +178,17 @@ class _Counted:
         return self.velocity(t, x, self.rows, *d)
 
 
-def _one_eval_per_step(fn: _Counted, x: torch.Tensor, cfg: SolverConfig, noise: Noise | None) -> torch.Tensor:
+def _one_eval_per_step(fn: _Counted, x: torch.Tensor, cfg: SolverConfig, reverse: bool,
+                       noise: Noise | None) -> torch.Tensor:
     """Euler–Maruyama and shortcut steps on the fixed grid (see the module doc)."""
+    if reverse:
+        raise ValueError(f"{cfg.method} integrates noise -> data only; use an ODE solver with reverse=True")
     grid = time_grid(cfg.steps, cfg.time_grid, x.dtype, x.device)
     eps = cfg.sde_noise if cfg.method == "euler_maruyama" else 0.0
+    step_aware = SOLVERS[cfg.method].step_aware
     for i in range(cfg.steps):
         t, dt = grid[i], grid[i + 1] - grid[i]
-        v = fn(t, x, dt) if cfg.method in STEP_AWARE else fn(t, x)
+        v = fn(t, x, dt) if step_aware else fn(t, x)
         if i == cfg.steps - 1 or eps == 0:
             x = x + dt * v
             continue
@@ -198,15 +197,14 @@ def _one_eval_per_step(fn: _Counted, x: torch.Tensor, cfg: SolverConfig, noise: 
     return x
 
 
-def _odeint(fn: _Counted, x_start: torch.Tensor, cfg: SolverConfig, reverse: bool,
-            noise: Noise | None = None) -> torch.Tensor:
-    if cfg.method in ("euler_maruyama", *STEP_AWARE):
-        if reverse:
-            raise ValueError(f"{cfg.method} integrates noise -> data only; use an ODE solver with reverse=True")
-        return _one_eval_per_step(fn, x_start, cfg, noise)
-    if not cfg.adaptive:
-        grid = time_grid(cfg.steps, cfg.time_grid, x_start.dtype, x_start.device)
-        return odeint(fn, x_start, grid.flip(0) if reverse else grid, method=cfg.method)[-1]
+def _torchdiffeq_fixed(fn: _Counted, x_start: torch.Tensor, cfg: SolverConfig, reverse: bool,
+                       noise: Noise | None = None) -> torch.Tensor:
+    grid = time_grid(cfg.steps, cfg.time_grid, x_start.dtype, x_start.device)
+    return odeint(fn, x_start, grid.flip(0) if reverse else grid, method=cfg.method)[-1]
+
+
+def _torchdiffeq_adaptive(fn: _Counted, x_start: torch.Tensor, cfg: SolverConfig, reverse: bool,
+                          noise: Noise | None = None) -> torch.Tensor:
     t = torch.tensor([1.0, 0.0] if reverse else [0.0, 1.0], dtype=x_start.dtype, device=x_start.device)
     options = {"step_t": [float(t[1])], "first_step": cfg.first_step, "min_step": cfg.min_step,
                "max_num_steps": cfg.max_num_steps}
@@ -220,6 +218,36 @@ def _odeint(fn: _Counted, x_start: torch.Tensor, cfg: SolverConfig, reverse: boo
         if "max_num_steps" in msg:
             raise FloatingPointError(f"{cfg.method}: {msg}; loosen rtol/atol or raise max_num_steps") from None
         raise
+
+
+@dataclass(frozen=True)
+class Method:
+    """One solver: field evaluations per fixed step (None: adaptive), whether the field takes the step
+    size d (a few-step head), and ``run(fn, x_start, cfg, reverse, noise) -> x_end``."""
+    evals_per_step: int | None
+    run: Callable[..., torch.Tensor]
+    step_aware: bool = False
+
+
+# a solver is one entry (as torchdiffeq's SOLVERS): the model, the CLIs and the harness read this table
+SOLVERS = {
+    "euler": Method(1, _torchdiffeq_fixed),
+    "midpoint": Method(2, _torchdiffeq_fixed),
+    "rk4": Method(4, _torchdiffeq_fixed),
+    "euler_maruyama": Method(1, _one_eval_per_step),
+    "shortcut": Method(1, _one_eval_per_step, step_aware=True),
+    "dopri5": Method(None, _torchdiffeq_adaptive),
+    "bosh3": Method(None, _torchdiffeq_adaptive),
+}
+METHODS = tuple(SOLVERS)
+FIXED_METHODS = tuple(m for m, s in SOLVERS.items() if s.evals_per_step)
+ADAPTIVE_METHODS = tuple(m for m, s in SOLVERS.items() if not s.evals_per_step)
+STEP_AWARE = tuple(m for m, s in SOLVERS.items() if s.step_aware)  # fields that take the step size d
+
+
+def _odeint(fn: _Counted, x_start: torch.Tensor, cfg: SolverConfig, reverse: bool,
+            noise: Noise | None = None) -> torch.Tensor:
+    return SOLVERS[cfg.method].run(fn, x_start, cfg, reverse, noise)
 
 
 def solve(velocity: Velocity, x_start: torch.Tensor, cfg: SolverConfig, *, per_sample: bool = False,

@@ -237,3 +237,25 @@ def test_euler_maruyama_noise_is_the_callers_and_reverse_is_refused():
         solve(v, x0, SolverConfig("euler_maruyama", 4), reverse=True)
     with pytest.raises(ValueError, match=r"sde_noise must lie in \[0, inf\)"):
         SolverConfig("euler_maruyama", 4, sde_noise=-1.0)
+
+
+def test_a_solver_is_one_registry_entry(monkeypatch):
+    """Heun (an explicit trapezoid, 2 evaluations per step) added as one entry of ``SOLVERS`` is
+    validated, run and counted like the built-in ones."""
+    from flowar.solvers import SOLVERS, Method
+
+    def heun(fn, x, cfg, reverse, noise=None):
+        grid = time_grid(cfg.steps, cfg.time_grid, x.dtype)
+        for t0, t1 in zip(grid[:-1], grid[1:]):
+            v0 = fn(t0, x)
+            x = x + (t1 - t0) / 2 * (v0 + fn(t1, x + (t1 - t0) * v0))
+        return x
+
+    with pytest.raises(ValueError, match="solver must be one of"):
+        SolverConfig("heun", steps=4)
+    monkeypatch.setitem(SOLVERS, "heun", Method(2, heun))
+    cfg = SolverConfig("heun", steps=8)
+    x0 = torch.ones(3, 2)
+    sol = solve(lambda t, x, rows: -x, x0, cfg)  # dx/dt = -x: x(1) = e^-1
+    assert cfg.fixed_nfe == 16 and sol.nfe == [16] * 3
+    assert torch.allclose(sol.x, x0 * math.exp(-1), atol=2e-3)
