@@ -134,17 +134,23 @@ def _init(module: nn.Module, zero: list[nn.Linear]) -> None:
 
 # ----------------------------------------------------------------------------- 2-D rotary embedding
 
-def rope_2d(side: int, head_dim: int, frame: int | None = None, base: float = 10_000.0,
+def rope_freqs(head_dim: int, base: float = 10_000.0, device=None) -> torch.Tensor:
+    """The (head_dim / 4,) rotary frequencies base^(-i / (head_dim / 4)), computed as EVA-02 and the
+    FlowAR release do (their rounding)."""
+    half = head_dim // 2
+    return 1.0 / (base ** (torch.arange(0, half, 2, device=device).float() / half))
+
+
+def rope_2d(side: int, head_dim: int, frame: int, base: float = 10_000.0,
             device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin), each (side^2, head_dim / 2), for the side x side grid in row-major order: the first
     half of the rotated pairs turns with the row position, the second half with the column position.
     Positions are i * frame / side (the release puts every scale on the final grid's frame, ``frame`` =
-    the last side); ``frame=None`` gives the integer positions 0..side-1."""
+    the last side)."""
     if head_dim % 4:
         raise ValueError(f"2-D rotary embedding needs a head dimension divisible by 4, got {head_dim}")
-    half = head_dim // 2
-    freqs = 1.0 / (base ** (torch.arange(0, half, 2, device=device).float() / half))    # (d/4,), EVA-02's
-    pos = torch.arange(side, device=device) / side * (side if frame is None else frame)
+    freqs = rope_freqs(head_dim, base, device)                                             # (d/4,)
+    pos = torch.arange(side, device=device) / side * frame
     rows, cols = pos.repeat_interleave(side), pos.repeat(side)                             # (n,)
     ang = torch.cat([rows[:, None] * freqs, cols[:, None] * freqs], dim=1)                 # (n, d/2)
     return ang.cos(), ang.sin()

@@ -33,6 +33,8 @@ from typing import Mapping
 
 import torch
 
+from .heads import rope_freqs
+
 # head blocks x width (heads: width // 64), cross-attention blocks; the AR transformer's sizes for reference
 RELEASE_SIZES = {
     "S": dict(head="transformer", head_depth=2, head_width=1024, backbone_width=768, backbone_depth=6 + 6),
@@ -64,11 +66,6 @@ _ROPE = re.compile(r"^res_blocks\.(\d+)\.(attn|crossattn)\.rope\.freqs$")
 _GLU = re.compile(r"^res_blocks\.(\d+)\.mlp\.fc1_([gx])\.(weight|bias)$")
 
 
-def _rope_freqs(head_dim: int) -> torch.Tensor:
-    half = head_dim // 2
-    return 1.0 / (10_000 ** (torch.arange(0, half, 2).float() / half))
-
-
 def head_state_from_release(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The release's flow-head weights as a :class:`~flowar.heads.TransformerHead` state dict.
 
@@ -88,7 +85,7 @@ def head_state_from_release(state: Mapping[str, torch.Tensor]) -> dict[str, torc
     unknown = []
     for name, value in head.items():
         if m := _ROPE.match(name):
-            if not torch.allclose(value.float(), _rope_freqs(2 * 2 * len(value)), rtol=1e-6, atol=0):
+            if not torch.allclose(value.float(), rope_freqs(4 * len(value)), rtol=1e-6, atol=0):
                 raise ValueError(f"{name}: RoPE frequencies differ from 10000^(-i/(d/4)) (a changed rotary base?)")
             continue
         if m := _GLU.match(name):
