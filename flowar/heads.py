@@ -49,7 +49,8 @@ from nextscale.attention import attention
 from nextscale.backbone import modulate
 from nextscale.scales import scale_slices
 
-HEADS = ("transformer", "transformer_cross", "mlp")
+TRANSFORMER_HEADS = ("transformer", "transformer_cross")  # attention over the scale: rotary, head dim, time input
+HEADS = TRANSFORMER_HEADS + ("mlp",)
 TIME_INPUTS = ("continuous", "index")
 
 
@@ -367,7 +368,7 @@ def make_head(kind: str, channels: int, cond_width: int, width: int, depth: int,
     """A velocity head; ``step_embedding`` makes it a few-step head (conditioned on the step size d);
     ``time_input`` applies to the transformer heads (MAR's head embeds 1000 t)."""
     step = dict(step_embedding=step_embedding, min_step=min_step)
-    if kind in ("transformer", "transformer_cross"):
+    if kind in TRANSFORMER_HEADS:
         return TransformerHead(channels, cond_width, width, depth, heads, schedule,
                                cross=kind == "transformer_cross", time_input=time_input, **step)
     if kind == "mlp":

@@ -51,7 +51,7 @@ from nextscale.config import check_choice, check_float, check_int
 from nextscale.scales import pyramid, resize, scale_slices
 
 from .autoencoder import AEConfig, ContinuousAE
-from .heads import HEADS, TIME_INPUTS, make_head
+from .heads import HEADS, TIME_INPUTS, TRANSFORMER_HEADS, make_head
 from .solvers import SOLVERS, TIME_GRIDS, SolverConfig, path_sample, sample_t, shortcut_target, solve
 
 PATHS = ("noise", "prev_noise")
@@ -102,7 +102,7 @@ class FlowARConfig:
         check_int("head_width", self.head_width, 1)
         check_int("head_depth", self.head_depth, 1)
         check_int("head_heads", self.head_heads, 1)
-        transformer = self.head != "mlp"
+        transformer = self.head in TRANSFORMER_HEADS
         if transformer and (self.head_width % self.head_heads or (self.head_width // self.head_heads) % 4):
             raise ValueError(f"head_width ({self.head_width}) must be head_heads ({self.head_heads}) times a multiple "
                              f"of 4 (the 2-D rotary embedding splits each head's channels in 4)")

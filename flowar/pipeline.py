@@ -13,6 +13,7 @@ from nextscale.scales import doubling_schedule
 from nextscale.train import TrainConfig, train
 
 from .autoencoder import AEConfig, ContinuousAE
+from .heads import TRANSFORMER_HEADS
 from .model import FlowAR, FlowARConfig
 
 
@@ -43,7 +44,7 @@ def flowar_paper_configs(data: ImageData, backbone: BackboneConfig, head: str = 
     ae, _ = default_configs(data, bb)
     return ae, FlowARConfig(ae=ae, backbone=bb, head=head, head_width=bb.width, head_depth=2, path="noise",
                             input_resize="via_full", t_per="scale", t_sampling="uniform", loss_weight="tokens",
-                            head_time="continuous" if head == "mlp" else "index")
+                            head_time="index" if head in TRANSFORMER_HEADS else "continuous")
 
 
 def flowar_release_configs(data: ImageData, backbone: BackboneConfig, size: str = "S"
