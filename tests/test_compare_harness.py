@@ -216,18 +216,14 @@ def test_inception_space_and_reference_statistics(tmp_path, capsys):
 def test_torchrun_two_processes_give_one_process_metrics(tmp_path):
     """Under torchrun (2 CPU processes on gloo), sampling batches and feature chunks are sharded over the
     ranks and gathered: on the same weights the metrics equal the one-process run's."""
-    import os
-    import subprocess
-    import sys
+    from launch import torchrun
 
     out = tmp_path / "tr"
     args = ["--quick", "--seeds", "1", "--arms", "var,flowar", "--samples", "40", "--sample-batch", "10",
             "--out", str(out)]
     main(args)
     one = json.loads((out / "results.json").read_text())
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    "-m", "compare", *args], check=True, env=env, timeout=600, cwd=tmp_path, capture_output=True)
+    torchrun(["-m", "compare", *args], cwd=tmp_path)
     two = json.loads((out / "results.json").read_text())
     assert all(p["reused_checkpoints"] for a in two["models"].values() for p in a["per_seed"])
     assert [r["sampler"] for r in two["rows"]] == [r["sampler"] for r in one["rows"]]

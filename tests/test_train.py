@@ -1,7 +1,4 @@
 import math
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +8,10 @@ import torch
 from nextscale.checkpoint import load_checkpoint
 from nextscale.data import load_digits
 from nextscale.train import TrainConfig, load_trained, lr_at, train
+from launch import torchrun
 from toy import Toy, ToyConfig
+
+WORKER_ENV = {"PYTHONPATH": str(Path(__file__).parent)}  # ddp_worker.py imports toy.py
 
 TINY = TrainConfig(steps=12, batch_size=32, lr=3e-3, warmup_steps=3, progress=False)
 
@@ -269,9 +269,7 @@ def test_asking_for_missing_cuda_is_a_clear_error(d8):
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(d8, tmp_path):
     out = tmp_path / "ddp.json"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    str(Path(__file__).parent / "ddp_worker.py"), str(out)], check=True, env=env, timeout=300)
+    torchrun([str(Path(__file__).parent / "ddp_worker.py"), str(out)], env=WORKER_ENV, timeout=300)
     import json
     two = json.loads(out.read_text())["losses"]
     torch.manual_seed(0)
@@ -290,10 +288,7 @@ def test_two_process_ddp_trains_flowar_with_the_transformer_heads(tmp_path, kind
     scale) trains under DDP: the loss falls and both ranks end with the same weights."""
     import json
     out = tmp_path / "ddp_flowar.json"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    str(Path(__file__).parent / "ddp_worker.py"), str(out), kind], check=True, env=env,
-                   timeout=300)
+    torchrun([str(Path(__file__).parent / "ddp_worker.py"), str(out), kind], env=WORKER_ENV, timeout=300)
     res = json.loads(out.read_text())
     assert len(res["losses"]) == 8 and all(math.isfinite(v) for v in res["losses"])
     assert min(res["losses"][-3:]) < res["losses"][0]
