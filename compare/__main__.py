@@ -11,7 +11,9 @@ import sys
 
 from nextscale.cli import run_or_exit
 
-from .harness import ARMS, PRESET_DATA_KEYS, PRESETS, CompareConfig, run
+from .arms import ARMS
+from .config import PRESET_DATA_KEYS, PRESETS, CompareConfig
+from .harness import run
 
 
 def _parser(suppress: bool = False) -> argparse.ArgumentParser:

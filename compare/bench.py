@@ -40,9 +40,9 @@ from nextscale.data import load_digits
 from nextscale.scales import default_schedule
 from nextscale.train import pick_device
 
-from .harness import CompareConfig, arm_configs, build_arm, compile_for_sampling, trainable_copy
-
-ARMS = ("var", "flowar", "flowar-mlp")
+from .arms import ARMS, DEFAULT_ARMS, arm_configs, build_arm
+from .config import CompareConfig
+from .sampling import compile_for_sampling, trainable_copy
 
 
 def build(arm: str, data, backbone: BackboneConfig, dev):
@@ -99,66 +99,36 @@ def _timed(fn, dev) -> float:
     return time.perf_counter() - t
 
 
-def teacher_forced(model, y, dev):
-    """One teacher-forced pass of the backbone plus one head evaluation per position (random inputs)."""
-    bb = model.backbone
-    x_in = torch.randn(len(y), bb.cfg.seq_len - bb.cfg.first_len, bb.cfg.in_dim, device=dev)
-    if not hasattr(model.head, "velocity"):  # VAR: linear head to logits
-        return lambda: model.head(bb(x_in, y))
-    C = model.config.ae.latent_channels
-    x_t, t = torch.randn(len(y), bb.cfg.seq_len, C, device=dev), torch.full((1, 1), 0.5, device=dev)
-
-    def fwd():
-        h = bb(x_in, y)
-        return [model.head(x_t[:, sl], t, h[:, sl], k) for k, sl in enumerate(bb.slices)]
-    return fwd
-
-
-def decoder(model, batch: int, dev):
-    """The final latent -> image decode that sampling ends with (not part of the teacher-forced forward)."""
-    if hasattr(model, "tokenizer"):
-        tc = model.tokenizer.config
-        f = torch.randn(batch, tc.latent_channels, tc.latent_side, tc.latent_side, device=dev)
-        return lambda: model.tokenizer.decode_latent(f)
-    ac = model.config.ae
-    z = torch.randn(batch, ac.latent_channels, ac.latent_side, ac.latent_side, device=dev)
-    return lambda: model.ae.decode(z)
-
-
-def sampler(arm: str, steps: int):
-    if arm == "var":
-        return lambda model, y, cfg: model.sample(y, cfg_scale=cfg, seed=0)
-    from flowar.pipeline import PAPER_SAMPLING
-    kw = {**PAPER_SAMPLING, "steps": steps}
-    return lambda model, y, cfg: model.sample(y, cfg_scale=cfg, seed=0, **kw)
+def decoder(family, model, batch: int, dev):
+    """The final latent -> image decode that sampling ends with (not part of the teacher-forced forward):
+    the latent has the backbone's input channels at the schedule's last side."""
+    bb = model.backbone.cfg
+    z = torch.randn(batch, bb.in_dim, bb.schedule[-1], bb.schedule[-1], device=dev)
+    decode = family.decode(model)
+    return lambda: decode(z)
 
 
 def measure_arm(arm, data, backbone, dev, batch, repeats, steps, compile_=False) -> dict:
+    family = ARMS[arm].family
     model = build(arm, data, backbone, dev)
     if compile_:
-        compile_for_sampling(model)
+        compile_for_sampling(model, family.head_eval)
     bb, head = model.backbone, model.head
-    head_fn = "velocity" if hasattr(head, "velocity") else "forward"
-    sample = sampler(arm, steps)
+    kw = {**family.own_sampler, **({"steps": steps} if "steps" in family.own_sampler else {})}
+
+    def sample(model, y, cfg):
+        return model.sample(y, cfg_scale=cfg, seed=0, **kw)
     y = (torch.arange(batch) % data.num_classes).to(dev)
     y2 = torch.cat([y, torch.full_like(y, bb.null_class)])
     x_in = torch.randn(batch, bb.cfg.seq_len - bb.cfg.first_len, bb.cfg.in_dim, device=dev)
     x_in2 = x_in.repeat(2, 1, 1)
-    tasks = {"forward": teacher_forced(model, y, dev), "forward_x2": teacher_forced(model, y2, dev),
+    tasks = {"forward": family.teacher_forced(model, y, dev), "forward_x2": family.teacher_forced(model, y2, dev),
              "backbone": lambda: bb(x_in, y), "backbone_x2": lambda: bb(x_in2, y2),
-             "decode": decoder(model, batch, dev),
+             "decode": decoder(family, model, batch, dev),
              "sample": lambda: sample(model, y, 0.0), "sample_cfg": lambda: sample(model, y, 1.0)}
-    if head_fn == "velocity":  # one evaluation of the head alone at every scale (the sampler's mix)
-        C, t = model.config.ae.latent_channels, torch.full((1, 1), 0.5, device=dev)
-        with torch.no_grad():
-            inputs = [(torch.randn(batch, s * s, C, device=dev), head.condition(
-                torch.randn(batch, s * s, bb.cfg.width, device=dev), k), k) for k, s in enumerate(bb.cfg.schedule)]
-
-        def head_alone():
-            for x, c, k in inputs:
-                head.velocity(x, t, c, k)
-        tasks["head_eval_alone"] = head_alone
-    in_head, in_steps = CallTimer(head, head_fn, dev), CallTimer(bb, "step", dev)
+    if family.head_alone is not None:  # one evaluation of the head alone at every scale (the sampler's mix)
+        tasks["head_eval_alone"] = family.head_alone(model, batch, dev)
+    in_head, in_steps = CallTimer(head, family.head_eval, dev), CallTimer(bb, "step", dev)
     series: dict[str, list[float]] = {}
     with torch.no_grad():
         for r in range(repeats + 1):  # interleaved; round 0 is the warm-up
@@ -200,7 +170,7 @@ def measure_arm(arm, data, backbone, dev, batch, repeats, steps, compile_=False)
            "rest_ms": 1000 * statistics.median(s - h - b for s, h, b in zip(
                series["sample"], series["sample_head"], series["sample_steps"])),
            "ms_per_img": per_img}
-    if head_fn == "velocity":  # one head evaluation inside sampling vs the head alone on the same batch
+    if "head_eval_alone" in tasks:  # one head evaluation inside sampling vs the head alone on the same batch
         out["head_eval_in_sampling_ms"] = 1000 * med["sample_head"] / med["sample_head_calls"]
         out["head_eval_alone_ms"] = ms("head_eval_alone") / len(bb.cfg.schedule)
     if not compile_:
@@ -231,7 +201,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7; --quick 2)")
     p.add_argument("--steps", type=int, default=24, help="FlowAR Euler steps per scale (two-segment grid; 24: the release's)")
     p.add_argument("--compile", action="store_true", help="also measure with torch.compile (slow to start)")
-    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="arms to measure (default: all)")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(DEFAULT_ARMS),
+                   help="arms to measure (default: " + " ".join(DEFAULT_ARMS) + ")")
     a = p.parse_args(argv)
     for name in ("batch", "steps", "repeats", "threads"):
         v = getattr(a, name)

@@ -4,10 +4,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .arms import ANCHOR, ARMS
 from .stats import fmt_interval
 
-NAMES = {"var": "VAR", "flowar": "FlowAR", "flowar-mlp": "FlowAR, MLP head", "flowar-fewstep": "FlowAR, shortcut head"}
-COLORS = {"var": "tab:blue", "flowar": "tab:orange", "flowar-mlp": "tab:green", "flowar-fewstep": "tab:red"}
+
+def _name(arm: str) -> str:
+    """The arm's name in plots (results from an arm no longer registered keep their key)."""
+    return ARMS[arm].label if arm in ARMS else arm
+
+
+def _color(arm: str) -> str | None:
+    return ARMS[arm].color if arm in ARMS else None
 
 
 def _fmt(v, digits=3):
@@ -113,9 +120,7 @@ def write_report(results: dict, out: Path) -> None:
         f"Shared backbone config: width {bb['width']}, depth {bb['depth']}, heads {bb['heads']}, latent channels "
         f"{bb['in_dim']}; each arm keeps its paper's scale schedule: " + "; ".join(
             f"{n} {tuple(i['schedule'])} (L = {sum(s * s for s in i['schedule'])})" for n, i in m.items()) + ". "
-        "Arms: `var` (VAR), `flowar` (FlowAR as published: transformer velocity head, doubling schedule, "
-        "two-segment Euler), `flowar-mlp` (the same with MAR's per-token MLP head), `flowar-fewstep` when run "
-        "(the same with a shortcut head: 1-4 steps per scale). FlowAR rows use FlowAR's "
+        "Arms: " + "; ".join(f"`{n}` ({ARMS[n].doc})" for n in m if n in ARMS) + ". FlowAR rows use FlowAR's "
         f"guidance: w = {cfg['flowar_cfg']} (FlowAR's cfg {1 + cfg['flowar_cfg']:g}) ramped linearly from 0 at "
         "scale 1, off for the noisiest 10% of t (rows labelled `w 0.5` use w = 0.5; a shortcut step [t, t + d] "
         "is guided where it meets t >= 0.1).",
@@ -205,10 +210,10 @@ def write_plots(results: dict, out: Path) -> list[Path]:
         for m in models:
             mine = [r for r in rows if r["model"] == m]
             xs, ys = [key(r) for r in mine], [r["fid"]["mean"] for r in mine]
-            ax.errorbar(xs, ys, yerr=[_err(r["fid"]) for r in mine], fmt="o", color=COLORS.get(m), capsize=3,
-                        label=NAMES.get(m, m))
+            ax.errorbar(xs, ys, yerr=[_err(r["fid"]) for r in mine], fmt="o", color=_color(m), capsize=3,
+                        label=_name(m))
             front = pareto(list(zip(xs, ys)))
-            ax.plot(*zip(*front), color=COLORS.get(m), lw=1, alpha=0.7)
+            ax.plot(*zip(*front), color=_color(m), lw=1, alpha=0.7)
             for r, x, y in zip(mine, xs, ys):
                 ax.annotate(r["sampler"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.axhline(floor, color="grey", ls="--", lw=1, label="real floor")
@@ -225,13 +230,13 @@ def write_plots(results: dict, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for r in rows:
         ax.errorbar(r["recall"]["mean"], r["precision"]["mean"], xerr=_err(r["recall"]), yerr=_err(r["precision"]),
-                    fmt="o", color=COLORS.get(r["model"]), capsize=2)
+                    fmt="o", color=_color(r["model"]), capsize=2)
         ax.annotate(r["sampler"], (r["recall"]["mean"], r["precision"]["mean"]), fontsize=6, xytext=(3, 3),
                     textcoords="offset points")
     f = results["floor"]
     ax.scatter([f["recall"]["mean"]], [f["precision"]["mean"]], marker="*", s=120, color="grey", label="real floor")
     for m in models:
-        ax.scatter([], [], color=COLORS.get(m), label=NAMES.get(m, m))
+        ax.scatter([], [], color=_color(m), label=_name(m))
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.legend(fontsize=7)
@@ -243,7 +248,7 @@ def write_plots(results: dict, out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for name, info in results["models"].items():
         fl = info["backbone_flops_per_scale"]
-        axes[0].plot(range(1, len(fl) + 1), [v / 1e6 for v in fl], marker="o", color=COLORS.get(name),
+        axes[0].plot(range(1, len(fl) + 1), [v / 1e6 for v in fl], marker="o", color=_color(name),
                      label=f"{name} backbone")
     axes[0].set_xlabel("scale k")
     axes[0].set_ylabel("backbone MFLOPs per image")
@@ -252,8 +257,8 @@ def write_plots(results: dict, out: Path) -> list[Path]:
     cmap = plt.get_cmap("tab20")
     for i, r in enumerate(rows):
         nfe = r.get("head_nfe_per_scale") or []
-        axes[1].plot(range(1, len(nfe) + 1), nfe, marker="o" if r["model"] == "var" else ".",
-                     ls="--" if r["model"] == "var" else "-", label=f"{r['model']} {r['sampler']}", color=cmap(i % 20))
+        axes[1].plot(range(1, len(nfe) + 1), nfe, marker="o" if r["model"] == ANCHOR else ".",
+                     ls="--" if r["model"] == ANCHOR else "-", label=f"{r['model']} {r['sampler']}", color=cmap(i % 20))
     axes[1].set_xlabel("scale k")
     axes[1].set_ylabel("head NFE per image")
     axes[1].set_yscale("log")

@@ -4,7 +4,7 @@ and per arm: on/off, generator-config overrides, sampler sweep).
 :func:`default_spec_text` is the full default spec with a comment per key (the harness's built-in sampler
 tables written out); :func:`load_spec` parses and validates a spec (every bad key or value one line naming
 its dotted path, all raised together as one ``ValueError`` before anything runs; missing keys take the
-defaults); :func:`spec_to_config_kwargs` turns it into :class:`~compare.harness.CompareConfig` keywords;
+defaults); :func:`spec_to_config_kwargs` turns it into :class:`~compare.config.CompareConfig` keywords;
 :func:`merge_cli` lays the command-line flags the user gave on top; :func:`dump_spec` writes a spec back
 in the default's commented layout (``dump_spec(load_spec(default_spec_text())) == default_spec_text()``).
 TOML has no null: ``""``, ``0`` and ``"auto"`` stand for "none / the default" where a comment says so.
@@ -25,8 +25,8 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the same parser, as a package
     import tomli as tomllib
 
-from . import harness
-from .harness import ARMS, DEFAULT_ARMS, CompareConfig
+from .arms import ARMS, DEFAULT_ARMS, arm_configs, sampler_rows
+from .config import CompareConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,21 +96,11 @@ KEYS = (
     Key("backbone", "latent_channels", "latent_channels", "channels of the latent every autoencoder / "
         "tokenizer makes (the backbone's input width)"),
 )
-ARM_DOCS = {
-    "var": "VAR (Tian et al. 2024): VQ tokenizer, next-scale token prediction",
-    "flowar": "FlowAR as published (Ren et al. 2025): transformer flow-matching head",
-    "flowar-mlp": "FlowAR's recipe with MAR's per-token MLP head",
-    "flowar-fewstep": "FlowAR's recipe with a shortcut head, sampled in 1, 2 or 4 steps per scale",
-}
 _SKIP_SAMPLE_ARGS = ("seed", "return_tokens")  # the harness sets the seed; tokens are not images
 
 
 def _gen_config_class(arm: str):
-    if arm == "var":
-        from var.model import VARConfig
-        return VARConfig
-    from flowar.model import FlowARConfig
-    return FlowARConfig
+    return ARMS[arm].family.config
 
 
 def _nested(arm: str) -> list[str]:
@@ -125,11 +115,7 @@ def override_fields(arm: str) -> list[str]:
 
 def sampler_keywords(arm: str) -> list[str]:
     """The sampling keywords a row of ``arms.<arm>.samplers`` may set (the model's ``sample`` keywords)."""
-    if arm == "var":
-        from var.model import VAR as model
-    else:
-        from flowar.model import FlowAR as model
-    return [p.name for p in inspect.signature(model.sample).parameters.values()
+    return [p.name for p in inspect.signature(ARMS[arm].family.model.sample).parameters.values()
             if p.kind is p.KEYWORD_ONLY and p.name not in _SKIP_SAMPLE_ARGS]
 
 
@@ -155,7 +141,7 @@ def default_spec() -> dict:
     spec = {section: {k.name: k.default for k in KEYS if k.section == section} for section in SECTIONS}
     spec["arms"] = {arm: {"enabled": arm in DEFAULT_ARMS, "overrides": {},
                           "samplers": [{"label": label, **_plain(_ordered(arm, kw))}
-                                       for label, kw in harness._samplers(arm, cfg)]}
+                                       for label, kw in sampler_rows(arm, cfg)]}
                     for arm in ARMS}
     return spec
 
@@ -195,7 +181,7 @@ def dump_spec(spec: dict) -> str:
     lines += ["", *_comment("One table per arm. Arms run by default: " + ", ".join(DEFAULT_ARMS) + ".")]
     for arm in ARMS:
         table = spec["arms"][arm]
-        lines += ["", *_comment(ARM_DOCS[arm]), f"[arms.{_toml_key(arm)}]",
+        lines += ["", *_comment(ARMS[arm].doc), f"[arms.{_toml_key(arm)}]",
                   "# true: train and compare this arm", f"enabled = {_toml(table['enabled'])}",
                   *_comment(f"{_gen_config_class(arm).__name__} fields to override "
                             f"({', '.join(override_fields(arm))}); {{}} = none"),
@@ -301,7 +287,7 @@ def _value_errors(spec: dict) -> list[str]:
     for arm in ARMS:
         over = (kw["arm_overrides"] or {}).get(arm, {})
         try:
-            harness.arm_configs(arm, data, backbone, dataclasses.replace(cfg, arm_overrides={arm: over}))
+            arm_configs(arm, data, backbone, dataclasses.replace(cfg, arm_overrides={arm: over}))
         except ValueError as e:
             base = f"arms.{arm}.overrides"
             errors.append(_with_path(str(e), {k: f"{base}.{k}" for k in over}, base))
@@ -330,7 +316,7 @@ def load_spec(source: str | Path) -> dict:
         elif section == "arms":
             for arm, table in body.items():
                 if arm not in ARMS:
-                    errors.append(_unknown(f"arms.{arm}", ARMS))
+                    errors.append(_unknown(f"arms.{arm}", list(ARMS)))
                 elif not isinstance(table, dict):
                     errors.append(f"arms.{arm} must be a table, got {table!r}")
                 else:
@@ -363,7 +349,7 @@ def spec_to_config_kwargs(spec: dict) -> dict:
     samplers = {}
     for arm in ARMS:
         rows = tuple((r["label"], {k: _tuples(v) for k, v in r.items() if k != "label"}) for r in arms[arm]["samplers"])
-        if rows != tuple(harness._samplers(arm, default)):
+        if rows != tuple(sampler_rows(arm, default)):
             samplers[arm] = rows
     kw["samplers"] = samplers or None
     kw["arm_overrides"] = {a: dict(arms[a]["overrides"]) for a in ARMS if arms[a]["overrides"]} or None

@@ -48,3 +48,36 @@ def fmt_interval(s: dict, digits: int = 3, scale: float = 1.0) -> str:
         v = v * scale
         return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.3e}"
     return f(s["mean"]) if s["half"] is None else f"{f(s['mean'])} ± {f(s['half'])}"
+
+
+def best_row(rows: list[dict], model: str) -> dict:
+    """The row of ``model`` with the lowest mean FID."""
+    return min((r for r in rows if r["model"] == model), key=lambda r: r["fid"]["mean"])
+
+
+def paired_comparisons(rows: list[dict], anchor: str) -> list[dict]:
+    """FID, recall and ms/img differences, paired over seeds: every model's best row against every other
+    model's best row, and the ``anchor`` model's best row against each other model's row nearest to it in
+    head NFE and in ms/img."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    best = {m: best_row(rows, m) for m in models}
+    pairs = [("best vs best", best[a], best[b]) for i, a in enumerate(models) for b in models[i + 1:]]
+    if anchor in best:
+        v = best[anchor]
+        for m in models:
+            if m == anchor:
+                continue
+            mine = [r for r in rows if r["model"] == m]
+            near = {what: min(mine, key=lambda r: abs(math.log(r[key]["mean"] / v[key]["mean"])))
+                    for key, what in (("head_nfe", "matched head NFE"), ("ms_per_image", "matched ms/img"))}
+            if near["matched head NFE"] is near["matched ms/img"]:
+                pairs.append(("matched head NFE and ms/img", v, near["matched head NFE"]))
+            else:
+                pairs += [(what, v, r) for what, r in near.items()]
+    out = []
+    for what, a, b in pairs:
+        out.append({"what": what, "a": {"model": a["model"], "sampler": a["sampler"]},
+                    "b": {"model": b["model"], "sampler": b["sampler"]},
+                    **{f"{k}_diff": paired_difference(a[k]["values"], b[k]["values"])
+                       for k in ("fid", "recall", "ms_per_image")}})
+    return out

@@ -11,7 +11,7 @@ import torch
 from nextscale.backbone import BackboneConfig
 from nextscale.config import config_to_dict
 from nextscale.data import ImageData
-from nextscale.train import TrainConfig
+from nextscale.train import TrainConfig, recipe
 
 
 def _ckpt(ckpt_dir: Path | None, name: str, *parts) -> Path | None:
@@ -23,19 +23,19 @@ def _ckpt(ckpt_dir: Path | None, name: str, *parts) -> Path | None:
 
 
 def train_tokenizer(data: ImageData, bb: BackboneConfig, steps: int, seed: int, ckpt_dir: Path | None):
-    from var.pipeline import default_configs, default_train_configs, train_tokenizer as train_vq
+    from var.pipeline import default_configs, train_tokenizer as train_vq
 
     vq_cfg, _ = default_configs(data, bb)
-    tc, _ = default_train_configs(seed=seed, tokenizer_steps=steps, progress=False)
+    tc, _ = recipe(seed=seed, ae_steps=steps, progress=False)
     return train_vq(data, vq_cfg, tc, ckpt_path=_ckpt(ckpt_dir, "tokenizer", vq_cfg, tc, data.fingerprint()),
                     device="cpu")
 
 
 def train_autoencoder(data: ImageData, bb: BackboneConfig, steps: int, seed: int, ckpt_dir: Path | None):
-    from flowar.pipeline import default_configs, default_train_configs, train_autoencoder as train_ae
+    from flowar.pipeline import default_configs, train_autoencoder as train_ae
 
     ae_cfg, _ = default_configs(data, bb)
-    tc, _ = default_train_configs(seed=seed, ae_steps=steps, progress=False)
+    tc, _ = recipe(seed=seed, ae_steps=steps, progress=False)
     return train_ae(data, ae_cfg, tc, ckpt_path=_ckpt(ckpt_dir, "ae", ae_cfg, tc, data.fingerprint()), device="cpu")
 
 

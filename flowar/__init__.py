@@ -5,10 +5,10 @@ SDE solvers with exact NFE counting.
 Time convention everywhere: t = 0 noise, t = 1 data (see ``flowar.solvers``)."""
 from .autoencoder import AEConfig, ContinuousAE
 from .model import FlowAR, FlowARConfig
-from .pipeline import (PAPER_SAMPLING, default_configs, default_train_configs, flowar_paper_configs,
+from .pipeline import (PAPER_SAMPLING, default_configs, flowar_paper_configs,
                        flowar_release_configs, train_autoencoder, train_flowar)
 from .solvers import SolverConfig, solve
 
 __all__ = ["AEConfig", "ContinuousAE", "FlowAR", "FlowARConfig", "SolverConfig", "solve", "default_configs",
-           "flowar_paper_configs", "flowar_release_configs", "PAPER_SAMPLING", "default_train_configs",
+           "flowar_paper_configs", "flowar_release_configs", "PAPER_SAMPLING",
            "train_autoencoder", "train_flowar"]

@@ -24,12 +24,12 @@ import torch
 import nextscale
 from nextscale.checkpoint import keyed_stage_paths
 from nextscale.cli import add_run_args, at_least, data_and_backbone, out_folder, out_lock, run_or_exit
-from nextscale.train import pick_device
+from nextscale.train import pick_device, recipe
 from nextscale.config import config_to_dict
 from nextscale.viz import save_grid
 
 from .heads import HEADS
-from .pipeline import (PAPER_SAMPLING, default_train_configs, flow_losses, flowar_paper_configs, recon_mse,
+from .pipeline import (PAPER_SAMPLING, flow_losses, flowar_paper_configs, recon_mse,
                        train_autoencoder, train_flowar)
 from .model import FEW_STEP
 from .solvers import METHODS, STEP_AWARE
@@ -81,9 +81,8 @@ def _run(a: argparse.Namespace, out: Path) -> dict:
     ae_cfg, fl_cfg = flowar_paper_configs(data, backbone, head=a.head)
     if a.few_step is not None:
         fl_cfg = replace(fl_cfg, few_step=a.few_step)
-    ae_train, fl_train = default_train_configs(seed=a.seed)
-    ae_train = ae_train.override(steps=a.ae_steps, batch_size=a.batch_size)
-    fl_train = fl_train.override(steps=a.steps, batch_size=a.batch_size)
+    ae_train, fl_train = (c.override(batch_size=a.batch_size) for c in recipe(
+        seed=a.seed, ae_steps=a.ae_steps, gen_steps=a.steps))
 
     t0 = time.perf_counter()
     pick_device(a.device)

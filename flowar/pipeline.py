@@ -62,16 +62,6 @@ def flowar_release_configs(data: ImageData, backbone: BackboneConfig, size: str 
                        head_heads=r["head_width"] // 64)
 
 
-def default_train_configs(seed: int = 0, ae_steps: int = 300, flowar_steps: int = 600, progress: bool = True
-                          ) -> tuple[TrainConfig, TrainConfig]:
-    """(autoencoder, FlowAR) training configs sized for digits on 2 CPU cores (about 1 and 5 minutes
-    unloaded). FlowAR: batch 32, EMA 0.99 (the EMA weights are the ones returned)."""
-    ae = TrainConfig(steps=ae_steps, batch_size=64, lr=2e-3, warmup_steps=20, seed=seed, progress=progress)
-    fl = TrainConfig(steps=flowar_steps, batch_size=32, lr=1e-3, warmup_steps=50, ema_decay=0.99, seed=seed,
-                     progress=progress)
-    return ae, fl
-
-
 def train_autoencoder(data: ImageData, cfg: AEConfig, train_cfg: TrainConfig, ckpt_path: str | Path | None = None,
                       device: str | torch.device | None = None) -> ContinuousAE:
     """Train (or reload a finished checkpoint of) the autoencoder (initialised from ``train_cfg.seed``),

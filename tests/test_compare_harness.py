@@ -5,7 +5,7 @@ import math
 import pytest
 
 from compare.__main__ import main, parse
-from compare.harness import CompareConfig
+from compare.config import CompareConfig
 
 
 def test_cli_validates_options():
@@ -144,7 +144,7 @@ def _untrained_fids(res: dict, out) -> dict:
 
     from compare.classifier import train_classifier
     from compare.fid import fid_from_features
-    from compare.harness import arm_configs, build_arm
+    from compare.arms import arm_configs, build_arm
     from nextscale.backbone import BackboneConfig
     from nextscale.data import load_dataset
 

@@ -6,7 +6,11 @@ import sys
 import pytest
 import torch
 
-from compare import harness as H
+import compare.progress
+from compare.arms import arm_configs, build_arm, sampler_rows
+from compare.config import CompareConfig
+from compare.progress import Progress
+from compare.sampling import check_samplers, compile_arm, precision_context
 from nextscale.backbone import BackboneConfig
 from nextscale.data import load_digits
 
@@ -20,23 +24,23 @@ def small():
 
 def test_bf16_autocasts_sampling_and_features_only_when_asked():
     lin = torch.nn.Linear(4, 4)
-    with H.precision_context(H.CompareConfig(precision="bf16"), torch.device("cpu")):
+    with precision_context(CompareConfig(precision="bf16"), torch.device("cpu")):
         assert lin(torch.randn(2, 4)).dtype == torch.bfloat16
-    with H.precision_context(H.CompareConfig(), torch.device("cpu")):
+    with precision_context(CompareConfig(), torch.device("cpu")):
         assert lin(torch.randn(2, 4)).dtype == torch.float32
     with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"):
-        H.CompareConfig(precision="fp16")
+        CompareConfig(precision="fp16")
 
 
 @pytest.mark.parametrize("arm", ["var", "flowar"])
 def test_bf16_sampling_runs_and_stays_close(small, arm):
     data, bb = small
-    cfg = H.CompareConfig(precision="bf16")
+    cfg = CompareConfig(precision="bf16")
     torch.manual_seed(0)
-    model = H.build_arm(arm, *H.arm_configs(arm, data, bb, cfg)).eval()
+    model = build_arm(arm, *arm_configs(arm, data, bb, cfg)).eval()
     kw = dict(cfg_scale=1.0) if arm == "var" else dict(solver="euler", steps=2, cfg_scale=1.0)
     ref, _ = model.sample(torch.arange(4), seed=0, **kw)
-    with H.precision_context(cfg, torch.device("cpu")):
+    with precision_context(cfg, torch.device("cpu")):
         low, _ = model.sample(torch.arange(4), seed=0, **kw)
     assert torch.isfinite(low.float()).all() and low.shape == ref.shape
     if arm == "flowar":  # continuous: bf16 moves the images a little (VAR's tokens may flip instead)
@@ -58,9 +62,9 @@ def test_compile_wraps_the_blocks_and_the_head_and_traces(small, monkeypatch):
     torch._dynamo.reset()
     for arm in ("var", "flowar"):
         torch.manual_seed(0)
-        model = H.build_arm(arm, *H.arm_configs(arm, data, bb, H.CompareConfig())).eval()
+        model = build_arm(arm, *arm_configs(arm, data, bb, CompareConfig())).eval()
         before, _ = model.sample(torch.arange(3), seed=1)
-        H.compile_for_sampling(model)
+        compile_arm(arm, model)
         after, _ = model.sample(torch.arange(3), seed=1)
         assert torch.allclose(before, after, atol=1e-5)
     depth = bb.depth
@@ -71,8 +75,8 @@ def test_progress_line_counts_stages_and_estimates_time_left(monkeypatch):
     err = io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)
     clock = iter([0.0, 0.0, 30.0, 90.0])
-    monkeypatch.setattr(H.time, "perf_counter", lambda: next(clock))
-    p = H.Progress(4)
+    monkeypatch.setattr(compare.progress.time, "perf_counter", lambda: next(clock))
+    p = Progress(4)
     p.stage("classifier")
     p.stage("train var")
     p.stage("sample var")
@@ -84,21 +88,21 @@ def test_progress_line_counts_stages_and_estimates_time_left(monkeypatch):
 
 def test_sampler_and_config_overrides_are_checked_before_training(small):
     data, bb = small
-    cfg = H.CompareConfig(arms=("var",), samplers={"var": (("greedy-ish", {"cfg_scale": 0.0, "top_k": 1}),)})
-    assert H._samplers("var", cfg) == [("greedy-ish", {"cfg_scale": 0.0, "top_k": 1})]
-    H.check_samplers(cfg, data, bb, torch.device("cpu"))
-    bad = H.CompareConfig(arms=("var",), samplers={"var": (("typo", {"cfg_scal": 1.0}),)})
+    cfg = CompareConfig(arms=("var",), samplers={"var": (("greedy-ish", {"cfg_scale": 0.0, "top_k": 1}),)})
+    assert sampler_rows("var", cfg) == [("greedy-ish", {"cfg_scale": 0.0, "top_k": 1})]
+    check_samplers(cfg, data, bb, torch.device("cpu"))
+    bad = CompareConfig(arms=("var",), samplers={"var": (("typo", {"cfg_scal": 1.0}),)})
     with pytest.raises(ValueError, match=r"samplers.var \[typo\]: .*cfg_scal"):
-        H.check_samplers(bad, data, bb, torch.device("cpu"))
-    bad_value = H.CompareConfig(arms=("var",), samplers={"var": (("neg", {"cfg_scale": -1.0}),)})
+        check_samplers(bad, data, bb, torch.device("cpu"))
+    bad_value = CompareConfig(arms=("var",), samplers={"var": (("neg", {"cfg_scale": -1.0}),)})
     with pytest.raises(ValueError, match=r"samplers.var \[neg\]: cfg_scale"):
-        H.check_samplers(bad_value, data, bb, torch.device("cpu"))
+        check_samplers(bad_value, data, bb, torch.device("cpu"))
     with pytest.raises(ValueError, match="samplers.var must be a non-empty list"):
-        H.CompareConfig(samplers={"var": ()})
-    over = H.CompareConfig(arm_overrides={"flowar": {"head_depth": 3}})
-    assert H.arm_configs("flowar", data, bb, over)[1].head_depth == 3
-    assert H.arm_configs("flowar-mlp", data, bb, over)[1].head_depth == 2  # only the arm named
+        CompareConfig(samplers={"var": ()})
+    over = CompareConfig(arm_overrides={"flowar": {"head_depth": 3}})
+    assert arm_configs("flowar", data, bb, over)[1].head_depth == 3
+    assert arm_configs("flowar-mlp", data, bb, over)[1].head_depth == 2  # only the arm named
     with pytest.raises(ValueError, match=r"arm_overrides.flowar: unknown field 'hed_depth'"):
-        H.arm_configs("flowar", data, bb, H.CompareConfig(arm_overrides={"flowar": {"hed_depth": 3}}))
+        arm_configs("flowar", data, bb, CompareConfig(arm_overrides={"flowar": {"hed_depth": 3}}))
     with pytest.raises(ValueError, match="head_depth must lie in"):
-        H.arm_configs("flowar", data, bb, H.CompareConfig(arm_overrides={"flowar": {"head_depth": 0}}))
+        arm_configs("flowar", data, bb, CompareConfig(arm_overrides={"flowar": {"head_depth": 0}}))

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from compare import harness
-from compare.harness import ARMS, DEFAULT_ARMS, CompareConfig
+from compare.arms import ARMS, DEFAULT_ARMS, arm_configs, sampler_rows
+from compare.config import CompareConfig
 from compare.spec import KEYS, default_spec_text, dump_spec, load_spec, merge_cli, spec_to_config_kwargs
 from nextscale.backbone import BackboneConfig
 from nextscale.config import config_to_dict
@@ -42,15 +42,15 @@ def test_default_spec_is_the_default_config(digits):
     assert {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip} == \
         {k: v for k, v in dataclasses.asdict(d).items() if k not in skip}
     for arm in ARMS:  # the built-in sweeps, full and --quick
-        assert harness._samplers(arm, cfg) == harness._samplers(arm, d)
-        assert harness._samplers(arm, dataclasses.replace(cfg, quick=True)) == \
-            harness._samplers(arm, dataclasses.replace(d, quick=True))
+        assert sampler_rows(arm, cfg) == sampler_rows(arm, d)
+        assert sampler_rows(arm, dataclasses.replace(cfg, quick=True)) == \
+            sampler_rows(arm, dataclasses.replace(d, quick=True))
     # the same model configs, hence the same checkpoint keys, as no spec
     bb = BackboneConfig(schedule=default_schedule(latent_side_of(digits.side)), in_dim=d.latent_channels,
                         num_classes=digits.num_classes, width=d.width, depth=d.depth, heads=d.heads)
     for arm in ARMS:
-        assert [config_to_dict(c) for c in harness.arm_configs(arm, digits, bb, cfg)] == \
-            [config_to_dict(c) for c in harness.arm_configs(arm, digits, bb, d)]
+        assert [config_to_dict(c) for c in arm_configs(arm, digits, bb, cfg)] == \
+            [config_to_dict(c) for c in arm_configs(arm, digits, bb, d)]
 
 
 def test_a_partial_spec_takes_the_defaults_for_the_rest():
@@ -97,8 +97,8 @@ def test_override_is_checked_by_the_arm_config_and_applied(digits):
     assert cfg.arm_overrides == {"flowar-mlp": {"head_depth": 3}}
     bb = BackboneConfig(schedule=default_schedule(latent_side_of(digits.side)), in_dim=cfg.latent_channels,
                         num_classes=digits.num_classes, width=cfg.width, depth=cfg.depth, heads=cfg.heads)
-    assert harness.arm_configs("flowar-mlp", digits, bb, cfg)[1].head_depth == 3
-    assert harness.arm_configs("flowar", digits, bb, cfg)[1].head_depth == 2
+    assert arm_configs("flowar-mlp", digits, bb, cfg)[1].head_depth == 3
+    assert arm_configs("flowar", digits, bb, cfg)[1].head_depth == 2
 
 
 def test_arms_are_switched_on_and_off():
@@ -115,7 +115,7 @@ def test_custom_sampler_sweep_replaces_the_built_in_one():
     assert dump_spec(spec) == text
     cfg = CompareConfig(**spec_to_config_kwargs(spec))
     assert list(cfg.samplers) == ["var"]  # the unchanged sweeps stay the harness's
-    assert [lbl for lbl, _ in harness._samplers("var", cfg)] == \
+    assert [lbl for lbl, _ in sampler_rows("var", cfg)] == \
         ["cfg 0", "cfg 1.5", "cfg 2", "cfg 1.5, top-k 64, top-p 0.95"]
     rows = spec_to_config_kwargs(load_spec(
         "[arms.flowar]\nsamplers = [{ label = 'e', solver = 'euler', steps = 3, cfg_interval = [0.2, 1.0] }]\n"))

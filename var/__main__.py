@@ -19,11 +19,11 @@ import torch
 import nextscale
 from nextscale.checkpoint import keyed_stage_paths
 from nextscale.cli import add_run_args, at_least, data_and_backbone, out_folder, out_lock, run_or_exit
-from nextscale.train import pick_device
+from nextscale.train import pick_device, recipe
 from nextscale.config import config_to_dict
 from nextscale.viz import save_grid
 
-from .pipeline import default_configs, default_train_configs, evaluate, train_tokenizer, train_var
+from .pipeline import default_configs, evaluate, train_tokenizer, train_var
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,9 +60,8 @@ def run(a: argparse.Namespace) -> dict:
 def _run(a: argparse.Namespace, out: Path) -> dict:
     data, backbone = data_and_backbone(a)
     vq_cfg, var_cfg = default_configs(data, backbone, vocab_size=a.vocab_size)
-    tok_train, var_train = default_train_configs(seed=a.seed)
-    tok_train = tok_train.override(steps=a.tokenizer_steps, batch_size=a.batch_size)
-    var_train = var_train.override(steps=a.steps, batch_size=a.batch_size)
+    tok_train, var_train = (c.override(batch_size=a.batch_size) for c in recipe(
+        seed=a.seed, ae_steps=a.tokenizer_steps, gen_steps=a.steps))
 
     t0 = time.perf_counter()
     pick_device(a.device)

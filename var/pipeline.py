@@ -24,14 +24,6 @@ def default_configs(data: ImageData, backbone: BackboneConfig | None = None, voc
     return VQConfig(ae=ae, schedule=bb.schedule, vocab_size=vocab_size), VARConfig(backbone=bb, vocab_size=vocab_size)
 
 
-def default_train_configs(seed: int = 0, tokenizer_steps: int = 300, var_steps: int = 600, progress: bool = True
-                          ) -> tuple[TrainConfig, TrainConfig]:
-    """(tokenizer, VAR) training configs sized for digits on 2 CPU cores (~1-2 and ~4-5 minutes)."""
-    tok = TrainConfig(steps=tokenizer_steps, batch_size=64, lr=2e-3, warmup_steps=20, seed=seed, progress=progress)
-    var = TrainConfig(steps=var_steps, batch_size=32, lr=1e-3, warmup_steps=50, seed=seed, progress=progress)
-    return tok, var
-
-
 def train_tokenizer(data: ImageData, cfg: VQConfig, train_cfg: TrainConfig, ckpt_path: str | Path | None = None,
                     device: str | torch.device | None = None) -> MultiScaleVQVAE:
     """Train (or reload from a finished ``ckpt_path``) the multi-scale VQ-VAE; returns it in eval mode
@@ -104,4 +96,4 @@ def _token_mean(per_scale: list[float], model: VAR) -> float:
     return sum(c * n for c, n in zip(per_scale, sizes)) / sum(sizes)
 
 
-__all__ = ["default_configs", "default_train_configs", "train_tokenizer", "train_var", "measure", "evaluate"]
+__all__ = ["default_configs", "train_tokenizer", "train_var", "measure", "evaluate"]

@@ -1,0 +1,207 @@
+"""The arms of the comparison: one registry entry each.
+
+An :class:`Arm` is a model family (how its autoencoder and generator are built, trained and sampled), the
+recipe that makes its configs from the data and the shared backbone, its sampler sweep, and how the
+report names it. The harness, the run spec, the report and the bench iterate :data:`ARMS`; adding a
+variant is one entry here (plus its model code), and nothing outside this module compares arm names.
+
+Arms: ``var`` (VAR, Tian et al. 2024), ``flowar`` (FlowAR as released, Ren et al. 2025),
+``flowar-mlp`` (FlowAR's recipe with MAR's per-token MLP head, Li et al. 2024) and, opt-in,
+``flowar-fewstep`` (FlowAR's recipe with a shortcut head, Frans et al. 2025, 1-4 steps per scale).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from functools import partial
+from typing import Callable
+
+import torch
+
+from flowar.autoencoder import ContinuousAE
+from flowar.model import FlowAR, FlowARConfig
+from flowar.pipeline import PAPER_SAMPLING, flowar_paper_configs, train_autoencoder, train_flowar
+from var.model import VAR, VARConfig
+from var.pipeline import default_configs as var_configs, train_tokenizer, train_var
+from var.tokenizer import MultiScaleVQVAE
+
+
+def _var_teacher_forced(model, y, dev):
+    """Backbone over the whole pyramid, then the linear head to logits (random inputs)."""
+    bb = model.backbone
+    x_in = torch.randn(len(y), bb.cfg.seq_len - bb.cfg.first_len, bb.cfg.in_dim, device=dev)
+    return lambda: model.head(bb(x_in, y))
+
+
+def _flowar_teacher_forced(model, y, dev):
+    """Backbone over the whole pyramid, then one velocity-head evaluation per scale at t = 0.5."""
+    bb = model.backbone
+    x_in = torch.randn(len(y), bb.cfg.seq_len - bb.cfg.first_len, bb.cfg.in_dim, device=dev)
+    x_t = torch.randn(len(y), bb.cfg.seq_len, model.config.ae.latent_channels, device=dev)
+    t = torch.full((1, 1), 0.5, device=dev)
+
+    def fwd():
+        h = bb(x_in, y)
+        return [model.head(x_t[:, sl], t, h[:, sl], k) for k, sl in enumerate(bb.slices)]
+    return fwd
+
+
+def _flowar_head_alone(model, batch: int, dev):
+    """One velocity evaluation at every scale on precomputed conditions (the sampler's mix of sizes)."""
+    bb, head = model.backbone, model.head
+    C, t = model.config.ae.latent_channels, torch.full((1, 1), 0.5, device=dev)
+    with torch.no_grad():
+        inputs = [(torch.randn(batch, s * s, C, device=dev), head.condition(
+            torch.randn(batch, s * s, bb.cfg.width, device=dev), k), k) for k, s in enumerate(bb.cfg.schedule)]
+
+    def run():
+        for x, c, k in inputs:
+            head.velocity(x, t, c, k)
+    return run
+
+
+@dataclass(frozen=True)
+class Family:
+    """What every arm of one model family shares: its autoencoder (one checkpoint key for all the
+    family's arms), trainers, model classes, the CompareConfig fields holding its training budgets, the
+    keywords every sampler row starts from, and the model's hot head evaluation (compiled, timed)."""
+    name: str
+    model: type                       # its ``sample`` keywords are what a sampler row may set
+    config: type                      # generator config: the fields an arm override may set
+    autoencoder: Callable             # autoencoder config -> untrained autoencoder
+    train_ae: Callable                # (data, ae_cfg, train_cfg, ckpt_path=, device=) -> autoencoder
+    train_gen: Callable               # (data, ae, gen_cfg, train_cfg, ckpt_path=, device=) -> generator
+    steps: tuple[str, str]            # CompareConfig fields: autoencoder steps, generator steps
+    row_defaults: Callable            # CompareConfig -> sampling keywords every row starts from
+    own_sampler: dict                 # the paper's sampler (the bench's FlowAR steps replace "steps")
+    head_eval: str                    # the head method a sampling step calls
+    teacher_forced: Callable          # (model, y, dev) -> one teacher-forced forward (bench)
+    decode: Callable                  # model -> the final latent -> image decoder
+    head_alone: Callable | None       # (model, batch, dev) -> the head's evaluations alone, where separable
+
+    def build(self, ae_cfg, gen_cfg):
+        return self.model(gen_cfg, self.autoencoder(ae_cfg))
+
+
+def _flowar_guidance(cfg) -> dict:
+    """FlowAR's guidance at the run's strength: linear ramp from 0 at scale 1, off for t < 0.1."""
+    return {"cfg_scale": cfg.flowar_cfg, "cfg_schedule": PAPER_SAMPLING["cfg_schedule"],
+            "cfg_interval": PAPER_SAMPLING["cfg_interval"]}
+
+
+VAR_FAMILY = Family("var", VAR, VARConfig, MultiScaleVQVAE, train_tokenizer, train_var,
+                    ("tokenizer_steps", "var_steps"), lambda cfg: {}, {}, "forward", _var_teacher_forced,
+                    lambda model: model.tokenizer.decode_latent, None)
+FLOWAR_FAMILY = Family("flowar", FlowAR, FlowARConfig, ContinuousAE, train_autoencoder, train_flowar,
+                       ("ae_steps", "flowar_steps"), _flowar_guidance, PAPER_SAMPLING, "velocity",
+                       _flowar_teacher_forced, lambda model: model.ae.decode, _flowar_head_alone)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: a family, the recipe ``configs(data, backbone) -> (autoencoder config, generator config)``,
+    its sampler sweep ((label, sampling keywords) rows; ``quick`` names the rows ``--quick`` keeps) and
+    its report name and plot colour. ``default``: run unless ``--arms`` says otherwise."""
+    name: str
+    doc: str
+    label: str
+    color: str
+    family: Family
+    configs: Callable
+    samplers: tuple
+    quick: tuple[str, ...]
+    default: bool = True
+
+    def __post_init__(self):
+        labels = [lbl for lbl, _ in self.samplers]
+        if len(set(labels)) != len(labels) or not set(self.quick) <= set(labels):
+            raise ValueError(f"arm {self.name}: sampler labels must be distinct and quick rows among them")
+
+
+def _with(configs, **gen_fields):
+    """A recipe with generator-config fields replaced."""
+    def make(data, backbone):
+        ae, gen = configs(data, backbone)
+        return ae, replace(gen, **gen_fields)
+    return make
+
+
+# VAR: CFG strength and top-k/top-p.
+VAR_SAMPLERS = (
+    ("cfg 0", dict(cfg_scale=0.0)),
+    ("cfg 1.5", dict(cfg_scale=1.5)),
+    ("cfg 3", dict(cfg_scale=3.0)),
+    ("cfg 1.5, top-k 64, top-p 0.95", dict(cfg_scale=1.5, top_k=64, top_p=0.95)),
+)
+# FlowAR: solver and steps per scale; "euler x24" is FlowAR's own sampler (the release's 25-point
+# two-segment grid). Every row starts from FlowAR's guidance at CompareConfig.flowar_cfg.
+FLOWAR_SAMPLERS = (
+    ("euler x1", dict(solver="euler", steps=1)),
+    ("euler x2", dict(solver="euler", steps=2)),
+    ("euler x4", dict(solver="euler", steps=4)),
+    ("euler x8", dict(solver="euler", steps=8)),
+    ("euler x24", dict(solver="euler", steps=24, time_grid="two_segment")),
+    ("euler_maruyama x8", dict(solver="euler_maruyama", steps=8)),
+    ("euler_maruyama x24", dict(solver="euler_maruyama", steps=24, time_grid="two_segment")),
+)
+# The shortcut head: 1, 2, 4 steps per scale at guidance w = 0.5 (a few large steps keep less
+# diversity than the flow at FlowAR's w = 1; the README's few-step table), the same at FlowAR's w, and
+# the same model's flow (d = 0) under FlowAR's own sampler.
+FEWSTEP_SAMPLERS = (
+    ("shortcut x1, w 0.5", dict(solver="shortcut", steps=1, cfg_scale=0.5)),
+    ("shortcut x2, w 0.5", dict(solver="shortcut", steps=2, cfg_scale=0.5)),
+    ("shortcut x4, w 0.5", dict(solver="shortcut", steps=4, cfg_scale=0.5)),
+    ("shortcut x1", dict(solver="shortcut", steps=1)),
+    ("shortcut x2", dict(solver="shortcut", steps=2)),
+    ("euler x24", dict(solver="euler", steps=24, time_grid="two_segment")),
+)
+
+# name -> Arm. Everything iterates this dict when it runs, so an entry added later (a test's arm, a
+# user's variant) is a full arm too; DEFAULT_ARMS is the built-in default run.
+ARMS: dict[str, Arm] = {a.name: a for a in (
+    Arm("var", "VAR (Tian et al. 2024): VQ tokenizer, next-scale token prediction", "VAR", "tab:blue",
+        VAR_FAMILY, var_configs, VAR_SAMPLERS, ("cfg 0", "cfg 1.5")),
+    Arm("flowar", "FlowAR as released (Ren et al. 2025): transformer flow-matching head, doubling schedule, "
+        "two-segment Euler", "FlowAR", "tab:orange", FLOWAR_FAMILY, flowar_paper_configs, FLOWAR_SAMPLERS,
+        ("euler x2", "euler_maruyama x8")),
+    Arm("flowar-mlp", "FlowAR's recipe with MAR's per-token MLP head", "FlowAR, MLP head", "tab:green",
+        FLOWAR_FAMILY, partial(flowar_paper_configs, head="mlp"), FLOWAR_SAMPLERS, ("euler x2", "euler_maruyama x8")),
+    Arm("flowar-fewstep", "FlowAR's recipe with a shortcut head, sampled in 1, 2 or 4 steps per scale",
+        "FlowAR, shortcut head", "tab:red", FLOWAR_FAMILY, _with(flowar_paper_configs, few_step="shortcut"),
+        FEWSTEP_SAMPLERS, ("shortcut x1, w 0.5", "shortcut x2, w 0.5"), default=False),
+)}
+DEFAULT_ARMS = tuple(name for name, a in ARMS.items() if a.default)
+# The arm whose best row every other arm's rows are matched against (in head NFE and ms/img) in the
+# paired comparisons: the discrete-token baseline.
+ANCHOR = "var"
+
+
+def arm_configs(name: str, data, backbone, cfg):
+    """(autoencoder config, generator config) of arm ``name`` for ``data`` on ``backbone``, with the run's
+    ``head_width`` (where the generator has one) and ``cfg.arm_overrides[name]`` applied; raises
+    ``ValueError`` on a bad combination or an unknown override field."""
+    arm = ARMS[name]
+    ae_cfg, gen_cfg = arm.configs(data, backbone)
+    names = {f.name for f in fields(gen_cfg)}
+    if cfg.head_width is not None and "head_width" in names:
+        gen_cfg = replace(gen_cfg, head_width=cfg.head_width)
+    over = (cfg.arm_overrides or {}).get(name) or {}
+    for key in over:
+        if key not in names:
+            raise ValueError(f"arm_overrides.{name}: unknown field {key!r}; fields: {', '.join(sorted(names))}")
+    return ae_cfg, (replace(gen_cfg, **over) if over else gen_cfg)
+
+
+def build_arm(name: str, ae_cfg, gen_cfg):
+    """An untrained model of arm ``name`` from its configs (see :func:`arm_configs`)."""
+    return ARMS[name].family.build(ae_cfg, gen_cfg)
+
+
+def sampler_rows(name: str, cfg) -> list[tuple[str, dict]]:
+    """The (label, sampling keywords) rows arm ``name`` is sampled with: the run's own sweep for the arm
+    when it has one, else the arm's built-in sweep (``--quick``: its quick rows), each starting from the
+    family's row defaults."""
+    if cfg.samplers and name in cfg.samplers:
+        return [(lbl, dict(kw)) for lbl, kw in cfg.samplers[name]]
+    arm = ARMS[name]
+    base = arm.family.row_defaults(cfg)
+    return [(lbl, {**base, **kw}) for lbl, kw in arm.samplers if not cfg.quick or lbl in arm.quick]
