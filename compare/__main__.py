@@ -12,7 +12,7 @@ import sys
 from nextscale.cli import run_or_exit
 
 from .arms import ARMS
-from .config import PRESET_DATA_KEYS, PRESETS, CompareConfig
+from .config import PRECISIONS, PRESET_DATA_KEYS, PRESETS, REFERENCES, CompareConfig, describe
 from .harness import run
 
 
@@ -25,35 +25,31 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     def add(*names, default=None, **kw):
         p.add_argument(*names, **kw) if suppress else p.add_argument(*names, default=default, **kw)
 
-    add("--data", default=d.dataset, help="'digits' (embedded default), an .npz file or an image folder "
-                                          "(default: %(default)s)")
-    add("--out", default=d.out, help="output folder: results.json, report.md, plots, checkpoints (default: %(default)s)")
-    add("--seed", type=int, default=d.seed, help="first training seed; seed i is seed + i (default: %(default)s)")
-    add("--seeds", type=int, help=f"training seeds per arm (default: {d.seeds}; --quick: 2)")
-    add("--split-seed", type=int, default=d.split_seed,
-        help="seed of the train/test split and of the feature network, the same for every seed (default: %(default)s)")
-    add("--arms", default=",".join(d.arms),
-        help="comma-separated arms to train and compare, from " + ", ".join(ARMS) + " (default: %(default)s)")
-    add("--head-width", type=int,
-        help="width of the FlowAR arms' velocity heads (default: the backbone's; smaller matches parameters)")
-    add("--samples", type=int, help=f"samples per model, sampler and seed (default: {d.samples}; --quick: 100)")
+    def opt(flag, name=None, extra="", **kw):
+        """A flag for CompareConfig field ``name`` (default: the flag's name), described by the field."""
+        name = name or flag[2:].replace("-", "_")
+        value = getattr(d, name)
+        shown = "none" if value is None else ",".join(value) if isinstance(value, tuple) else value
+        text = describe(name).replace("%", "%%") + f" (default: {shown}{extra})"
+        add(flag, default=value if kw.get("action") else None, help=text, **kw)
+
+    opt("--data", "dataset")
+    opt("--out")
+    opt("--seed", type=int)
+    opt("--seeds", type=int, extra="; --quick: 2")
+    opt("--split-seed", type=int)
+    opt("--arms", extra="; comma-separated, from " + ", ".join(ARMS))
+    opt("--head-width", type=int)
+    opt("--samples", type=int, extra="; --quick: 100")
     add("--steps", type=int, help=f"training steps of each generator, autoencoders get half (default: {d.var_steps})")
-    add("--side", type=int, help="image side to resize to (default: 16 for digits, 32 for folders, native for .npz)")
-    add("--inception", metavar="PATH",
-        help="pytorch-fid's InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth): adds FID/KID/precision/"
-             "recall in Inception pool3 space beside the classifier's (default: off)")
-    add("--reference", default=d.reference, choices=("test", "train"),
-        help="real split the samples are scored against (default: %(default)s; CIFAR-10 papers use train)")
-    add("--reference-stats", metavar="NPZ",
-        help="precomputed Inception statistics (.npz with mu, sigma: pytorch-fid's format) for the Inception FID "
-             "(default: computed from the reference split and written to --out)")
-    add("--precision", default=d.precision, choices=("fp32", "bf16"),
-        help="bf16: autocast for sampling and feature extraction, metrics in float32 (default: %(default)s)")
-    add("--compile", action="store_true", default=False,
-        help="torch.compile the backbone blocks and the head for sampling (slow to start; default: off)")
-    add("--sample-batch", type=int, help=f"sampling batch for the quality metrics; batch i is seeded by i and, "
-        f"under torchrun, drawn by rank i %% N (default: {d.sample_batch})")
-    add("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    opt("--side", type=int)
+    opt("--inception", metavar="PATH")
+    opt("--reference", choices=REFERENCES)
+    opt("--reference-stats", metavar="NPZ")
+    opt("--precision", choices=PRECISIONS)
+    opt("--compile", action="store_true")
+    opt("--sample-batch", type=int)
+    opt("--device")
     add("--preset", choices=sorted(PRESETS),
         help="named settings for common data: cifar32 = 32x32 RGB folders such as CIFAR-10, sized for a GPU "
              "(with --quick only its data settings apply; default: none)")
@@ -61,8 +57,7 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
         "feature networks, device ... (default: none; see --print-config)")
     add("--print-config", action="store_true", default=False,
         help="print the full default run spec (TOML, a comment per key) and exit")
-    add("--quick", action="store_true", default=False,
-        help="the reduced run the tests use: small models, 2 seeds (< 3 minutes on 2 cores; default: off)")
+    opt("--quick", action="store_true")
     return p
 
 

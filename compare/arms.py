@@ -19,8 +19,9 @@ import torch
 
 from flowar.autoencoder import ContinuousAE
 from flowar.model import FlowAR, FlowARConfig
+from flowar.sampling import FlowSampling
 from flowar.pipeline import PAPER_SAMPLING, flowar_paper_configs, train_autoencoder, train_flowar
-from var.model import VAR, VARConfig
+from var.model import VAR, VARConfig, VARSampling
 from var.pipeline import default_configs as var_configs, train_tokenizer, train_var
 from var.tokenizer import MultiScaleVQVAE
 
@@ -65,8 +66,9 @@ class Family:
     family's arms), trainers, model classes, the CompareConfig fields holding its training budgets, the
     keywords every sampler row starts from, and the model's hot head evaluation (compiled, timed)."""
     name: str
-    model: type                       # its ``sample`` keywords are what a sampler row may set
+    model: type
     config: type                      # generator config: the fields an arm override may set
+    sampling: type                    # sampling config: the fields a sampler row may set
     autoencoder: Callable             # autoencoder config -> untrained autoencoder
     train_ae: Callable                # (data, ae_cfg, train_cfg, ckpt_path=, device=) -> autoencoder
     train_gen: Callable               # (data, ae, gen_cfg, train_cfg, ckpt_path=, device=) -> generator
@@ -88,10 +90,10 @@ def _flowar_guidance(cfg) -> dict:
             "cfg_interval": PAPER_SAMPLING["cfg_interval"]}
 
 
-VAR_FAMILY = Family("var", VAR, VARConfig, MultiScaleVQVAE, train_tokenizer, train_var,
+VAR_FAMILY = Family("var", VAR, VARConfig, VARSampling, MultiScaleVQVAE, train_tokenizer, train_var,
                     ("tokenizer_steps", "var_steps"), lambda cfg: {}, {}, "forward", _var_teacher_forced,
                     lambda model: model.tokenizer.decode_latent, None)
-FLOWAR_FAMILY = Family("flowar", FlowAR, FlowARConfig, ContinuousAE, train_autoencoder, train_flowar,
+FLOWAR_FAMILY = Family("flowar", FlowAR, FlowARConfig, FlowSampling, ContinuousAE, train_autoencoder, train_flowar,
                        ("ae_steps", "flowar_steps"), _flowar_guidance, PAPER_SAMPLING, "velocity",
                        _flowar_teacher_forced, lambda model: model.ae.decode, _flowar_head_alone)
 

@@ -151,6 +151,14 @@ def measure_arm(arm, data, backbone, dev, batch, repeats, steps, compile_=False)
             sample(model, yb, 1.0)
             per_img[b] = 1000 * statistics.median(_timed(lambda yb=yb: sample(model, yb, 1.0), dev)
                                                   for _ in range(max(1, repeats // 2))) / b
+    out = {"arm": arm, **summarise(series, len(bb.cfg.schedule)), "ms_per_img": per_img}
+    if not compile_:
+        out["train_img_per_s"] = train_throughput(model, data, dev, repeats)
+    return out
+
+
+def summarise(series: dict[str, list[float]], num_scales: int) -> dict:
+    """Medians (ms) and per-round ratios of the interleaved timings of :func:`measure_arm`."""
     med = {k: statistics.median(v) for k, v in series.items()}
 
     def ratio(num, den, minus=None):
@@ -159,7 +167,7 @@ def measure_arm(arm, data, backbone, dev, batch, repeats, steps, compile_=False)
         return statistics.median(a / b for a, b in zip(n, series[den]))
 
     ms = lambda k: 1000 * med[k]
-    out = {"arm": arm, "forward_ms": ms("forward"), "forward_x2_ms": ms("forward_x2"),
+    out = {"forward_ms": ms("forward"), "forward_x2_ms": ms("forward_x2"),
            "sample_ms": ms("sample"), "sample_cfg_ms": ms("sample_cfg"), "decode_ms": ms("decode"),
            "ratio": ratio("sample", "forward"), "ratio_cfg": ratio("sample_cfg", "forward_x2"),
            "ratio_no_decode": ratio("sample", "forward", minus="decode"),
@@ -168,13 +176,10 @@ def measure_arm(arm, data, backbone, dev, batch, repeats, steps, compile_=False)
            "steps_ratio": ratio("sample_steps", "backbone"), "steps_ratio_cfg": ratio("sample_cfg_steps", "backbone_x2"),
            "head_share": ratio("sample_head", "sample"), "head_share_cfg": ratio("sample_cfg_head", "sample_cfg"),
            "rest_ms": 1000 * statistics.median(s - h - b for s, h, b in zip(
-               series["sample"], series["sample_head"], series["sample_steps"])),
-           "ms_per_img": per_img}
-    if "head_eval_alone" in tasks:  # one head evaluation inside sampling vs the head alone on the same batch
+               series["sample"], series["sample_head"], series["sample_steps"]))}
+    if "head_eval_alone" in series:  # one head evaluation inside sampling vs the head alone on the same batch
         out["head_eval_in_sampling_ms"] = 1000 * med["sample_head"] / med["sample_head_calls"]
-        out["head_eval_alone_ms"] = ms("head_eval_alone") / len(bb.cfg.schedule)
-    if not compile_:
-        out["train_img_per_s"] = train_throughput(model, data, dev, repeats)
+        out["head_eval_alone_ms"] = ms("head_eval_alone") / num_scales
     return out
 
 

@@ -1,7 +1,7 @@
 """The comparison's settings: :class:`CompareConfig` (validated when built) and the named presets."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 from nextscale.config import check_choice, check_float, check_int
 
@@ -23,44 +23,61 @@ PRESETS = {
 PRESET_DATA_KEYS = ("side", "latent_channels", "reference")
 
 
+def option(default, help: str):
+    """A CompareConfig field with its one description, from which the run spec's comment and the
+    command's ``--help`` are written (:func:`describe`)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class CompareConfig:
-    dataset: str = "digits"
-    out: str = "runs/compare"
-    seed: int = 0                 # first training / sampling seed; seed i of N is seed + i
-    seeds: int = 3                # training seeds: every arm is trained and sampled once per seed
-    split_seed: int = 0           # the data split and the feature network, the same for every seed
-    samples: int = 500            # generated images per model, sampler and seed (class-balanced)
-    tokenizer_steps: int = 300
-    var_steps: int = 600
-    ae_steps: int = 300
-    flowar_steps: int = 600
-    classifier_steps: int = 400
-    batch_size: int = 32          # generator training batch (the same for VAR and FlowAR)
-    ae_batch_size: int = 64       # tokenizer / autoencoder training batch
-    sample_batch: int = 250       # sampling batch for the quality metrics
-    cost_batch: int = 50          # batch of the per-seed timed cost measurement
-    cost_repeats: int = 1         # timed calls per seed (the sampling just before is the warm-up)
-    throughput_batch: int = 256   # largest batch tried for throughput (halved on CUDA out-of-memory)
-    flowar_cfg: float = 1.0       # CFG scale for every FlowAR solver setting
-    head_width: int | None = None  # FlowAR arms' head width (None: the backbone's, as the paper's S model)
-    width: int = 128
-    depth: int = 4
-    heads: int = 4
-    latent_channels: int = 8
-    side: int | None = None       # image side (default: 16 for digits, 32 for folders, native for npz)
-    device: str | None = None
-    inception: str | None = None  # path of pytorch-fid's InceptionV3 weights: adds the Inception feature space
-    reference: str = "test"       # the real images samples are scored against: "test" split or "train" (CIFAR-10's)
-    reference_stats: str | None = None  # Inception mu/sigma .npz (pytorch-fid's format) for the Inception FID
-    arms: tuple[str, ...] = DEFAULT_ARMS
-    # {arm: ((label, sampling kwargs), ...)}: replaces that arm's built-in sampler sweep (see _samplers)
-    samplers: dict | None = None
-    # {arm: {field: value}}: overrides of the arm's generator config (FlowARConfig / VARConfig fields)
-    arm_overrides: dict | None = None
-    precision: str = "fp32"       # "bf16": autocast for sampling and feature extraction (metrics in float32)
-    compile: bool = False         # torch.compile the backbone blocks and the head for sampling
-    quick: bool = False
+    dataset: str = option("digits", "'digits' (embedded, no download), an .npz file (x images, y labels) or an "
+                          "image folder (one sub-folder per class)")
+    out: str = option("runs/compare", "output folder: results.json, report.md, plots, checkpoints")
+    seed: int = option(0, "first training seed; seed i of N is seed + i")
+    seeds: int = option(3, "training seeds: every arm is trained and sampled once per seed (>= 1)")
+    split_seed: int = option(0, "seed of the train/test split and of the domain classifier (the same for every "
+                             "training seed)")
+    samples: int = option(500, "generated images per model, sampler setting and seed, class-balanced (>= 2)")
+    tokenizer_steps: int = option(300, "training steps of VAR's VQ tokenizer")
+    var_steps: int = option(600, "training steps of the VAR generator")
+    ae_steps: int = option(300, "training steps of the FlowAR arms' shared autoencoder")
+    flowar_steps: int = option(600, "training steps of each FlowAR generator")
+    classifier_steps: int = option(400, "training steps of the domain classifier (the default feature network)")
+    batch_size: int = option(32, "generator training batch (the same for every arm)")
+    ae_batch_size: int = option(64, "tokenizer / autoencoder training batch")
+    sample_batch: int = option(250, "sampling batch for the quality metrics; batch i is seeded by i and, under "
+                               "torchrun, drawn by rank i % N")
+    cost_batch: int = option(50, "batch of the per-seed timed cost measurement")
+    cost_repeats: int = option(1, "timed calls per seed (the sampling just before is the warm-up)")
+    throughput_batch: int = option(256, "largest batch tried for throughput (halved on CUDA out-of-memory)")
+    flowar_cfg: float = option(1.0, "guidance strength w of every FlowAR sampler row that sets none (FlowAR's "
+                               "cfg 1 + w)")
+    head_width: int | None = option(None, "width of the FlowAR arms' velocity heads (none: the backbone's, as "
+                                    "the released S model; smaller matches parameters)")
+    width: int = option(128, "backbone channels (>= 1, a multiple of heads)")
+    depth: int = option(4, "backbone transformer blocks")
+    heads: int = option(4, "backbone attention heads")
+    latent_channels: int = option(8, "channels of the latent every autoencoder / tokenizer makes (the "
+                                  "backbone's input width)")
+    side: int | None = option(None, "image side to resize to (none: 16 for digits, 32 for folders, native for "
+                              ".npz)")
+    device: str | None = option(None, "cpu, cuda, cuda:1 ... (none: CUDA when available)")
+    inception: str | None = option(None, "pytorch-fid's InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth):"
+                                   " adds FID/KID/precision/recall in Inception pool3 space (none: off)")
+    reference: str = option("test", "the real images the samples are scored against: the held-out 'test' split "
+                            "or 'train' (CIFAR-10 papers' convention)")
+    reference_stats: str | None = option(None, "precomputed Inception statistics (.npz with mu, sigma: "
+                                         "pytorch-fid's format) for the Inception FID; needs inception (none: "
+                                         "computed from the reference split and written to out)")
+    arms: tuple[str, ...] = option(DEFAULT_ARMS, "arms to train and compare (compare.arms.ARMS)")
+    samplers: dict | None = option(None, "{arm: ((label, sampling keywords), ...)}: replaces that arm's "
+                                   "built-in sampler sweep")
+    arm_overrides: dict | None = option(None, "{arm: {field: value}}: overrides of the arm's generator config")
+    precision: str = option("fp32", "'fp32' or 'bf16' (autocast for sampling and feature extraction; metrics "
+                            "in float32)")
+    compile: bool = option(False, "torch.compile the backbone blocks and the head for sampling (slow to start)")
+    quick: bool = option(False, "the reduced run the tests use: small models, 2 seeds, the quick sampler rows")
 
     def __post_init__(self):
         arms = tuple(self.arms) if isinstance(self.arms, (list, tuple)) else ()
@@ -107,3 +124,10 @@ class CompareConfig:
                     classifier_steps=150, cost_batch=10, throughput_batch=20, width=64, depth=2, heads=2, quick=True)
         return CompareConfig(**{**base, **overrides})
 
+
+def describe(name: str) -> str:
+    """The one description of CompareConfig's field ``name``."""
+    return _HELP[name]
+
+
+_HELP = {f.name: f.metadata["help"] for f in fields(CompareConfig)}

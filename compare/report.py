@@ -100,14 +100,34 @@ def param_note(models: dict) -> str:
 
 
 def write_report(results: dict, out: Path) -> None:
+    """results.json, the plots and report.md (the tables, the paired differences, budgets, plots, grids)."""
     out = Path(out)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     plots = write_plots(results, out)
-    m = results["models"]
-    cfg = results["config"]
-    bb = results["backbone"]
-    n_seeds = len(results["seeds"])
-    md = [
+    md = _intro(results) + [
+        main_table(results),
+        "",
+        "## Differences between arms (paired over seeds)",
+        "",
+        comparisons_table(results),
+        "",
+        "Reading (only what the intervals resolve):",
+        "",
+        *reading(results),
+        "",
+        *_budgets(results["models"]),
+        "## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots],
+        "", "## Samples (rows: classes; first seed)", "",
+        *[f"- {r['model']} [{r['sampler']}]: [{r['grid']}]({r['grid']})" for r in results["rows"]],
+        "", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in results["timings_s"].items()), "",
+    ]
+    (out / "report.md").write_text("\n".join(md))
+
+
+def _intro(results: dict) -> list[str]:
+    """What was run, on what, and how every cell is measured."""
+    m, cfg, bb, n_seeds = results["models"], results["config"], results["backbone"], len(results["seeds"])
+    return [
         "# VAR vs FlowAR on one backbone",
         "",
         f"Data: **{results['data']['name']}** ({results['data']['train']} train / {results['data']['test']} test, "
@@ -141,24 +161,15 @@ def write_report(results: dict, out: Path) -> None:
         f"{cfg['throughput_batch']}, both on the first seed's weights; head NFE counts a guided evaluation as 2; "
         "FLOPs from torch.utils.flop_counter (matmuls, convs, attention).",
         "",
-        main_table(results),
-        "",
-        "## Differences between arms (paired over seeds)",
-        "",
-        comparisons_table(results),
-        "",
-        "Reading (only what the intervals resolve):",
-        "",
-        *reading(results),
-        "",
-        "## Budgets",
-        "",
-        param_note(m),
-        "",
-        "| model | trainable params (backbone + head = total) | autoencoder params | train GFLOPs/img (fwd + bwd) "
-        "| generator train s | reused checkpoints | train loss (first seed) | test loss (first seed) |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+
+
+def _budgets(m: dict) -> list[str]:
+    """Parameters, training FLOPs and time, held-out losses and backbone FLOPs per scale, per arm."""
+    md = ["## Budgets", "", param_note(m), "",
+          "| model | trainable params (backbone + head = total) | autoencoder params | train GFLOPs/img (fwd + bwd) "
+          "| generator train s | reused checkpoints | train loss (first seed) | test loss (first seed) |",
+          "|---|---|---|---|---|---|---|---|"]
     for name, info in m.items():
         first = info["per_seed"][0]
         md.append(f"| {name} | {info['params_backbone']:,} + {info['params_head']:,} = {info['params_generator']:,} "
@@ -169,13 +180,8 @@ def write_report(results: dict, out: Path) -> None:
     for name, info in m.items():
         parts = {k: v for k, v in info["per_seed"][0]["test_loss"].items() if k != "loss"}
         md.append(f"- {name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in parts.items()))
-    md += ["", "Backbone GFLOPs per KV-cached scale step (one image): " + "; ".join(
+    return md + ["", "Backbone GFLOPs per KV-cached scale step (one image): " + "; ".join(
         f"{n} " + ", ".join(_fmt(f / 1e9) for f in info["backbone_flops_per_scale"]) for n, info in m.items()), ""]
-    md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
-    md += ["", "## Samples (rows: classes; first seed)", ""]
-    md += [f"- {r['model']} [{r['sampler']}]: [{r['grid']}]({r['grid']})" for r in results["rows"]]
-    md += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in results["timings_s"].items()), ""]
-    (out / "report.md").write_text("\n".join(md))
 
 
 def _err(s: dict) -> float:
@@ -193,60 +199,76 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def write_plots(results: dict, out: Path) -> list[Path]:
+    """FID against each cost (with every arm's Pareto front), precision against recall, and the cost of
+    each scale step; returns the PNG paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows, floor = results["rows"], results["floor"]["fid"]["mean"]
+    paths, rows = [], results["rows"]
     models = list(dict.fromkeys(r["model"] for r in rows))
-    paths = []
     for key, xlabel, fname in (
             (lambda r: r["head_nfe"]["mean"], "head evaluations per image (NFE)", "fid_vs_nfe.png"),
             (lambda r: r["flops_per_image_exact"] / 1e9, "GFLOPs per image", "fid_vs_gflops.png"),
             (lambda r: r["ms_per_image"]["mean"], f"ms per image (batch {results['config']['cost_batch']})",
              "fid_vs_time.png")):
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        for m in models:
-            mine = [r for r in rows if r["model"] == m]
-            xs, ys = [key(r) for r in mine], [r["fid"]["mean"] for r in mine]
-            ax.errorbar(xs, ys, yerr=[_err(r["fid"]) for r in mine], fmt="o", color=_color(m), capsize=3,
-                        label=_name(m))
-            front = pareto(list(zip(xs, ys)))
-            ax.plot(*zip(*front), color=_color(m), lw=1, alpha=0.7)
-            for r, x, y in zip(mine, xs, ys):
-                ax.annotate(r["sampler"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        ax.axhline(floor, color="grey", ls="--", lw=1, label="real floor")
-        ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("FID (classifier features), mean ± 95% CI")
-        ax.set_title("lines: each arm's Pareto front", fontsize=8)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / fname, dpi=120)
-        plt.close(fig)
-        paths.append(out / fname)
-
+        _fid_vs_cost(ax, rows, models, key, xlabel, results["floor"]["fid"]["mean"])
+        paths.append(_save(fig, out / fname))
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    _precision_recall(ax, rows, models, results["floor"])
+    paths.append(_save(fig, out / "precision_recall.png"))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    _per_scale_cost(axes, rows, results["models"], plt.get_cmap("tab20"))
+    paths.append(_save(fig, out / "per_scale_cost.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _fid_vs_cost(ax, rows, models, key, xlabel: str, floor: float) -> None:
+    for m in models:
+        mine = [r for r in rows if r["model"] == m]
+        xs, ys = [key(r) for r in mine], [r["fid"]["mean"] for r in mine]
+        ax.errorbar(xs, ys, yerr=[_err(r["fid"]) for r in mine], fmt="o", color=_color(m), capsize=3,
+                    label=_name(m))
+        front = pareto(list(zip(xs, ys)))
+        ax.plot(*zip(*front), color=_color(m), lw=1, alpha=0.7)
+        for r, x, y in zip(mine, xs, ys):
+            ax.annotate(r["sampler"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(floor, color="grey", ls="--", lw=1, label="real floor")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("FID (classifier features), mean ± 95% CI")
+    ax.set_title("lines: each arm's Pareto front", fontsize=8)
+    ax.legend(fontsize=7)
+
+
+def _precision_recall(ax, rows, models, floor: dict) -> None:
     for r in rows:
         ax.errorbar(r["recall"]["mean"], r["precision"]["mean"], xerr=_err(r["recall"]), yerr=_err(r["precision"]),
                     fmt="o", color=_color(r["model"]), capsize=2)
         ax.annotate(r["sampler"], (r["recall"]["mean"], r["precision"]["mean"]), fontsize=6, xytext=(3, 3),
                     textcoords="offset points")
-    f = results["floor"]
-    ax.scatter([f["recall"]["mean"]], [f["precision"]["mean"]], marker="*", s=120, color="grey", label="real floor")
+    ax.scatter([floor["recall"]["mean"]], [floor["precision"]["mean"]], marker="*", s=120, color="grey",
+               label="real floor")
     for m in models:
         ax.scatter([], [], color=_color(m), label=_name(m))
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "precision_recall.png", dpi=120)
-    plt.close(fig)
-    paths.append(out / "precision_recall.png")
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name, info in results["models"].items():
+
+def _per_scale_cost(axes, rows, models: dict, cmap) -> None:
+    for name, info in models.items():
         fl = info["backbone_flops_per_scale"]
         axes[0].plot(range(1, len(fl) + 1), [v / 1e6 for v in fl], marker="o", color=_color(name),
                      label=f"{name} backbone")
@@ -254,7 +276,6 @@ def write_plots(results: dict, out: Path) -> list[Path]:
     axes[0].set_ylabel("backbone MFLOPs per image")
     axes[0].set_title("backbone cost per scale step")
     axes[0].legend()
-    cmap = plt.get_cmap("tab20")
     for i, r in enumerate(rows):
         nfe = r.get("head_nfe_per_scale") or []
         axes[1].plot(range(1, len(nfe) + 1), nfe, marker="o" if r["model"] == ANCHOR else ".",
@@ -264,8 +285,3 @@ def write_plots(results: dict, out: Path) -> list[Path]:
     axes[1].set_yscale("log")
     axes[1].set_title("head evaluations per scale")
     axes[1].legend(fontsize=5)
-    fig.tight_layout()
-    fig.savefig(out / "per_scale_cost.png", dpi=120)
-    plt.close(fig)
-    paths.append(out / "per_scale_cost.png")
-    return paths

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
 import json
 import re
 import sys
@@ -26,22 +25,25 @@ else:  # Python 3.10: the same parser, as a package
     import tomli as tomllib
 
 from .arms import ARMS, DEFAULT_ARMS, arm_configs, sampler_rows
-from .config import CompareConfig
+from .config import CompareConfig, describe
 
 
 @dataclasses.dataclass(frozen=True)
 class Key:
-    """A scalar spec key ``section.name`` holding CompareConfig's ``field``; ``none`` is the TOML value
-    that stands for the field's ``None``."""
+    """A scalar spec key ``section.name`` holding CompareConfig's ``field`` (described once, in the field's
+    metadata); ``none`` is the TOML value that stands for the field's ``None`` (TOML has no null)."""
     section: str
     name: str
     field: str
-    comment: str
     none: object = None
 
     @property
     def path(self) -> str:
         return f"{self.section}.{self.name}"
+
+    @property
+    def comment(self) -> str:
+        return describe(self.field) + ("" if self.none is None else f"; {_toml(self.none)} = none")
 
     @property
     def default(self):
@@ -57,46 +59,16 @@ SECTIONS = {
     "backbone": "the scale-wise transformer every arm shares",
 }
 KEYS = (
-    Key("data", "spec", "dataset", '"digits" (embedded, no download), an .npz file (x images, y labels) or an '
-        "image folder (one sub-folder per class)"),
-    Key("data", "side", "side", "image side to resize to; 0 = the data's default (16 for digits, 32 for "
-        "folders, native for .npz)", none=0),
-    Key("data", "split_seed", "split_seed", "seed of the train/test split and of the domain classifier "
-        "(the same for every training seed)"),
-    Key("data", "reference", "reference", '"test" (the held-out split) or "train" (the CIFAR-10 convention): '
-        "the real images the samples are scored against"),
-    Key("data", "reference_stats", "reference_stats", "pytorch-fid .npz (mu, sigma) of the reference in "
-        'Inception space, needs run.inception; "" = computed from the reference split', none=""),
-    Key("run", "out", "out", "output folder (results.json, report.md, plots, checkpoints)"),
-    Key("run", "seed", "seed", "first training seed; seed i of N is seed + i"),
-    Key("run", "seeds", "seeds", "training seeds: every arm is trained and sampled once per seed (>= 1)"),
-    Key("run", "samples", "samples", "generated images per model, sampler setting and seed, class-balanced "
-        "(>= 2)"),
-    Key("run", "device", "device", '"auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...', none="auto"),
-    Key("run", "precision", "precision", '"fp32" or "bf16" (autocast for sampling and feature extraction; '
-        "metrics in float32)"),
-    Key("run", "compile", "compile", "true: torch.compile the backbone blocks and the head for sampling"),
-    Key("run", "inception", "inception", "pytorch-fid's InceptionV3 weights (pt_inception-2015-12-05-6726825d"
-        '.pth): adds FID/KID/precision/recall in Inception space; "" = off', none=""),
-    Key("train", "tokenizer_steps", "tokenizer_steps", "VAR's VQ tokenizer"),
-    Key("train", "var_steps", "var_steps", "VAR generator"),
-    Key("train", "ae_steps", "ae_steps", "the FlowAR arms' shared autoencoder"),
-    Key("train", "flowar_steps", "flowar_steps", "each FlowAR generator"),
-    Key("train", "classifier_steps", "classifier_steps", "the domain classifier (the default feature network)"),
-    Key("train", "batch_size", "batch_size", "generator training batch (the same for VAR and FlowAR)"),
-    Key("train", "ae_batch_size", "ae_batch_size", "tokenizer / autoencoder training batch"),
-    Key("eval", "sample_batch", "sample_batch", "sampling batch for the quality metrics"),
-    Key("eval", "cost_batch", "cost_batch", "batch of the per-seed timed cost measurement"),
-    Key("eval", "cost_repeats", "cost_repeats", "timed calls per seed (the sampling just before is the warm-up)"),
-    Key("eval", "throughput_batch", "throughput_batch", "largest batch tried for throughput (halved on CUDA "
-        "out-of-memory)"),
-    Key("backbone", "width", "width", "channels (>= 1, a multiple of heads)"),
-    Key("backbone", "depth", "depth", "transformer blocks"),
-    Key("backbone", "heads", "heads", "attention heads"),
-    Key("backbone", "latent_channels", "latent_channels", "channels of the latent every autoencoder / "
-        "tokenizer makes (the backbone's input width)"),
+    Key("data", "spec", "dataset"), Key("data", "side", "side", none=0), Key("data", "split_seed", "split_seed"),
+    Key("data", "reference", "reference"), Key("data", "reference_stats", "reference_stats", none=""),
+    *(Key("run", f, f) for f in ("out", "seed", "seeds", "samples")), Key("run", "device", "device", none="auto"),
+    Key("run", "precision", "precision"), Key("run", "compile", "compile"),
+    Key("run", "inception", "inception", none=""),
+    *(Key("train", f, f) for f in ("tokenizer_steps", "var_steps", "ae_steps", "flowar_steps", "classifier_steps",
+                                   "batch_size", "ae_batch_size")),
+    *(Key("eval", f, f) for f in ("sample_batch", "cost_batch", "cost_repeats", "throughput_batch")),
+    *(Key("backbone", f, f) for f in ("width", "depth", "heads", "latent_channels")),
 )
-_SKIP_SAMPLE_ARGS = ("seed", "return_tokens")  # the harness sets the seed; tokens are not images
 
 
 def _gen_config_class(arm: str):
@@ -114,9 +86,8 @@ def override_fields(arm: str) -> list[str]:
 
 
 def sampler_keywords(arm: str) -> list[str]:
-    """The sampling keywords a row of ``arms.<arm>.samplers`` may set (the model's ``sample`` keywords)."""
-    return [p.name for p in inspect.signature(ARMS[arm].family.model.sample).parameters.values()
-            if p.kind is p.KEYWORD_ONLY and p.name not in _SKIP_SAMPLE_ARGS]
+    """The sampling keywords a row of ``arms.<arm>.samplers`` may set (the family's sampling config fields)."""
+    return [f.name for f in dataclasses.fields(ARMS[arm].family.sampling)]
 
 
 def _plain(value):

@@ -39,20 +39,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn as nn
 from einops import rearrange
 
 from nextscale.backbone import Backbone, BackboneConfig
-from nextscale.guidance import CFG_SCHEDULES, cfg_weights, guide
+from nextscale.guidance import guide
 from nextscale.config import check_choice, check_float, check_int
 from nextscale.scales import pyramid, resize, scale_slices
 
 from .autoencoder import AEConfig, ContinuousAE
 from .heads import HEADS, TIME_INPUTS, TRANSFORMER_HEADS, make_head
-from .solvers import SOLVERS, TIME_GRIDS, SolverConfig, path_sample, sample_t, shortcut_target, solve
+from .sampling import SAMPLING_KEYWORDS, FlowSampling
+from .solvers import path_sample, sample_t, shortcut_target, solve
 
 PATHS = ("noise", "prev_noise")
 T_PER = ("scale", "token")
@@ -235,51 +235,18 @@ class FlowAR(nn.Module):
     def _check_y(self, y_B) -> torch.Tensor:
         if not isinstance(y_B, torch.Tensor):
             y_B = torch.as_tensor(y_B)
-        if y_B.dtype != torch.long or y_B.ndim != 1 or len(y_B) == 0:
-            raise ValueError(f"labels must be a non-empty 1-d long tensor, got {y_B.dtype} of shape {tuple(y_B.shape)}")
-        self.backbone.check_labels(y_B, allow_null=False)
+        self.backbone.check_labels(y_B, allow_null=False, nonempty=True)
         return y_B.to(self.device)
 
-    def _plan(self, solver, steps, rtol, atol, time_grid, first_step, min_step, sde_noise, cfg_scale, cfg_schedule,
-              cfg_interval, cfg_max_scale) -> tuple[list[SolverConfig], list[float], tuple[float, float]]:
-        """Validate the sampling arguments; returns one SolverConfig and one guidance weight per scale."""
-        K = len(self.schedule)
-        check_choice("solver", solver, tuple(SOLVERS))
-        if SOLVERS[solver].step_aware and self.config.few_step is None:
-            raise ValueError(f"solver={solver!r} needs a few-step head (FlowARConfig.few_step='shortcut'); this "
-                             f"model samples with one of {tuple(m for m, s in SOLVERS.items() if not s.step_aware)}")
-        check_choice("time_grid", time_grid, TIME_GRIDS)
-        if isinstance(steps, (list, tuple)) and len(steps) == K:
-            for k, n in enumerate(steps):
-                check_int(f"steps[{k}]", n, 1)
-            steps_k = list(steps)
-        elif isinstance(steps, int) and not isinstance(steps, bool):
-            check_int("steps", steps, 1)
-            steps_k = [steps] * K
-        else:
-            raise ValueError(f"steps must be an int >= 1 or a sequence of {K} ints (one per scale), got {steps!r}")
-        solvers = [SolverConfig(solver, s, time_grid, rtol, atol, first_step, min_step, sde_noise=sde_noise)
-                   for s in steps_k]
-        check_float("cfg_scale", cfg_scale, 0)
-        check_choice("cfg_schedule", cfg_schedule, CFG_SCHEDULES)
-        if not (isinstance(cfg_interval, (tuple, list)) and len(cfg_interval) == 2):
-            raise ValueError(f"cfg_interval must be a pair (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1, got {cfg_interval!r}")
-        lo, hi = cfg_interval
-        check_float("cfg_interval[0]", lo, 0, 1)
-        check_float("cfg_interval[1]", hi, lo, 1)
-        if cfg_max_scale is not None:
-            check_int("cfg_max_scale", cfg_max_scale, 0, K)
-        ws = [w if cfg_max_scale is None or k + 1 <= cfg_max_scale else 0.0
-              for k, w in enumerate(cfg_weights(cfg_scale, cfg_schedule, K))]
-        return solvers, ws, (float(lo), float(hi))
-
     @torch.no_grad()
-    def generate_latents(self, y_B: torch.Tensor, *, known_BCHW: torch.Tensor | None = None,
-                         keep_B1HW: torch.Tensor | None = None, **sampling) -> tuple[torch.Tensor, dict]:
-        """Sample normalised latents (B, C, s, s) scale by scale, in eval mode; ``sampling`` as in
-        :meth:`sample`. ``known_BCHW`` / ``keep_B1HW`` (latent side, bool): latents imposed where keep
-        is True, at every scale (keep area-resized; a position is kept only if fully covered) and
-        along each ODE path."""
+    def generate_latents(self, y_B: torch.Tensor, sampling: FlowSampling | None = None, *,
+                         seed: int | None = None, known_BCHW: torch.Tensor | None = None,
+                         keep_B1HW: torch.Tensor | None = None, **kw) -> tuple[torch.Tensor, dict]:
+        """Sample normalised latents (B, C, s, s) scale by scale, in eval mode; ``sampling``, ``seed``
+        and ``kw`` as in :meth:`sample`. ``known_BCHW`` / ``keep_B1HW`` (latent side, bool): latents
+        imposed where keep is True, at every scale (keep area-resized; a position is kept only if fully
+        covered) and along each ODE path."""
+        sampling = _sampling(sampling, kw)
         if (known_BCHW is None) != (keep_B1HW is None):
             raise ValueError("give both known_BCHW and keep_B1HW, or neither")
         if known_BCHW is not None:
@@ -292,18 +259,14 @@ class FlowAR(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return self._generate(y_B, known_BCHW, keep_B1HW, **sampling)
+            return self._generate(y_B, known_BCHW, keep_B1HW, sampling, seed)
         finally:
             self.train(was_training)
 
-    def _generate(self, y_B, known_BCHW, keep_B1HW, *, solver: str = "euler", steps: int | Sequence[int] = 4,
-                  rtol: float = 1e-3, atol: float = 1e-3, cfg_scale: float = 1.0, cfg_schedule: str = "linear",
-                  cfg_interval: tuple[float, float] = (0.0, 1.0), cfg_max_scale: int | None = None,
-                  time_grid: str = "uniform", per_sample: bool = False, seed: int | None = None,
-                  use_cache: bool = True, first_step: float = 0.05, min_step: float = 0.0, sde_noise: float = 1.0):
+    def _generate(self, y_B, known_BCHW, keep_B1HW, sampling: FlowSampling, seed: int | None):
         y_B = self._check_y(y_B)
-        solvers, ws, (t_lo, t_hi) = self._plan(solver, steps, rtol, atol, time_grid, first_step, min_step,
-                                               sde_noise, cfg_scale, cfg_schedule, cfg_interval, cfg_max_scale)
+        solvers, ws = sampling.plan(len(self.schedule), self.config.few_step)
+        (t_lo, t_hi), use_cache = sampling.cfg_interval, sampling.use_cache
         if seed is not None:
             check_int("seed", seed, 0)
         base = int(torch.randint(0, 2**31, (1,))) if seed is None else seed
@@ -364,7 +327,7 @@ class FlowAR(nn.Module):
                     v = torch.where(kp, x1k - x0[rows], v)
                 return v
 
-            sol = solve(velocity, x0, solvers[k], per_sample=per_sample,
+            sol = solve(velocity, x0, solvers[k], per_sample=sampling.per_sample,
                         cost=lambda t, d=0.0: 2 if guided_at(t, d) else 1,
                         noise=lambda rows, n=side * side: draw_noise(rows, n))
             x1 = sol.x if ks is None else torch.where(ks[0], ks[1], sol.x)
@@ -374,7 +337,7 @@ class FlowAR(nn.Module):
         stats = {"backbone_forwards": len(sch), "head_nfe": int(nfe_image.max()),
                  "head_nfe_per_scale": nfe_scale, "guided": guided,
                  "head_nfe_per_image": nfe_image.tolist(), "cfg_per_scale": ws,
-                 "solver": solver, "steps_per_scale": [s.steps if not s.adaptive else None for s in solvers],
+                 "solver": sampling.solver, "steps_per_scale": [s.steps if not s.adaptive else None for s in solvers],
                  "seconds": time.perf_counter() - tic}
         return prev, stats
 
@@ -386,36 +349,19 @@ class FlowAR(nn.Module):
         return self.backbone(torch.cat([fed, pad], 1), y_in)[:, scale_slices(cfg.schedule)[k]]
 
     @torch.no_grad()
-    def sample(self, y_B: torch.Tensor, *, solver: str = "euler", steps: int | Sequence[int] = 4,
-               rtol: float = 1e-3, atol: float = 1e-3, cfg_scale: float = 1.0, cfg_schedule: str = "linear",
-               cfg_interval: tuple[float, float] = (0.0, 1.0), cfg_max_scale: int | None = None,
-               time_grid: str = "uniform", per_sample: bool = False, seed: int | None = None,
-               use_cache: bool = True, first_step: float = 0.05, min_step: float = 0.0, sde_noise: float = 1.0
-               ) -> tuple[torch.Tensor, dict]:
+    def sample(self, y_B: torch.Tensor, sampling: FlowSampling | None = None, *, seed: int | None = None,
+               **kw) -> tuple[torch.Tensor, dict]:
         """Class-conditional samples: returns (images (B, C_img, S, S) in about [-1, 1], stats).
 
-        Arguments (all validated, bad values raise ``ValueError`` naming the allowed ones):
-        ``solver`` one of euler/midpoint/rk4/euler_maruyama (fixed step; euler_maruyama samples the
-        SDE with the flow's marginals, noise scale ``sde_noise``, see ``flowar.solvers``), shortcut
-        (a few-step head's steps of size d, guided where [t, t + d] meets ``cfg_interval``) or
-        dopri5/bosh3 (adaptive); ``steps`` per
-        scale for fixed-step solvers, an int or one per scale; ``rtol``/``atol``, ``first_step``,
-        ``min_step`` for adaptive ones; ``time_grid`` "uniform" or "two_segment" (FlowAR's);
-        ``cfg_scale`` w >= 0 (0: the conditional model, exactly), ``cfg_schedule`` "linear"
-        (w_k = w (k-1)/(K-1)) or "constant", ``cfg_interval`` (t_lo, t_hi) where guidance is on,
-        ``cfg_max_scale`` (guidance only at scales k <= it; 0 turns it off); t = 0 is noise, so
-        FlowAR's ``guidance_high=0.9`` (t = 1 noise) is ``cfg_interval=(0.1, 1.0)`` here; ``per_sample`` integrates every image
-        on its own (adaptive: reproducible per-image NFE); ``seed`` (same seed -> same images);
-        ``use_cache`` (False: recompute the full backbone pass at every scale, for testing).
+        ``sampling`` is a :class:`~flowar.sampling.FlowSampling`, or its fields are given as keywords
+        (``solver=``, ``steps=``, ``cfg_scale=`` ...; an unknown one is a ``ValueError``); ``seed``: the
+        same seed gives the same images.
 
         stats: ``backbone_forwards`` (= K), ``head_nfe`` (head evaluations per image, guided ones
         counting 2; with per_sample, the largest over the batch), ``head_nfe_per_scale``,
         ``head_nfe_per_image``, ``guided``, ``cfg_per_scale``, ``solver``, ``steps_per_scale``, ``seconds``.
         With a batch-shared adaptive step every image sees the whole batch's evaluations."""
-        z, stats = self.generate_latents(
-            y_B, solver=solver, steps=steps, rtol=rtol, atol=atol, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
-            cfg_interval=cfg_interval, cfg_max_scale=cfg_max_scale, time_grid=time_grid, per_sample=per_sample,
-            seed=seed, use_cache=use_cache, first_step=first_step, min_step=min_step, sde_noise=sde_noise)
+        z, stats = self.generate_latents(y_B, sampling, seed=seed, **kw)
         return self.ae.decode(z), stats
 
     @torch.no_grad()
@@ -445,3 +391,16 @@ class FlowAR(nn.Module):
         if paste:
             img = torch.where(mask_B1HW.to(self.device), x, img)
         return img, stats
+
+
+def _sampling(sampling: FlowSampling | None, kw: dict) -> FlowSampling:
+    """``sampling``, or a FlowSampling built from keyword fields (not both)."""
+    unknown = sorted(set(kw) - set(SAMPLING_KEYWORDS))
+    if unknown:
+        raise ValueError(f"unknown sampling keyword(s) {', '.join(unknown)}; allowed: {', '.join(SAMPLING_KEYWORDS)}"
+                         ", seed")
+    if sampling is None:
+        return FlowSampling(**kw)
+    if not isinstance(sampling, FlowSampling) or kw:
+        raise ValueError("give sampling as one FlowSampling or as keywords, not both")
+    return sampling

@@ -211,12 +211,16 @@ class Backbone(nn.Module):
     def null_class(self) -> int:
         return self.cfg.num_classes
 
-    def check_labels(self, y_B: torch.Tensor, allow_null: bool = True) -> None:
+    def check_labels(self, y_B: torch.Tensor, allow_null: bool = True, nonempty: bool = False) -> None:
+        """The one label check: a 1-d long tensor (non-empty where asked) of ids in [0, num_classes), the
+        null class included where ``allow_null``."""
         hi = self.cfg.num_classes + int(allow_null)
-        if y_B.dtype != torch.long or y_B.ndim != 1:
-            raise ValueError(f"labels must be a 1-d long tensor, got {y_B.dtype} of shape {tuple(y_B.shape)}")
+        if not torch.is_tensor(y_B) or y_B.dtype != torch.long or y_B.ndim != 1 or (nonempty and len(y_B) == 0):
+            got = f"{y_B.dtype} of shape {tuple(y_B.shape)}" if torch.is_tensor(y_B) else type(y_B).__name__
+            raise ValueError(f"labels must be a {'non-empty ' if nonempty else ''}1-d long tensor of class ids, "
+                             f"got {got}")
         if len(y_B) and (y_B.min() < 0 or y_B.max() >= hi):
-            raise ValueError(f"class ids must lie in [0, {hi - 1}], got {y_B.tolist()}")
+            raise ValueError(f"class ids must lie in [0, {hi - 1}], got {sorted(set(y_B.tolist()))}")
 
     def condition(self, y_B: torch.Tensor) -> torch.Tensor:
         """Class embedding (B, C); in training labels are dropped to the null class with prob class_dropout."""

@@ -211,9 +211,9 @@ def test_inpainting_keeps_the_kept_region(kind):
     (dict(top_k=-1), "top_k"), (dict(top_k=0), "top_k"), (dict(top_k=2.5), "top_k"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
     (dict(top_p=-0.2), "top_p"), (dict(temperature=0.0), "temperature"), (dict(temperature=-1.0), "temperature"),
     (dict(cfg_scale=-1.0), "cfg_scale"), (dict(cfg_schedule="cosine"), "cfg_schedule"),
-    (dict(seed=-3), "seed"), (dict(greedy="yes"), "greedy"), (dict(y=torch.tensor([10])), "unknown class id"),
-    (dict(y=torch.tensor([-1])), "unknown class id"), (dict(y=torch.tensor([1.0])), "y must"),
-    (dict(y=torch.zeros(0, dtype=torch.long)), "y must"),
+    (dict(seed=-3), "seed"), (dict(greedy="yes"), "greedy"), (dict(y=torch.tensor([10])), r"class ids must lie in \[0, 9\]"),
+    (dict(y=torch.tensor([-1])), "class ids must"), (dict(y=torch.tensor([1.0])), "labels must be a non-empty"),
+    (dict(y=torch.zeros(0, dtype=torch.long)), "labels must be a non-empty"), (dict(top_kk=3), "unknown sampling keyword"),
 ])
 def test_bad_sampling_arguments_raise(kw, match):
     m = model(randomize=False)

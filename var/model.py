@@ -20,7 +20,7 @@ encoded original's, teacher-forced at every scale; only the other tokens are sam
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn as nn
@@ -48,6 +48,49 @@ class VARConfig:
             raise ValueError(f"backbone must be a BackboneConfig, got {type(self.backbone).__name__}")
         check_int("vocab_size", self.vocab_size, 2)
         check_float("label_smoothing", self.label_smoothing, 0, 1, hi_open=True)
+
+
+@dataclass(frozen=True)
+class VARSampling:
+    """VAR's sampling settings, checked here (``ValueError`` naming the allowed values): guidance
+    strength ``cfg_scale`` w >= 0 with ``cfg_schedule`` "linear" (w_k = w (k-1)/(K-1), the release's)
+    or "constant"; ``top_k`` (None: off), ``top_p`` nucleus mass in (0, 1], ``temperature`` > 0;
+    ``greedy`` takes the argmax (ignores temperature/top-k/top-p); ``use_cache`` False recomputes the
+    full teacher-forced pass at every scale (for checking the KV cache)."""
+    cfg_scale: float = 1.5
+    cfg_schedule: str = "linear"
+    top_k: int | None = None
+    top_p: float = 1.0
+    temperature: float = 1.0
+    greedy: bool = False
+    use_cache: bool = True
+
+    def __post_init__(self):
+        check_float("cfg_scale", self.cfg_scale, 0)
+        check_choice("cfg_schedule", self.cfg_schedule, CFG_SCHEDULES)
+        if self.top_k is not None:  # None = off
+            check_int("top_k", self.top_k, 1)
+        check_float("top_p", self.top_p, 0, 1, lo_open=True)
+        check_float("temperature", self.temperature, 0, lo_open=True)
+        for name in ("greedy", "use_cache"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+
+VAR_SAMPLING_KEYWORDS = tuple(f.name for f in fields(VARSampling))
+
+
+def var_sampling(sampling: VARSampling | None, kw: dict) -> VARSampling:
+    """``sampling``, or a VARSampling built from keyword fields (not both)."""
+    unknown = sorted(set(kw) - set(VAR_SAMPLING_KEYWORDS))
+    if unknown:
+        raise ValueError(f"unknown sampling keyword(s) {', '.join(unknown)}; allowed: "
+                         f"{', '.join(VAR_SAMPLING_KEYWORDS)}, seed, return_tokens")
+    if sampling is None:
+        return VARSampling(**kw)
+    if not isinstance(sampling, VARSampling) or kw:
+        raise ValueError("give sampling as one VARSampling or as keywords, not both")
+    return sampling
 
 
 def filter_logits(logits_NV: torch.Tensor, top_k: int | None = None, top_p: float = 1.0) -> torch.Tensor:
@@ -142,29 +185,13 @@ class VAR(nn.Module):
         return out
 
     # ---- sampling -----------------------------------------------------------------------------
-    def _check_sampling(self, y_B, cfg_scale, cfg_schedule, top_k, top_p, temperature, greedy, seed, use_cache):
-        if not torch.is_tensor(y_B) or y_B.dtype != torch.long or y_B.ndim != 1 or len(y_B) == 0:
-            got = f"{y_B.dtype} of shape {tuple(y_B.shape)}" if torch.is_tensor(y_B) else type(y_B).__name__
-            raise ValueError(f"y must be a non-empty 1-d long tensor of class ids, got {got}")
-        n = self.config.backbone.num_classes
-        if y_B.min() < 0 or y_B.max() >= n:
-            raise ValueError(f"unknown class id in y: ids must lie in [0, {n - 1}], got {sorted(set(y_B.tolist()))}")
-        check_float("cfg_scale", cfg_scale, 0)
-        check_choice("cfg_schedule", cfg_schedule, CFG_SCHEDULES)
-        if top_k is not None:  # None = off
-            check_int("top_k", top_k, 1)
-        check_float("top_p", top_p, 0, 1, lo_open=True)
-        check_float("temperature", temperature, 0, lo_open=True)
-        if not isinstance(greedy, bool):
-            raise ValueError(f"greedy must be a bool, got {greedy!r}")
-        if not isinstance(use_cache, bool):
-            raise ValueError(f"use_cache must be a bool, got {use_cache!r}")
+    def _check_sampling(self, y_B, seed):
+        self.backbone.check_labels(y_B, allow_null=False, nonempty=True)
         if seed is not None:
             check_int("seed", seed, 0)
 
     @torch.no_grad()
-    def _generate(self, y_B, keep_tokens=None, keep_masks_=None, *, cfg_scale, cfg_schedule, top_k, top_p,
-                  temperature, greedy, seed, use_cache):
+    def _generate(self, y_B, sp: VARSampling, seed, keep_tokens=None, keep_masks_=None):
         bb, tok = self.backbone, self.tokenizer
         sch, K = self.config.backbone.schedule, self.num_scales
         dev = self.head.weight.device
@@ -172,14 +199,14 @@ class VAR(nn.Module):
         B, C, S = len(y_B), tok.config.latent_channels, tok.config.latent_side
         g = torch.Generator(device=dev)
         g.manual_seed(int(torch.randint(2**62, ())) if seed is None else seed)
-        guided = cfg_scale > 0
-        ws = cfg_weights(cfg_scale, cfg_schedule, K)
+        guided = sp.cfg_scale > 0
+        ws = cfg_weights(sp.cfg_scale, sp.cfg_schedule, K)
         y_in = torch.cat([y_B, torch.full_like(y_B, bb.null_class)]) if guided else y_B
         cond = bb.class_emb(y_in)
-        cache = bb.new_cache() if use_cache else None
+        cache = bb.new_cache() if sp.use_cache else None
         f_hat, x_next, tokens = torch.zeros(B, C, S, S, device=dev), None, []
         for k, s in enumerate(sch):
-            if use_cache:
+            if sp.use_cache:
                 h = bb.step(None if k == 0 else x_next.repeat(2 if guided else 1, 1, 1), cond, cache)
             else:  # the full teacher-forced pass; inputs of scales not sampled yet are zeros (unseen)
                 x_in = torch.zeros(len(y_in), bb.cfg.seq_len - bb.cfg.first_len, C, device=dev)
@@ -191,8 +218,8 @@ class VAR(nn.Module):
             if guided:
                 c, u = logits.chunk(2)
                 logits = guide(c, u, ws[k])
-            idx = sample_tokens(logits.flatten(0, 1), g, top_k=top_k, top_p=top_p, temperature=temperature,
-                                greedy=greedy).view(B, s, s)
+            idx = sample_tokens(logits.flatten(0, 1), g, top_k=sp.top_k, top_p=sp.top_p, temperature=sp.temperature,
+                                greedy=sp.greedy).view(B, s, s)
             if keep_tokens is not None:
                 idx = torch.where(keep_masks_[k], keep_tokens[k], idx)
             tokens.append(idx)
@@ -211,30 +238,25 @@ class VAR(nn.Module):
         finally:
             self.train(was)
 
-    def sample(self, y_B: torch.Tensor, *, cfg_scale: float = 1.5, cfg_schedule: str = "linear", top_k: int | None = None,
-               top_p: float = 1.0, temperature: float = 1.0, greedy: bool = False, seed: int | None = None,
-               use_cache: bool = True, return_tokens: bool = False):
+    def sample(self, y_B: torch.Tensor, sampling: VARSampling | None = None, *, seed: int | None = None,
+               return_tokens: bool = False, **kw):
         """Class-conditional images (B, C, S, S) in [-1, 1] and stats {"backbone_forwards", "head_nfe",
         "head_nfe_per_scale", "guided"} (head NFE per image: a guided evaluation counts 2).
 
-        top_k: keep the k most likely tokens (None = off; k <= 0 raises). top_p: nucleus mass in (0, 1].
-        greedy: argmax (ignores temperature/top-k/top-p). seed: same seed -> identical images (None:
-        drawn from the global torch RNG). use_cache=False recomputes the full teacher-forced pass at
-        every scale (for checking the KV cache). return_tokens adds the sampled token maps."""
-        opts = dict(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, top_k=top_k, top_p=top_p,
-                    temperature=temperature, greedy=greedy, seed=seed, use_cache=use_cache)
-        self._check_sampling(y_B, **opts)
-        images, stats, tokens = self._run(y_B, **opts)
+        ``sampling`` is a :class:`VARSampling`, or its fields are given as keywords (``cfg_scale=``,
+        ``top_k=`` ...; an unknown one is a ``ValueError``). seed: same seed -> identical images (None:
+        drawn from the global torch RNG). return_tokens adds the sampled token maps."""
+        sp = var_sampling(sampling, kw)
+        self._check_sampling(y_B, seed)
+        images, stats, tokens = self._run(y_B, sp, seed)
         return (images, stats, tokens) if return_tokens else (images, stats)
 
-    def inpaint(self, x_BCHW: torch.Tensor, mask_B1HW: torch.Tensor, y_B: torch.Tensor, *, cfg_scale: float = 1.5,
-                cfg_schedule: str = "linear", top_k: int | None = None, top_p: float = 1.0, temperature: float = 1.0,
-                greedy: bool = False, seed: int | None = None, use_cache: bool = True, return_tokens: bool = False):
+    def inpaint(self, x_BCHW: torch.Tensor, mask_B1HW: torch.Tensor, y_B: torch.Tensor,
+                sampling: VARSampling | None = None, *, seed: int | None = None, return_tokens: bool = False, **kw):
         """Zero-shot in/outpainting: regenerate the pixels where ``mask`` is False, keeping the tokens
         whose whole footprint is True (see the module doc). Same options and returns as :meth:`sample`."""
-        opts = dict(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, top_k=top_k, top_p=top_p,
-                    temperature=temperature, greedy=greedy, seed=seed, use_cache=use_cache)
-        self._check_sampling(y_B, **opts)
+        sp = var_sampling(sampling, kw)
+        self._check_sampling(y_B, seed)
         self.tokenizer.check_images(x_BCHW, "x", finite=True)
         B, _, H, W = x_BCHW.shape
         if not torch.is_tensor(mask_B1HW) or mask_B1HW.dtype != torch.bool or tuple(mask_B1HW.shape) != (B, 1, H, W):
@@ -246,5 +268,5 @@ class VAR(nn.Module):
         dev = self.head.weight.device
         keep = self.tokenizer.encode(x_BCHW.to(dev))
         masks = keep_masks(mask_B1HW.to(dev), self.config.backbone.schedule)
-        images, stats, tokens = self._run(y_B, keep, masks, **opts)
+        images, stats, tokens = self._run(y_B, sp, seed, keep, masks)
         return (images, stats, tokens) if return_tokens else (images, stats)
