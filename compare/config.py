@@ -74,8 +74,8 @@ class CompareConfig:
     samplers: dict | None = option(None, "{arm: ((label, sampling keywords), ...)}: replaces that arm's "
                                    "built-in sampler sweep")
     arm_overrides: dict | None = option(None, "{arm: {field: value}}: overrides of the arm's generator config")
-    precision: str = option("fp32", "'fp32' or 'bf16' (autocast for sampling and feature extraction; metrics "
-                            "in float32)")
+    precision: str = option("fp32", "'fp32' or 'bf16' (autocast for sampling; features of real and generated "
+                            "images alike in float32)")
     compile: bool = option(False, "torch.compile the backbone blocks and the head for sampling (slow to start)")
     quick: bool = option(False, "the reduced run the tests use: small models, 2 seeds, the quick sampler rows")
 

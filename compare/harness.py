@@ -142,15 +142,23 @@ def _prepare(cfg: CompareConfig, out: Path) -> Run:
     return r
 
 
+def floor_split(cfg: CompareConfig) -> str:
+    """The real split the floor draws from: the one the samples are not scored against, so the floor's
+    images are independent of the reference (drawn from the reference itself, its FID came out about half
+    an independent sample's in simulation, its precision exactly 1)."""
+    return "test" if cfg.reference == "train" else "train"
+
+
 def _floor(r: Run) -> tuple[dict, list[dict]]:
-    """Real train images scored like samples: a fresh subset per seed, the same N as the samples."""
-    data, n = r.data, min(r.cfg.samples, len(r.data.x_train))
-    per_seed = []
+    """Real images disjoint from the reference scored like samples: a fresh subset per seed, the same N as
+    the samples (or the whole floor split when it is smaller)."""
+    x, y = (r.data.x_test, r.data.y_test) if floor_split(r.cfg) == "test" else (r.data.x_train, r.data.y_train)
+    n, per_seed = min(r.cfg.samples, len(x)), []
     for s in r.cfg.seed_list:
-        pick = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(s))[:n]
-        per_seed.append(evaluate_samples(data.x_train[pick], data.y_train[pick], r.spaces, r.clf, s))
+        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(s))[:n]
+        per_seed.append(evaluate_samples(x[pick], y[pick], r.spaces, r.clf, s))
     floor = {k: t_interval([f[k] for f in per_seed]) for k in r.quality}
-    floor["test_class_acc"] = class_accuracy(r.clf, data.x_test, data.y_test)
+    floor["test_class_acc"] = class_accuracy(r.clf, r.data.x_test, r.data.y_test)
     return floor, per_seed
 
 
@@ -176,7 +184,8 @@ def _score_row(r: Run, model, name: str, label: str, kw: dict, i: int, seed: int
     cfg, t = r.cfg, time.perf_counter()
     with precision_context(cfg, r.dev):
         images, stats = generate(model, labels, cfg.sample_batch, seed, **kw)
-        one = evaluate_samples(images, labels, r.spaces, r.clf, seed)
+    # features of samples in float32, as the reference's and the floor's: one protocol for real and generated
+    one = evaluate_samples(images, labels, r.spaces, r.clf, seed)
     if rank() > 0:
         return
     sample = sample_fn(model, labels, seed, kw, r.dev, cfg)
@@ -216,12 +225,20 @@ def _assemble(r: Run, floor: dict, floor_seeds: list[dict]) -> dict:
         "data": {"name": data.name, "fingerprint": data.fingerprint(), "split_seed": cfg.split_seed,
                  "train": len(data.x_train), "test": len(data.x_test), "side": data.side,
                  "channels": data.channels, "classes": data.num_classes, "class_names": data.class_names},
-        "feature_spaces": [{"name": sp.name, "dim": int(sp.mu.shape[0]), "weights": sp.weights,
-                            "reference": cfg.reference_stats if sp.name == "inception" and cfg.reference_stats
-                            else f"{cfg.reference} split ({len(sp.real_feats)} images)"} for sp in r.spaces],
-        "floor": floor, "floor_per_seed": floor_seeds, "floor_samples": min(cfg.samples, len(data.x_train)),
+        "feature_spaces": [_space_record(sp, cfg) for sp in r.spaces],
+        "floor": floor, "floor_per_seed": floor_seeds, "floor_split": floor_split(cfg),
+        "floor_samples": min(cfg.samples, len(data.x_test if floor_split(cfg) == "test" else data.x_train)),
         "timings_s": dict(r.timings),
     }
+
+
+def _space_record(sp: FeatureSpace, cfg: CompareConfig) -> dict:
+    """A feature space as results.json records it, with the reference each metric is measured against:
+    a --reference-stats file feeds the Inception FID only; KID and precision/recall need the images."""
+    split = f"{cfg.reference} split ({len(sp.real_feats)} images)"
+    fid_ref = cfg.reference_stats if sp.name == "inception" and cfg.reference_stats else split
+    return {"name": sp.name, "dim": int(sp.mu.shape[0]), "weights": sp.weights, "reference": fid_ref,
+            "reference_per_metric": {"fid": fid_ref, "kid": split, "precision_recall": split}}
 
 
 def train_arm(name: str, data: ImageData, backbone: BackboneConfig, cfg: CompareConfig, out: Path,

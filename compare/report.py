@@ -44,7 +44,7 @@ def main_table(results: dict) -> str:
                        f"| {_iv(r[f'recall_{n}'])} |" for n in other)
     lines = [head.format(b=cost_b, dev=dev), "|" + "---|" * (14 + 4 * len(other))]
     f = results["floor"]
-    lines.append(f"| real train | (floor, n={results['floor_samples']}) | {_iv(f['fid'])} | {_iv(f['kid'], 1e3)} "
+    lines.append(f"| real {results.get('floor_split', 'train')} | (floor, n={results['floor_samples']}) | {_iv(f['fid'])} | {_iv(f['kid'], 1e3)} "
                  f"| {_iv(f['class_acc'])} | {_iv(f['precision'])} | {_iv(f['recall'])} | - | - | - | - | - | - | - |"
                  + extra(f))
     for r in results["rows"]:
@@ -151,10 +151,10 @@ def _intro(results: dict) -> list[str]:
            f"{results['data']['train']} real train images (the reference is the train split)")
         + " in the feature space of a classifier trained on the "
         f"real train split (test accuracy {_fmt(results['floor']['test_class_acc'])})"
-        + "".join(f"; and in {sp['name']} space against {sp['reference']}"
-                  for sp in results.get("feature_spaces", []) if sp["name"] != "classifier")
-        + ". The floor row scores a "
-        "fresh subset of real train images per seed the same way: no model can be expected to beat it. FID is "
+        + "".join(_space_line(sp) for sp in results.get("feature_spaces", []) if sp["name"] != "classifier")
+        + f". The floor row scores a fresh subset of {results['floor_samples']} real "
+        f"{results.get('floor_split', 'train')} images per seed the same way (disjoint from the reference): no "
+        "model can be expected to beat it. FID is "
         "biased at small N; compare rows at the same N, and read KID (unbiased) beside it. Cost per image: "
         f"ms/img at batch {cfg['cost_batch']} on every seed (spread over seeds), latency at batch 1 (median of "
         "3 after a warm-up) and throughput at the largest batch that fits up to "
@@ -162,6 +162,14 @@ def _intro(results: dict) -> list[str]:
         "FLOPs from torch.utils.flop_counter (matmuls, convs, attention).",
         "",
     ]
+
+
+def _space_line(sp: dict) -> str:
+    per = sp.get("reference_per_metric")
+    if not per or len(set(per.values())) == 1:
+        return f"; and in {sp['name']} space against {sp['reference']}"
+    return (f"; and in {sp['name']} space, FID against {per['fid']}, KID and precision/recall against "
+            f"{per['kid']}")
 
 
 def _budgets(m: dict) -> list[str]:

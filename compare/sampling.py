@@ -17,7 +17,8 @@ from .distributed import rank, shard_map, world
 
 
 def precision_context(cfg, dev: torch.device):
-    """bf16 autocast for sampling and feature extraction (``precision="bf16"``); metrics stay float32/64."""
+    """bf16 autocast for sampling (``precision="bf16"``); features of samples are extracted outside it, in
+    float32 like the reference's, and metrics in float64."""
     from contextlib import nullcontext
 
     return torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()

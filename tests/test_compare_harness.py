@@ -38,28 +38,6 @@ def test_layers_defaults_quick_preset_then_given_flags():
         parse(["--preset", "cifar100"])
 
 
-@pytest.mark.slow
-def test_quick_few_step_arm(tmp_path):
-    """The opt-in few-step arm: shortcut rows with exact NFE (a step [t, t + d] is guided where it meets
-    t >= 0.1, at scales k > 1), its own training budget, finite metrics."""
-    out = tmp_path / "fs"
-    main(["--quick", "--seeds", "1", "--arms", "flowar-fewstep", "--out", str(out)])
-    res = json.loads((out / "results.json").read_text())
-    rows = {r["sampler"]: r for r in res["rows"]}
-    assert set(rows) == {"shortcut x1, w 0.5", "shortcut x2, w 0.5"} and set(res["models"]) == {"flowar-fewstep"}
-    for label, steps in (("shortcut x1, w 0.5", 1), ("shortcut x2, w 0.5", 2)):
-        r = rows[label]
-        assert r["settings"]["solver"] == "shortcut" and r["settings"]["cfg_scale"] == 0.5
-        assert r["head_nfe_per_scale"] == [steps, 2 * steps, 2 * steps, 2 * steps]
-        assert all(_finite(r[k]["mean"]) for k in ("fid", "recall", "class_acc", "ms_per_image"))
-    m = res["models"]["flowar-fewstep"]
-    assert m["config"]["few_step"] == "shortcut" and m["train_flops_per_image"] > 0
-
-
-def _finite(v):
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """The default arms' --quick run over 2 seeds, shared by the tests below (they copy its checkpoints
@@ -75,6 +53,31 @@ def _with_checkpoints_of(run_out, out):
 
     shutil.copytree(run_out / "checkpoints", out / "checkpoints")
     return out
+
+
+@pytest.mark.slow
+def test_quick_few_step_arm(quick_run, tmp_path):
+    """The opt-in few-step arm: shortcut rows with exact NFE (a step [t, t + d] is guided where it meets
+    t >= 0.1, at scales k > 1), its own training budget, finite metrics; it reuses the FlowAR family's
+    autoencoder (and the classifier) of the shared run."""
+    out = _with_checkpoints_of(quick_run[0], tmp_path / "fs")
+    main(["--quick", "--seeds", "1", "--arms", "flowar-fewstep", "--out", str(out)])
+    res = json.loads((out / "results.json").read_text())
+    rows = {r["sampler"]: r for r in res["rows"]}
+    assert set(rows) == {"shortcut x1, w 0.5", "shortcut x2, w 0.5"} and set(res["models"]) == {"flowar-fewstep"}
+    for label, steps in (("shortcut x1, w 0.5", 1), ("shortcut x2, w 0.5", 2)):
+        r = rows[label]
+        assert r["settings"]["solver"] == "shortcut" and r["settings"]["cfg_scale"] == 0.5
+        assert r["head_nfe_per_scale"] == [steps, 2 * steps, 2 * steps, 2 * steps]
+        assert all(_finite(r[k]["mean"]) for k in ("fid", "recall", "class_acc", "ms_per_image"))
+    m = res["models"]["flowar-fewstep"]
+    assert m["config"]["few_step"] == "shortcut" and m["train_flops_per_image"] > 0
+    assert m["per_seed"][0]["checkpoints"][0] == quick_run[1]["models"]["flowar"]["per_seed"][0]["checkpoints"][0]
+    assert not m["per_seed"][0]["reused_checkpoints"]  # its generator is its own
+
+
+def _finite(v):
+    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 @pytest.mark.slow
@@ -229,6 +232,9 @@ def test_inception_space_and_reference_statistics(tmp_path, capsys):
     again = json.loads((out / "results.json").read_text())
     for r, r2 in zip(res["rows"], again["rows"]):
         assert r2["fid_inception"]["mean"] == pytest.approx(r["fid_inception"]["mean"], rel=1e-6)
+    per = again["feature_spaces"][1]["reference_per_metric"]  # the file feeds FID only
+    assert per["fid"] == str(stats) and "train split" in per["kid"] and per["kid"] == per["precision_recall"]
+    assert f"FID against {stats}, KID and precision/recall against train split" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow

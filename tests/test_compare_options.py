@@ -106,3 +106,24 @@ def test_sampler_and_config_overrides_are_checked_before_training(small):
         arm_configs("flowar", data, bb, CompareConfig(arm_overrides={"flowar": {"hed_depth": 3}}))
     with pytest.raises(ValueError, match="head_depth must lie in"):
         arm_configs("flowar", data, bb, CompareConfig(arm_overrides={"flowar": {"head_depth": 0}}))
+
+
+@pytest.mark.parametrize("reference", ["test", "train"])
+def test_the_floor_never_draws_from_the_reference(monkeypatch, reference, small):
+    """The floor's real images are disjoint from the images the samples are scored against (with
+    --reference train they come from the test split), so it is a floor and not a copy of the reference."""
+    from compare import harness
+
+    data, _ = small
+    seen = []
+    monkeypatch.setattr(harness, "evaluate_samples", lambda x, y, *a: seen.append(x) or {"class_acc": 1.0})
+    monkeypatch.setattr(harness, "class_accuracy", lambda *a: 1.0)
+    cfg = CompareConfig(reference=reference, samples=50, seeds=2)
+    run = harness.Run(cfg, None, torch.device("cpu"), data, None, Progress(1, enabled=False))
+    floor, per_seed = harness._floor(run)
+    ref = data.x_test if reference == "test" else data.x_train
+    ref_rows = {tuple(r.flatten().tolist()) for r in ref}
+    assert len(seen) == 2 and all(len(x) == 50 for x in seen)
+    for x in seen:
+        assert not any(tuple(r.flatten().tolist()) in ref_rows for r in x)
+    assert harness.floor_split(cfg) == ("test" if reference == "train" else "train")

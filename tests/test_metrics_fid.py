@@ -56,17 +56,52 @@ def test_self_distance_is_zero_and_symmetric():
     assert fid_from_features(a, b) == pytest.approx(ab, rel=1e-12)
 
 
-def test_singular_covariance_adds_eps_with_warning():
-    rng = np.random.default_rng(4)
-    a, b = rng.normal(size=(20, 50)), rng.normal(size=(30, 50)) + 0.5  # fewer samples than dims
+def pytorch_fid_reference(mu1, s1, mu2, s2, eps=1e-6):
+    """pytorch-fid's calculate_frechet_distance, step for step: sqrtm of the product, eps * I added inside
+    the square root only when it is not finite, the real part."""
+    covmean = linalg.sqrtm(s1.dot(s2))
+    if not np.isfinite(covmean).all():
+        offset = np.eye(s1.shape[0]) * eps
+        covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
+    covmean = covmean.real
+    diff = mu1 - mu2
+    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def exact_fd_few_samples(a, b):
+    """FD when n < d, exactly: with centred X1 (n1, d), X2 (n2, d), the nonzero eigenvalues of S1 S2 are the
+    squared singular values of X1 X2^T / sqrt((n1 - 1)(n2 - 1)), so tr sqrt(S1 S2) is their sum."""
+    x1, x2 = a - a.mean(0), b - b.mean(0)
+    sv = np.linalg.svd(x1 @ x2.T, compute_uv=False) / np.sqrt((len(a) - 1) * (len(b) - 1))
+    diff = a.mean(0) - b.mean(0)
+    return float(diff @ diff + (x1 ** 2).sum() / (len(a) - 1) + (x2 ** 2).sum() / (len(b) - 1) - 2 * sv.sum())
+
+
+@pytest.mark.parametrize("n1, n2, d", [(20, 30, 50), (40, 200, 64), (150, 120, 256)])
+def test_rank_deficient_covariances_are_exact(n1, n2, d):
+    """Fewer samples than dimensions (every Inception FID under 2048 images): the distance equals the
+    exact SVD value (no eps shift, no warning) and pytorch-fid's where its sqrtm is finite."""
+    rng = np.random.default_rng(n1 + d)
+    a, b = random_feats(rng, n1, d), random_feats(rng, n2, d, shift=0.2)
     (mu1, s1), (mu2, s2) = gaussian_stats(a), gaussian_stats(b)
-    with pytest.warns(RuntimeWarning, match="singular covariance"):
-        fd = frechet_distance(mu1, s1, mu2, s2, eps=1e-6)
-    off = 1e-6 * np.eye(50)
-    assert np.isfinite(fd)
-    assert fd == pytest.approx(reference_fd(mu1, s1 + off, mu2, s2 + off), rel=1e-6)
-    with pytest.warns(RuntimeWarning):
-        assert abs(frechet_distance(mu1, s1, mu1, s1)) < 1e-8 * np.trace(s1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fd = frechet_distance(mu1, s1, mu2, s2)
+    exact = exact_fd_few_samples(a, b)
+    assert fd == pytest.approx(exact, rel=1e-6)
+    shifted = reference_fd(mu1, s1 + 1e-6 * np.eye(d), mu2, s2 + 1e-6 * np.eye(d))
+    assert abs(fd - exact) < abs(shifted - exact) / 10  # the old shift's error is gone
+    ref = pytorch_fid_reference(mu1, s1, mu2, s2)
+    if np.isfinite(ref):
+        assert fd == pytest.approx(ref, rel=1e-5)
+    assert abs(frechet_distance(mu1, s1, mu1, s1)) < 1e-8 * np.trace(s1)
+
+
+def test_matches_pytorch_fid_full_rank():
+    rng = np.random.default_rng(7)
+    a, b = random_feats(rng, 600, 128), random_feats(rng, 500, 128, shift=0.1)
+    stats = (*gaussian_stats(a), *gaussian_stats(b))
+    assert frechet_distance(*stats) == pytest.approx(pytorch_fid_reference(*stats), rel=1e-6)
 
 
 def test_bad_input_raises_clearly():
@@ -77,8 +112,6 @@ def test_bad_input_raises_clearly():
         frechet_distance(mu, s, np.zeros(4), s)
     with pytest.raises(ValueError, match="non-finite"):
         frechet_distance(mu, s, mu * np.nan, s)
-    with pytest.raises(ValueError, match="eps"):
-        frechet_distance(mu, s, mu, s, eps=0)
     with pytest.raises(ValueError, match="at least 2"):
         gaussian_stats(np.zeros((1, 3)))
 
@@ -107,3 +140,25 @@ def test_stats_files_round_trip_in_pytorch_fid_format(tmp_path):
     np.savez(tmp_path / "nan.npz", mu=mu * np.nan, sigma=sigma)
     with pytest.raises(ValueError, match="non-finite"):
         load_stats(tmp_path / "nan.npz")
+
+
+def test_stats_files_that_are_not_covariances_are_refused(tmp_path):
+    """A negative-definite or asymmetric sigma would give a negative FID (-2e5 for -100 I): refused, with
+    the file named; a real sample covariance of any rank (round-off included) is accepted."""
+    from compare.fid import load_stats
+
+    rng = np.random.default_rng(1)
+    mu = np.zeros(8)
+    few = gaussian_stats(rng.normal(size=(5, 8)))[1]  # rank 4 of 8: PSD up to round-off
+    bad_asym = np.eye(8)
+    bad_asym[0, 1] = 0.5
+    for name, sigma, match in (("neg", -100 * np.eye(8), "not positive semi-definite"),
+                               ("indef", np.diag([1.0] * 7 + [-0.5]), "not positive semi-definite"),
+                               ("asym", bad_asym, "asymmetric"), ("few", few, None)):
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, mu=mu, sigma=sigma)
+        if match is None:
+            assert load_stats(path)[1].shape == (8, 8)
+        else:
+            with pytest.raises(ValueError, match=f"{name}.npz: sigma is not a covariance: {match}"):
+                load_stats(path)
