@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from nextscale.checkpoint import atomic_path
+
 
 def _as_array(x, name: str, ndim: int) -> np.ndarray:
     a = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
@@ -77,7 +79,7 @@ def save_stats(path, mu, sigma) -> None:
     mu, sigma = _as_array(mu, "mu", 1), _as_array(sigma, "sigma", 2)
     if sigma.shape != (len(mu), len(mu)):
         raise ValueError(f"sigma must have shape {(len(mu), len(mu))} to match mu, got {sigma.shape}")
-    with open(path, "wb") as f:  # a file object: np.savez would otherwise append .npz to the name
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append .npz
         np.savez(f, mu=mu, sigma=sigma)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from nextscale.checkpoint import atomic_path, write_text
+
 from .arms import ANCHOR, ARMS
 from .stats import fmt_interval
 
@@ -102,7 +104,7 @@ def param_note(models: dict) -> str:
 def write_report(results: dict, out: Path) -> None:
     """results.json, the plots and report.md (the tables, the paired differences, budgets, plots, grids)."""
     out = Path(out)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    write_text(out / "results.json", json.dumps(results, indent=2, default=str))
     plots = write_plots(results, out)
     md = _intro(results) + [
         main_table(results),
@@ -121,7 +123,7 @@ def write_report(results: dict, out: Path) -> None:
         *[f"- {r['model']} [{r['sampler']}]: [{r['grid']}]({r['grid']})" for r in results["rows"]],
         "", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in results["timings_s"].items()), "",
     ]
-    (out / "report.md").write_text("\n".join(md))
+    write_text(out / "report.md", "\n".join(md))
 
 
 def _intro(results: dict) -> list[str]:
@@ -237,7 +239,8 @@ def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path
 

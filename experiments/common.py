@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nextscale.checkpoint import write_text
+
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
@@ -52,7 +54,7 @@ def _plain(x):
 
 
 def write_json(path: Path, obj: dict) -> Path:
-    path.write_text(json.dumps(_plain(obj), indent=2))
+    write_text(path, json.dumps(_plain(obj), indent=2))
     return path
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import nextscale
-from nextscale.checkpoint import keyed_stage_paths
+from nextscale.checkpoint import keyed_stage_paths, write_text
 from nextscale.cli import add_run_args, at_least, data_and_backbone, out_folder, out_lock, run_or_exit
 from nextscale.train import pick_device, recipe
 from nextscale.config import config_to_dict
@@ -136,7 +136,7 @@ def _run(a: argparse.Namespace, out: Path) -> dict:
         "files": {"samples": grid.name, "inpaint": "inpaint.png",
                   "autoencoder": f"checkpoints/{ae_ck.name}", "flowar": f"checkpoints/{fl_ck.name}"},
     })
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     fl = metrics["flowar"]
     print(f"autoencoder: test recon MSE {metrics['autoencoder']['recon_mse_test']:.5f}", file=sys.stderr)
     print("FlowAR flow loss per scale (train/test): " + ", ".join(

@@ -94,6 +94,10 @@ class FlowARConfig:
         if self.backbone.schedule[-1] != self.ae.latent_side:
             raise ValueError(f"backbone.schedule {self.backbone.schedule} must end at the autoencoder's latent "
                              f"side {self.ae.latent_side}")
+        if len(self.backbone.schedule) < 2:
+            raise ValueError(f"backbone.schedule {self.backbone.schedule} has one scale; FlowAR predicts scale k "
+                             f"from scale k - 1 and needs at least 2 (an odd latent side has a one-scale doubling "
+                             f"schedule: use an image side that is a multiple of 4)")
         check_choice("head", self.head, HEADS)
         if self.head_width is None:
             object.__setattr__(self, "head_width", self.backbone.width)

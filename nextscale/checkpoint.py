@@ -9,32 +9,53 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 FORMAT = "nextscale-checkpoint-v1"
 
 
-def save_checkpoint(path: str | Path, payload: dict) -> None:
-    """Write ``payload`` (plain data and tensors only) to ``path`` via a temp file + rename, so a crash
-    mid-write leaves the previous file intact."""
-    from . import __version__
-
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A fresh temporary path beside ``path`` (same suffix, so writers that go by it still work) to write
+    the file to; when the block ends without error it is synced, given the permissions the user's umask
+    gives new files, and renamed over ``path``. A kill mid-write leaves the previous file (or none), never
+    a torn one that looks like a result. Every output file of the project is written through this."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "library_version": __version__, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600, which locks teammates out on a shared cluster
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """``Path(path).write_text(text)``, atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> None:
+    """Write ``payload`` (plain data and tensors only) to ``path`` atomically (:func:`atomic_path`)."""
+    from . import __version__
+
+    payload = {"format": FORMAT, "library_version": __version__, **payload}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
 
 
 def _minor(version: str) -> tuple[str, ...]:

@@ -66,38 +66,29 @@ def run_or_exit(fn, *args):
 
 @contextmanager
 def out_lock(out: Path):
-    """Hold ``out/.lock`` (created exclusively, holding our pid) for the duration of a run: a second run
-    on the same folder is refused with a ``ValueError`` instead of both writing the same checkpoints.
-    A lock whose process is gone (a killed run) is taken over."""
+    """Hold ``out/.lock`` for the duration of a run: a second run on the same folder is refused with a
+    ``ValueError`` naming the holder (host and pid) instead of both writing the same checkpoints.
+
+    The lock is ``fcntl.flock`` on the file, which the kernel releases when its holder dies however it
+    dies (kill, OOM), so a rerun is never blocked by a dead run, in a container (where every run is pid
+    1) or after the pid is recycled. The file stays; its text names the last holder."""
+    import fcntl
+    import socket
+
     lock = Path(out) / ".lock"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and _alive(pid):
-                raise ValueError(f"another run (pid {pid}) is writing to {out}; wait for it or use another --out") \
-                    from None
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-    else:
-        raise ValueError(f"cannot take the lock {lock}")
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
+    if lock.is_dir():
+        raise ValueError(f"{lock} is a folder, not the run's lock file: remove it")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held by a live process
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ValueError(f"another run ({holder}) is writing to {out}; wait for it or use another --out") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}".encode(), 0)
         yield
     finally:
-        lock.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+        os.close(fd)  # releases the lock
     return True

@@ -1,6 +1,7 @@
 """Small validators for config dataclasses: each raises ``ValueError`` naming the field and its range."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, fields
 from typing import Any, Iterable
 
@@ -13,8 +14,10 @@ def check_int(name: str, value: Any, lo: int | None = None, hi: int | None = Non
 
 def check_float(name: str, value: Any, lo: float | None = None, hi: float | None = None,
                 lo_open: bool = False, hi_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{name} must be a number, got {value!r}")
+    """A finite number in the range: NaN and +-inf are refused everywhere (an infinite guidance scale or
+    noise level gives NaN images, not an error)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     _check_range(name, value, lo, hi, lo_open, hi_open)
 
 

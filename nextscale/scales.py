@@ -111,6 +111,7 @@ def latent_side_of(image_side: int) -> int:
     """The latent side the commands use: image side / 2 (one stride-2 downsampling); odd sides are refused
     with the nearest sides that work."""
     if image_side < 2 or image_side % 2:
+        below, above = max(4, image_side // 4 * 4), image_side // 4 * 4 + 4
         raise ValueError(f"image side {image_side} must be even (the latent is image side / 2): use --side "
-                         f"{max(2, image_side - 1)} or {image_side + 1}")
+                         f"{below} or {above} (multiples of 4 also give FlowAR's doubling schedule two scales)")
     return image_side // 2

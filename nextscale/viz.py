@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from .checkpoint import atomic_path
+
 
 def save_grid(images_BCHW: torch.Tensor, path: str | Path, nrow: int, pad: int = 1, upscale: int = 4) -> Path:
     """Write images in [-1, 1] as a grid with ``nrow`` images per row (row-major), each upscaled
@@ -24,6 +26,6 @@ def save_grid(images_BCHW: torch.Tensor, path: str | Path, nrow: int, pad: int =
     grid = grid.repeat_interleave(upscale, 0).repeat_interleave(upscale, 1)
     arr = (grid.numpy() * 255).round().astype(np.uint8)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr[..., 0] if C == 1 else arr).save(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr[..., 0] if C == 1 else arr).save(tmp, format="PNG")
     return path

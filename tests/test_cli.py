@@ -1,4 +1,6 @@
 """Every command refuses bad arguments before any training: one line ``error: ...``, exit status 2."""
+import os
+
 import pytest
 
 from compare.__main__ import main as compare_main
@@ -53,9 +55,14 @@ def test_an_output_path_that_is_a_file_is_refused(tmp_path, capsys, main):
 
 def test_a_second_run_on_the_same_out_is_refused_while_the_first_runs(tmp_path, capsys):
     """Two processes: one holds the run lock of --out (as a running command does); the command started
-    beside it stops at once with one error line; a lock left by a dead process is taken over."""
+    beside it stops at once with one error line naming the holder; once the holder dies (killed, never
+    releasing) the kernel frees the lock and a rerun takes it, whatever pid it has (in a container every
+    rerun is pid 1 again); a lock path that is a folder is a clear error."""
+    import socket
     import subprocess
     import sys
+
+    from nextscale.cli import out_lock
 
     out = tmp_path / "run"
     out.mkdir()
@@ -68,14 +75,25 @@ def test_a_second_run_on_the_same_out_is_refused_while_the_first_runs(tmp_path, 
         with pytest.raises(SystemExit) as e:
             var_main(["--out", str(out), *SMALL])
         err = capsys.readouterr().err.strip()
-        assert e.value.code == 2 and err == (f"error: another run (pid {holder.pid}) is writing to {out}; wait for "
-                                             f"it or use another --out")
+        assert e.value.code == 2 and err == (f"error: another run (host {socket.gethostname()}, pid {holder.pid}) "
+                                             f"is writing to {out}; wait for it or use another --out")
     finally:
         holder.kill()
         holder.wait()
-    # the holder was killed without releasing: its lock is stale and is taken over (then released)
-    assert (out / ".lock").read_text() == str(holder.pid)
-    from nextscale.cli import out_lock
+    # killed without releasing: the file still names it, but the kernel freed the lock
+    assert (out / ".lock").read_text().endswith(f"pid {holder.pid}")
     with out_lock(out):
-        assert (out / ".lock").read_text() != str(holder.pid)
-    assert not (out / ".lock").exists()
+        assert (out / ".lock").read_text().endswith(f"pid {os.getpid()}")
+        with pytest.raises(ValueError, match="another run"):  # our own pid holds it: still refused
+            with out_lock(out):
+                pass
+    with out_lock(out):  # released at the end of a run
+        pass
+    (out / ".lock").write_text(str(os.getpid()))  # left by a killed run that had our pid (a container's pid 1)
+    with out_lock(out):
+        pass
+    folder = tmp_path / "odd"
+    (folder / ".lock").mkdir(parents=True)
+    with pytest.raises(ValueError, match="is a folder, not the run's lock file"):
+        with out_lock(folder):
+            pass

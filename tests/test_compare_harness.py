@@ -150,13 +150,18 @@ def test_bad_data_and_out_are_refused_before_any_training(tmp_path, capsys):
     odd = tmp_path / "odd.npz"
     np.savez(odd, x=np.zeros((20, 25, 25), np.uint8), y=np.repeat(np.arange(2), 10))
     for argv, msg in ((["--data", str(odd)], "error: image side 25 must be even (the latent is image side / 2): "
-                                             "use --side 24 or 26"),
+                                             "use --side 24 or 28 (multiples of 4 also give FlowAR's doubling schedule two scales)"),
                       (["--out", str(odd)], f"error: --out {odd} is a file, not a folder")):
         with pytest.raises(SystemExit) as e:
             main(["--quick", "--out", str(tmp_path / "run"), *argv])
         err = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 2 and err[-1] == msg, err
         assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained, nothing cached
+    with pytest.raises(SystemExit) as e:  # side 6: latent 3, a one-scale doubling schedule for FlowAR
+        main(["--quick", "--out", str(tmp_path / "run"), "--side", "6"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith("error: backbone.schedule (3,) has one scale"), err
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def _untrained_fids(res: dict, out) -> dict:

@@ -214,6 +214,8 @@ def test_inpainting_keeps_the_kept_region(kind):
     (dict(seed=-3), "seed"), (dict(greedy="yes"), "greedy"), (dict(y=torch.tensor([10])), r"class ids must lie in \[0, 9\]"),
     (dict(y=torch.tensor([-1])), "class ids must"), (dict(y=torch.tensor([1.0])), "labels must be a non-empty"),
     (dict(y=torch.zeros(0, dtype=torch.long)), "labels must be a non-empty"), (dict(top_kk=3), "unknown sampling keyword"),
+    (dict(cfg_scale=float("inf")), "cfg_scale must be a finite number"), (dict(temperature=1e-45), "temperature"),
+    (dict(cfg_scale=float("nan")), "cfg_scale"), (dict(use_cache="no"), "use_cache"),
 ])
 def test_bad_sampling_arguments_raise(kw, match):
     m = model(randomize=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import nextscale
-from nextscale.checkpoint import keyed_stage_paths
+from nextscale.checkpoint import keyed_stage_paths, write_text
 from nextscale.cli import add_run_args, at_least, data_and_backbone, out_folder, out_lock, run_or_exit
 from nextscale.train import pick_device, recipe
 from nextscale.config import config_to_dict
@@ -94,7 +94,7 @@ def _run(a: argparse.Namespace, out: Path) -> dict:
         "seed": a.seed, "library_version": nextscale.__version__, "torch_version": torch.__version__,
         "files": {"samples": grid.name, "tokenizer": f"checkpoints/{tok_ck.name}", "var": f"checkpoints/{var_ck.name}"},
     })
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     t, v = metrics["tokenizer"], metrics["var"]
     print(f"tokenizer: test recon MSE {t['recon_mse_test']:.4f}, codebook usage {t['codebook_usage_train']:.1%}, "
           f"perplexity {t['perplexity_train']:.1f}", file=sys.stderr)

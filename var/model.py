@@ -71,7 +71,7 @@ class VARSampling:
         if self.top_k is not None:  # None = off
             check_int("top_k", self.top_k, 1)
         check_float("top_p", self.top_p, 0, 1, lo_open=True)
-        check_float("temperature", self.temperature, 0, lo_open=True)
+        check_float("temperature", self.temperature, 1e-4)  # below, logits / T overflow (greedy: the argmax)
         for name in ("greedy", "use_cache"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
