@@ -252,11 +252,13 @@ def train_arm(name: str, data: ImageData, backbone: BackboneConfig, cfg: Compare
                            gen_batch=cfg.batch_size)
     ae_ck, gen_ck = keyed_stage_paths(out / "checkpoints", data.fingerprint(),
                                       (f"{family.name}-autoencoder", ae_cfg, ae_tc), (name, gen_cfg, gen_tc))
-    reused = ae_ck.exists() and gen_ck.exists()
+    before = [p.stat().st_mtime_ns if p.exists() else None for p in (ae_ck, gen_ck)]
     t = time.perf_counter()
     ae = family.train_ae(data, ae_cfg, ae_tc, ckpt_path=ae_ck, device=dev)
     t_ae = time.perf_counter()
     model = family.train_gen(data, ae, gen_cfg, gen_tc, ckpt_path=gen_ck, device=dev).eval()
+    # reused: both were finished (a finished checkpoint is read, never rewritten; a partial one is resumed)
+    reused = None not in before and before == [p.stat().st_mtime_ns for p in (ae_ck, gen_ck)]
     info = {"seed": seed, "reused_checkpoints": reused, "train_seconds": round(time.perf_counter() - t_ae, 2),
             "ae_train_seconds": round(t_ae - t, 2),
             "params_backbone": count_params(model.backbone),

@@ -62,6 +62,10 @@ def run_or_exit(fn, *args):
         for line in str(e).splitlines() or [""]:
             print(f"error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; 130 is the shell's status for SIGINT
+        print("\ninterrupted: the same command resumes where this one stopped (finished stages are reused, "
+              "a stage in training from its last checkpoint, written every 10% of its steps)", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 @contextmanager

@@ -97,3 +97,14 @@ def test_a_second_run_on_the_same_out_is_refused_while_the_first_runs(tmp_path, 
     with pytest.raises(ValueError, match="is a folder, not the run's lock file"):
         with out_lock(folder):
             pass
+
+
+def test_ctrl_c_prints_one_line_saying_a_rerun_resumes(capsys):
+    from nextscale.cli import run_or_exit
+
+    def interrupted():
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as e:
+        run_or_exit(interrupted)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 130 and len(err) == 1 and err[0].startswith("interrupted: the same command resumes")
