@@ -1,14 +1,13 @@
 """Two-process gloo runs for the DDP tests, launched with torchrun on this machine's loopback.
 
-torchrun picks free ports by binding, closing and binding again, so another process on a busy machine
-can take a port in between (EADDRINUSE); such a failure of the launcher says nothing about the code
-under test, so it is retried once. Any other failure fails the test with the workers' stderr."""
+A launch can fail for reasons outside the code under test (torchrun picks free ports by binding,
+closing and binding again, so another process on a busy machine can take one in between), so a failed
+launch is retried once, and the first failure's stderr is kept as a warning that the test log shows.
+A broken implementation fails both tries, and the test fails with the workers' stderr."""
 import os
 import subprocess
 import sys
-
-# failures of the machine's sockets, not of the code under test
-LAUNCH_ERRORS = ("EADDRINUSE", "Address already in use", "RendezvousConnectionError", "connectFullMesh")
+import warnings
 
 
 def torchrun(args: list[str], *, env: dict | None = None, cwd=None, timeout: int = 600, nproc: int = 2):
@@ -21,7 +20,9 @@ def torchrun(args: list[str], *, env: dict | None = None, cwd=None, timeout: int
            "--local-addr", "127.0.0.1", *args]
     for attempt in range(2):
         proc = subprocess.run(cmd, env=env, cwd=cwd, timeout=timeout, capture_output=True, text=True)
-        if proc.returncode == 0 or attempt or not any(e in proc.stderr for e in LAUNCH_ERRORS):
+        if proc.returncode == 0 or attempt:
             break
-    assert proc.returncode == 0, f"torchrun exited with {proc.returncode}:\n{proc.stderr[-6000:]}"
+        warnings.warn(f"torchrun exited with {proc.returncode} on the first try (retried once):\n"
+                      f"{proc.stderr[-4000:]}", RuntimeWarning)
+    assert proc.returncode == 0, f"torchrun exited with {proc.returncode} twice; the second time:\n{proc.stderr[-6000:]}"
     return proc
