@@ -37,7 +37,6 @@ import torch
 
 from nextscale.backbone import BackboneConfig
 from nextscale.data import load_digits
-from nextscale.scales import default_schedule
 from nextscale.train import pick_device
 
 from .arms import ARMS, DEFAULT_ARMS, arm_configs, build_arm
@@ -222,8 +221,7 @@ def main(argv=None) -> list[dict]:
     repeats = a.repeats or (2 if a.quick else 7)
     data = load_digits(side=16, seed=0)
     width, depth, heads = (64, 2, 2) if a.quick else (128, 4, 4)
-    backbone = BackboneConfig(schedule=default_schedule(data.side // 2), in_dim=8, num_classes=data.num_classes,
-                              width=width, depth=depth, heads=heads)
+    backbone = BackboneConfig.for_images(data.side, data.num_classes, 8, width=width, depth=depth, heads=heads)
     steps = min(a.steps, 4) if a.quick else a.steps
     dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device {dev} ({dev_name}), torch {torch.__version__}, backbone {width}/{depth}/{heads}, batch {a.batch}, "

@@ -27,7 +27,6 @@ from nextscale.cli import out_folder, out_lock
 from nextscale.config import config_to_dict
 from nextscale.cost import count_params
 from nextscale.data import ImageData, load_dataset
-from nextscale.scales import default_schedule, latent_side_of
 from nextscale.train import pick_device, recipe, setup_distributed
 from nextscale.viz import save_grid
 
@@ -119,8 +118,8 @@ def _prepare(cfg: CompareConfig, out: Path) -> Run:
     torch.manual_seed(cfg.seed)
     note(f"data: {cfg.dataset} (split seed {cfg.split_seed})")
     data = load_dataset(cfg.dataset, side=cfg.side, seed=cfg.split_seed)
-    backbone = BackboneConfig(schedule=default_schedule(latent_side_of(data.side)), in_dim=cfg.latent_channels,
-                              num_classes=data.num_classes, width=cfg.width, depth=cfg.depth, heads=cfg.heads)
+    backbone = BackboneConfig.for_images(data.side, data.num_classes, cfg.latent_channels, width=cfg.width,
+                                         depth=cfg.depth, heads=cfg.heads)
     for name in cfg.arms:
         arm_configs(name, data, backbone, cfg)
     check_samplers(cfg, data, backbone, dev)

@@ -241,7 +241,6 @@ def _value_errors(spec: dict) -> list[str]:
     """Values checked by the configs themselves: CompareConfig, the backbone and every arm's configs."""
     from nextscale.backbone import BackboneConfig
     from nextscale.data import load_digits
-    from nextscale.scales import default_schedule, latent_side_of
 
     kw = spec_to_config_kwargs(spec)
     if not kw["arms"]:
@@ -250,8 +249,8 @@ def _value_errors(spec: dict) -> list[str]:
     try:
         cfg = CompareConfig(**kw)
         data = load_digits(side=16)  # the override checks need an ImageData: the embedded one is instant
-        backbone = BackboneConfig(schedule=default_schedule(latent_side_of(data.side)), in_dim=cfg.latent_channels,
-                                  num_classes=data.num_classes, width=cfg.width, depth=cfg.depth, heads=cfg.heads)
+        backbone = BackboneConfig.for_images(data.side, data.num_classes, cfg.latent_channels, width=cfg.width,
+                                             depth=cfg.depth, heads=cfg.heads)
     except ValueError as e:
         return [_with_path(str(e), paths | {"in_dim": "backbone.latent_channels"}, "backbone")]
     errors = []

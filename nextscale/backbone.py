@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .attention import KINDS, attention, check_options
 from .config import check_choice, check_float, check_int
-from .scales import level_ids, num_tokens, scale_slices, validate_schedule
+from .scales import default_schedule, latent_side_of, level_ids, num_tokens, scale_slices, validate_schedule
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,13 @@ class BackboneConfig:
         if not isinstance(self.qk_norm, bool):
             raise ValueError(f"qk_norm must be True or False, got {self.qk_norm!r}")
         check_float("drop_path", self.drop_path, 0, 1, hi_open=True)
+
+    @classmethod
+    def for_images(cls, image_side: int, num_classes: int, latent_channels: int, **kw) -> "BackboneConfig":
+        """The backbone every command builds for data of ``image_side`` pixels: over the default schedule of
+        its latent (side ``image_side / 2``, ``latent_channels`` channels); ``kw``: width, depth, heads ..."""
+        return cls(schedule=default_schedule(latent_side_of(image_side)), in_dim=latent_channels,
+                   num_classes=num_classes, **kw)
 
     @property
     def seq_len(self) -> int:

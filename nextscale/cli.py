@@ -9,7 +9,6 @@ from pathlib import Path
 
 from .backbone import BackboneConfig
 from .data import ImageData, load_dataset
-from .scales import default_schedule, latent_side_of
 
 
 def add_run_args(p: argparse.ArgumentParser, out: str) -> None:
@@ -27,8 +26,8 @@ def add_run_args(p: argparse.ArgumentParser, out: str) -> None:
 def data_and_backbone(a: argparse.Namespace) -> tuple[ImageData, BackboneConfig]:
     """The data set the options name and the backbone over its latent pyramid (latent side = image side / 2)."""
     data = load_dataset(a.data, side=a.side, seed=a.seed)
-    return data, BackboneConfig(schedule=default_schedule(latent_side_of(data.side)), in_dim=a.latent_channels,
-                                num_classes=data.num_classes, width=a.width, depth=a.depth, heads=a.heads)
+    return data, BackboneConfig.for_images(data.side, data.num_classes, a.latent_channels, width=a.width,
+                                           depth=a.depth, heads=a.heads)
 
 
 def out_folder(path: str | Path) -> Path:
