@@ -95,6 +95,12 @@ class CompareConfig:
             if not labels or len(set(labels)) != len(labels):
                 raise ValueError(f"samplers.{arm} must be a non-empty list of (distinct label, settings dict) pairs, "
                                  f"got {rows!r}")
+            slugs = [slug(lbl) for lbl in labels]
+            same = sorted({lbl for lbl, s in zip(labels, slugs) if slugs.count(s) > 1})
+            if same:
+                raise ValueError(f"samplers.{arm}: labels {same} name the same sample-grid file "
+                                 f"(samples_<arm>_{slugs[labels.index(same[0])]}.png); make them differ in a "
+                                 f"letter or digit")
         check_choice("precision", self.precision, PRECISIONS)
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be true or false, got {self.compile!r}")
@@ -123,6 +129,11 @@ class CompareConfig:
         base = dict(seeds=2, samples=100, tokenizer_steps=60, var_steps=80, ae_steps=60, flowar_steps=80,
                     classifier_steps=150, cost_batch=10, throughput_batch=20, width=64, depth=2, heads=2, quick=True)
         return CompareConfig(**{**base, **overrides})
+
+
+def slug(s: str) -> str:
+    """A label as it appears in a file name: letters and digits, runs of anything else as one '_'."""
+    return "".join(ch if ch.isalnum() else "_" for ch in s).strip("_").replace("__", "_")
 
 
 def describe(name: str) -> str:

@@ -32,7 +32,7 @@ from nextscale.viz import save_grid
 
 from .arms import ANCHOR, ARMS, arm_configs, sampler_rows
 from .classifier import class_accuracy, train_classifier
-from .config import CompareConfig
+from .config import CompareConfig, slug
 from .cost import measure_cost
 from .distributed import rank, world
 from .evaluate import FeatureSpace, evaluate_samples, feature_spaces, metric_names
@@ -120,6 +120,9 @@ def _prepare(cfg: CompareConfig, out: Path) -> Run:
     data = load_dataset(cfg.dataset, side=cfg.side, seed=cfg.split_seed)
     backbone = BackboneConfig.for_images(data.side, data.num_classes, cfg.latent_channels, width=cfg.width,
                                          depth=cfg.depth, heads=cfg.heads)
+    if cfg.samples < data.num_classes:
+        raise ValueError(f"samples ({cfg.samples}) must be at least the number of classes ({data.num_classes}): "
+                         f"the samples of a row are class-balanced")
     for name in cfg.arms:
         arm_configs(name, data, backbone, cfg)
     check_samplers(cfg, data, backbone, dev)
@@ -194,7 +197,7 @@ def _score_row(r: Run, model, name: str, label: str, kw: dict, i: int, seed: int
     if i == 0:  # cost as users measure it, on the first seed's weights (fixed-step: weight-independent)
         row["flops_per_image_exact"] = one["flops_per_image"]
         row.update(latency_and_throughput(sample, cfg.throughput_batch, r.dev, seed))
-        grid = r.out / f"samples_{_slug(name)}_{_slug(label)}.png"
+        grid = r.out / f"samples_{slug(name)}_{slug(label)}.png"
         save_grid(_grid_images(images, labels, r.data.num_classes, 8), grid, nrow=8)
         row["grid"] = grid.name
         row.update({k: stats[k] for k in ("backbone_forwards", "head_nfe_per_scale", "cfg_per_scale", "guided")
@@ -293,7 +296,3 @@ def _grid_images(images, labels, num_classes: int, per_class: int) -> torch.Tens
         pad = torch.ones(per_class - len(got), *images.shape[1:])
         rows.append(torch.cat([got, pad]))
     return torch.cat(rows)
-
-
-def _slug(s: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in s).strip("_").replace("__", "_")

@@ -33,6 +33,8 @@ def data_and_backbone(a: argparse.Namespace) -> tuple[ImageData, BackboneConfig]
 def out_folder(path: str | Path) -> Path:
     """Create the output folder (before any training); a file in the way or an unwritable place is a
     ``ValueError`` naming it."""
+    if not str(path).strip():
+        raise ValueError("--out must name a folder, got an empty path (it would write into the current folder)")
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")

@@ -127,3 +127,20 @@ def test_the_floor_never_draws_from_the_reference(monkeypatch, reference, small)
     for x in seen:
         assert not any(tuple(r.flatten().tolist()) in ref_rows for r in x)
     assert harness.floor_split(cfg) == ("test" if reference == "train" else "train")
+
+
+def test_more_refusals_before_any_training(tmp_path, capsys):
+    """Sampler labels that would overwrite each other's sample grid, fewer samples than classes (no longer
+    class-balanced) and an empty --out are refused with one line, before anything trains."""
+    from compare.__main__ import main
+
+    with pytest.raises(ValueError, match=r"labels \['cfg 0', 'cfg_0'\] name the same sample-grid file"):
+        CompareConfig(samplers={"var": (("cfg 0", {"cfg_scale": 0.0}), ("cfg_0", {"cfg_scale": 0.5}))})
+    for argv, msg in ((["--samples", "5", "--out", str(tmp_path / "run")],
+                       "error: samples (5) must be at least the number of classes (10)"),
+                      (["--out", ""], "error: --out must name a folder, got an empty path")):
+        with pytest.raises(SystemExit) as e:
+            main(["--quick", *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and err[-1].startswith(msg), err
+    assert not (tmp_path / "run" / "checkpoints").exists()
