@@ -26,17 +26,22 @@ from var.pipeline import default_configs as var_configs, train_tokenizer, train_
 from var.tokenizer import MultiScaleVQVAE
 
 
+def backbone_inputs(bb, n: int, dev) -> torch.Tensor:
+    """Random teacher-forcing inputs for ``n`` images: every scale after the first, the backbone's in_dim."""
+    return torch.randn(n, bb.cfg.seq_len - bb.cfg.first_len, bb.cfg.in_dim, device=dev)
+
+
 def _var_teacher_forced(model, y, dev):
     """Backbone over the whole pyramid, then the linear head to logits (random inputs)."""
     bb = model.backbone
-    x_in = torch.randn(len(y), bb.cfg.seq_len - bb.cfg.first_len, bb.cfg.in_dim, device=dev)
+    x_in = backbone_inputs(bb, len(y), dev)
     return lambda: model.head(bb(x_in, y))
 
 
 def _flowar_teacher_forced(model, y, dev):
     """Backbone over the whole pyramid, then one velocity-head evaluation per scale at t = 0.5."""
     bb = model.backbone
-    x_in = torch.randn(len(y), bb.cfg.seq_len - bb.cfg.first_len, bb.cfg.in_dim, device=dev)
+    x_in = backbone_inputs(bb, len(y), dev)
     x_t = torch.randn(len(y), bb.cfg.seq_len, model.config.ae.latent_channels, device=dev)
     t = torch.full((1, 1), 0.5, device=dev)
 

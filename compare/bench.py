@@ -39,7 +39,7 @@ from nextscale.backbone import BackboneConfig
 from nextscale.data import load_digits
 from nextscale.train import pick_device
 
-from .arms import ARMS, DEFAULT_ARMS, arm_configs, build_arm
+from .arms import ARMS, DEFAULT_ARMS, arm_configs, backbone_inputs, build_arm
 from .config import CompareConfig
 from .sampling import compile_for_sampling, trainable_copy
 
@@ -119,7 +119,7 @@ def measure_arm(arm, data, backbone, dev, batch, repeats, steps, compile_=False)
         return model.sample(y, cfg_scale=cfg, seed=0, **kw)
     y = (torch.arange(batch) % data.num_classes).to(dev)
     y2 = torch.cat([y, torch.full_like(y, bb.null_class)])
-    x_in = torch.randn(batch, bb.cfg.seq_len - bb.cfg.first_len, bb.cfg.in_dim, device=dev)
+    x_in = backbone_inputs(bb, batch, dev)
     x_in2 = x_in.repeat(2, 1, 1)
     tasks = {"forward": family.teacher_forced(model, y, dev), "forward_x2": family.teacher_forced(model, y2, dev),
              "backbone": lambda: bb(x_in, y), "backbone_x2": lambda: bb(x_in2, y2),

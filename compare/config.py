@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from nextscale.config import check_choice, check_float, check_int
+from nextscale.config import check_bool, check_choice, check_float, check_int
 
 from .arms import ARMS, DEFAULT_ARMS
 
@@ -102,8 +102,7 @@ class CompareConfig:
                                  f"(samples_<arm>_{slugs[labels.index(same[0])]}.png); make them differ in a "
                                  f"letter or digit")
         check_choice("precision", self.precision, PRECISIONS)
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"compile must be true or false, got {self.compile!r}")
+        check_bool("compile", self.compile)
         check_int("seed", self.seed, 0)
         check_int("seeds", self.seeds, 1)
         check_int("split_seed", self.split_seed, 0)

@@ -39,7 +39,7 @@ from .evaluate import FeatureSpace, evaluate_samples, feature_spaces, metric_nam
 from .fid import load_stats
 from .progress import Progress, note
 from .sampling import (backbone_flops_per_scale, check_samplers, compile_arm, device_name, generate,
-                       latency_and_throughput, precision_context, sample_fn, train_flops_per_image)
+                       latency_and_throughput, model_device, precision_context, sample_fn, train_flops_per_image)
 from .stats import paired_comparisons, t_interval
 
 # per-seed cost numbers of a row that get a mean and an interval
@@ -277,8 +277,7 @@ def train_arm(name: str, data: ImageData, backbone: BackboneConfig, cfg: Compare
 @torch.no_grad()
 def _holdout_losses(model, data: ImageData, n: int = 256) -> dict:
     """Mean training loss (and its per-scale parts) on fixed train and test subsets, eval mode."""
-    out = {}
-    dev = next(model.parameters()).device
+    out, dev = {}, model_device(model)
     for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
         idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]
         with torch.random.fork_rng(devices=[]):

@@ -46,12 +46,12 @@ from einops import rearrange
 
 from nextscale.backbone import Backbone, BackboneConfig
 from nextscale.guidance import guide
-from nextscale.config import check_choice, check_float, check_int
+from nextscale.config import check_choice, check_float, check_int, config_from
 from nextscale.scales import pyramid, resize, scale_slices
 
 from .autoencoder import AEConfig, ContinuousAE
 from .heads import HEADS, TIME_INPUTS, TRANSFORMER_HEADS, make_head
-from .sampling import SAMPLING_KEYWORDS, FlowSampling
+from .sampling import FlowSampling
 from .solvers import path_sample, sample_t, shortcut_target, solve
 
 PATHS = ("noise", "prev_noise")
@@ -250,7 +250,7 @@ class FlowAR(nn.Module):
         and ``kw`` as in :meth:`sample`. ``known_BCHW`` / ``keep_B1HW`` (latent side, bool): latents
         imposed where keep is True, at every scale (keep area-resized; a position is kept only if fully
         covered) and along each ODE path."""
-        sampling = _sampling(sampling, kw)
+        sampling = config_from(FlowSampling, sampling, kw, "sampling", also=("seed",))
         if (known_BCHW is None) != (keep_B1HW is None):
             raise ValueError("give both known_BCHW and keep_B1HW, or neither")
         if known_BCHW is not None:
@@ -395,16 +395,3 @@ class FlowAR(nn.Module):
         if paste:
             img = torch.where(mask_B1HW.to(self.device), x, img)
         return img, stats
-
-
-def _sampling(sampling: FlowSampling | None, kw: dict) -> FlowSampling:
-    """``sampling``, or a FlowSampling built from keyword fields (not both)."""
-    unknown = sorted(set(kw) - set(SAMPLING_KEYWORDS))
-    if unknown:
-        raise ValueError(f"unknown sampling keyword(s) {', '.join(unknown)}; allowed: {', '.join(SAMPLING_KEYWORDS)}"
-                         ", seed")
-    if sampling is None:
-        return FlowSampling(**kw)
-    if not isinstance(sampling, FlowSampling) or kw:
-        raise ValueError("give sampling as one FlowSampling or as keywords, not both")
-    return sampling

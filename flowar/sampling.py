@@ -8,9 +8,9 @@ one guidance weight per scale of a model. t = 0 is noise here, so the release's 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from nextscale.config import check_choice, check_float, check_int
+from nextscale.config import check_bool, check_choice, check_float, check_int
 from nextscale.guidance import CFG_SCHEDULES, cfg_weights
 
 from .solvers import SOLVERS, SolverConfig
@@ -65,9 +65,8 @@ class FlowSampling:
         object.__setattr__(self, "cfg_interval", (float(lo), float(hi)))
         if self.cfg_max_scale is not None:
             check_int("cfg_max_scale", self.cfg_max_scale, 0)
-        for name in ("per_sample", "use_cache"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        check_bool("per_sample", self.per_sample)
+        check_bool("use_cache", self.use_cache)
 
     def _steps(self) -> tuple[int, ...]:
         return self.steps if isinstance(self.steps, tuple) else (self.steps,)
@@ -92,5 +91,3 @@ class FlowSampling:
               for k, w in enumerate(cfg_weights(self.cfg_scale, self.cfg_schedule, K))]
         return [self.solver_config(n) for n in steps_k], ws
 
-
-SAMPLING_KEYWORDS = tuple(f.name for f in fields(FlowSampling))

@@ -21,6 +21,26 @@ def check_float(name: str, value: Any, lo: float | None = None, hi: float | None
     _check_range(name, value, lo, hi, lo_open, hi_open)
 
 
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def config_from(cls, given, kw: dict, what: str, also: tuple[str, ...] = ()):
+    """``given`` (an instance of the dataclass ``cls``), or a ``cls`` built from the keyword fields ``kw``,
+    not both: how a call takes its settings as one config or as keywords. An unknown keyword is a
+    ``ValueError`` listing the fields and ``also`` (the call's own keywords)."""
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(kw) - set(names))
+    if unknown:
+        raise ValueError(f"unknown {what} keyword(s) {', '.join(unknown)}; allowed: {', '.join(names + list(also))}")
+    if given is None:
+        return cls(**kw)
+    if not isinstance(given, cls) or kw:
+        raise ValueError(f"give {what} as one {cls.__name__} or as keywords, not both")
+    return given
+
+
 def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
     allowed = tuple(allowed)
     if value not in allowed:

@@ -20,14 +20,14 @@ encoded original's, teacher-forced at every scale; only the other tokens are sam
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from nextscale.backbone import Backbone, BackboneConfig
-from nextscale.config import check_choice, check_float, check_int
+from nextscale.config import check_bool, check_choice, check_float, check_int, config_from
 from nextscale.guidance import CFG_SCHEDULES, cfg_weights, guide
 from nextscale.scales import scale_slices
 
@@ -72,25 +72,8 @@ class VARSampling:
             check_int("top_k", self.top_k, 1)
         check_float("top_p", self.top_p, 0, 1, lo_open=True)
         check_float("temperature", self.temperature, 1e-4)  # below, logits / T overflow (greedy: the argmax)
-        for name in ("greedy", "use_cache"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-
-
-VAR_SAMPLING_KEYWORDS = tuple(f.name for f in fields(VARSampling))
-
-
-def var_sampling(sampling: VARSampling | None, kw: dict) -> VARSampling:
-    """``sampling``, or a VARSampling built from keyword fields (not both)."""
-    unknown = sorted(set(kw) - set(VAR_SAMPLING_KEYWORDS))
-    if unknown:
-        raise ValueError(f"unknown sampling keyword(s) {', '.join(unknown)}; allowed: "
-                         f"{', '.join(VAR_SAMPLING_KEYWORDS)}, seed, return_tokens")
-    if sampling is None:
-        return VARSampling(**kw)
-    if not isinstance(sampling, VARSampling) or kw:
-        raise ValueError("give sampling as one VARSampling or as keywords, not both")
-    return sampling
+        check_bool("greedy", self.greedy)
+        check_bool("use_cache", self.use_cache)
 
 
 def filter_logits(logits_NV: torch.Tensor, top_k: int | None = None, top_p: float = 1.0) -> torch.Tensor:
@@ -246,7 +229,7 @@ class VAR(nn.Module):
         ``sampling`` is a :class:`VARSampling`, or its fields are given as keywords (``cfg_scale=``,
         ``top_k=`` ...; an unknown one is a ``ValueError``). seed: same seed -> identical images (None:
         drawn from the global torch RNG). return_tokens adds the sampled token maps."""
-        sp = var_sampling(sampling, kw)
+        sp = config_from(VARSampling, sampling, kw, "sampling", also=("seed", "return_tokens"))
         self._check_sampling(y_B, seed)
         images, stats, tokens = self._run(y_B, sp, seed)
         return (images, stats, tokens) if return_tokens else (images, stats)
@@ -255,7 +238,7 @@ class VAR(nn.Module):
                 sampling: VARSampling | None = None, *, seed: int | None = None, return_tokens: bool = False, **kw):
         """Zero-shot in/outpainting: regenerate the pixels where ``mask`` is False, keeping the tokens
         whose whole footprint is True (see the module doc). Same options and returns as :meth:`sample`."""
-        sp = var_sampling(sampling, kw)
+        sp = config_from(VARSampling, sampling, kw, "sampling", also=("seed", "return_tokens"))
         self._check_sampling(y_B, seed)
         self.tokenizer.check_images(x_BCHW, "x", finite=True)
         B, _, H, W = x_BCHW.shape
