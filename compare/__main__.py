@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from nextscale.cli import run_or_exit
 
@@ -78,7 +79,7 @@ def _spec_kwargs(path: str) -> dict:
     from .spec import load_spec, spec_to_config_kwargs
 
     default = CompareConfig()
-    return {k: v for k, v in spec_to_config_kwargs(load_spec(path)).items() if v != getattr(default, k)}
+    return {k: v for k, v in spec_to_config_kwargs(load_spec(Path(path))).items() if v != getattr(default, k)}
 
 
 def parse(argv=None) -> CompareConfig:

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nextscale.checkpoint import keyed_path
-from nextscale.config import check_int
+from nextscale.config import check_int, check_seed
 from nextscale.data import ImageData
 from nextscale.train import TrainConfig, train
 
@@ -87,7 +87,7 @@ def train_classifier(data: ImageData, seed: int = 0, cache_dir: str | Path | Non
 
     With ``cache_dir``, the weights are stored there under a name keyed by the data fingerprint, the seed
     and the configs; a later call with the same key loads them and trains nothing."""
-    check_int("seed", seed, 0)
+    check_seed("seed", seed)
     check_int("steps", steps, 1)
     cfg = ClassifierConfig(data.channels, data.side, data.num_classes)
     tcfg = TrainConfig(steps=steps, batch_size=64, lr=2e-3, warmup_steps=min(50, steps), seed=seed,

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from nextscale.config import check_bool, check_choice, check_float, check_int
+from nextscale.config import SEED_MAX, check_bool, check_choice, check_float, check_int, check_seed
+from nextscale.train import pick_device
 
 from .arms import ARMS, DEFAULT_ARMS
+from .prdc import PR_K
 
 REFERENCES = ("test", "train")
 PRECISIONS = ("fp32", "bf16")
@@ -38,7 +40,8 @@ class CompareConfig:
     seeds: int = option(3, "training seeds: every arm is trained and sampled once per seed (>= 1)")
     split_seed: int = option(0, "seed of the train/test split and of the domain classifier (the same for every "
                              "training seed)")
-    samples: int = option(500, "generated images per model, sampler setting and seed, class-balanced (>= 2)")
+    samples: int = option(500, "generated images per model, sampler setting and seed, class-balanced (>= 4, and "
+                          ">= the number of classes)")
     tokenizer_steps: int = option(300, "training steps of VAR's VQ tokenizer")
     var_steps: int = option(600, "training steps of the VAR generator")
     ae_steps: int = option(300, "training steps of the FlowAR arms' shared autoencoder")
@@ -103,10 +106,10 @@ class CompareConfig:
                                  f"letter or digit")
         check_choice("precision", self.precision, PRECISIONS)
         check_bool("compile", self.compile)
-        check_int("seed", self.seed, 0)
-        check_int("seeds", self.seeds, 1)
-        check_int("split_seed", self.split_seed, 0)
-        check_int("samples", self.samples, 2)
+        check_seed("seed", self.seed)
+        check_int("seeds", self.seeds, 1, SEED_MAX - self.seed + 1)  # the seeds are seed .. seed + seeds - 1
+        check_seed("split_seed", self.split_seed)
+        check_int("samples", self.samples, PR_K + 1)  # k-NN precision/recall needs more than k samples
         for name in ("tokenizer_steps", "var_steps", "ae_steps", "flowar_steps", "classifier_steps",
                      "batch_size", "ae_batch_size", "sample_batch", "cost_batch", "cost_repeats",
                      "throughput_batch", "width", "depth", "heads", "latent_channels"):
@@ -115,6 +118,8 @@ class CompareConfig:
             check_int("head_width", self.head_width, 1)
         check_float("flowar_cfg", self.flowar_cfg, 0)
         check_choice("reference", self.reference, REFERENCES)
+        if self.device is not None:
+            pick_device(self.device)
         if self.reference_stats is not None and self.inception is None:
             raise ValueError("reference_stats are Inception statistics: give the Inception weights too (inception)")
 

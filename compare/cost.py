@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from nextscale.config import check_int
+from nextscale.config import check_int, check_seed
 from nextscale.cost import count_flops
 
 SAMPLER_STATS = ("backbone_forwards", "head_nfe", "head_nfe_per_scale", "guided")
@@ -121,7 +121,7 @@ def measure_cost(sample_fn: Callable[[int], tuple[torch.Tensor, dict]], batch_si
     check_int("batch_size", batch_size, 1)
     check_int("repeats", repeats, 1)
     check_int("warmup", warmup, 0)
-    check_int("seed", seed, 0)
+    check_seed("seed", seed)
     outputs = []
     with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
         def call():

@@ -45,7 +45,7 @@ def evaluate_samples(images, labels, spaces: list[FeatureSpace], classifier, see
     for sp in spaces:
         feats, real = sharded_features(sp.net, images), sp.real_feats
         kid_mean, kid_std = kid(real, feats, subset_size=min(len(feats), len(real), 1000), num_subsets=50, seed=seed)
-        pr = precision_recall(real, feats, k=3)
+        pr = precision_recall(real, feats)
         out.update({f"{k}{sp.suffix}": v for k, v in (
             ("fid", frechet_distance(sp.mu, sp.sigma, *gaussian_stats(feats))), ("kid", kid_mean),
             ("kid_std", kid_std), ("precision", pr["precision"]), ("recall", pr["recall"]))})

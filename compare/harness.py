@@ -24,19 +24,20 @@ import nextscale
 from nextscale.backbone import BackboneConfig
 from nextscale.checkpoint import keyed_stage_paths
 from nextscale.cli import out_folder, out_lock
-from nextscale.config import config_to_dict
+from nextscale.config import check_memory, config_to_dict
 from nextscale.cost import count_params
 from nextscale.data import ImageData, load_dataset
 from nextscale.train import pick_device, recipe, setup_distributed
 from nextscale.viz import save_grid
 
-from .arms import ANCHOR, ARMS, arm_configs, sampler_rows
+from .arms import ANCHOR, ARMS, arm_configs, build_arm, sampler_rows
 from .classifier import class_accuracy, train_classifier
 from .config import CompareConfig, slug
 from .cost import measure_cost
 from .distributed import rank, world
 from .evaluate import FeatureSpace, evaluate_samples, feature_spaces, metric_names
 from .fid import load_stats
+from .prdc import PR_K
 from .progress import Progress, note
 from .sampling import (backbone_flops_per_scale, check_samplers, compile_arm, device_name, generate,
                        latency_and_throughput, model_device, precision_context, sample_fn, train_flops_per_image)
@@ -116,15 +117,16 @@ def _prepare(cfg: CompareConfig, out: Path) -> Run:
     dev = pick_device(cfg.device)
     setup_distributed(dev)  # under torchrun: one process group for training, sampling and features
     torch.manual_seed(cfg.seed)
-    note(f"data: {cfg.dataset} (split seed {cfg.split_seed})")
     data = load_dataset(cfg.dataset, side=cfg.side, seed=cfg.split_seed)
+    _check_sizes(cfg, data)
     backbone = BackboneConfig.for_images(data.side, data.num_classes, cfg.latent_channels, width=cfg.width,
                                          depth=cfg.depth, heads=cfg.heads)
-    if cfg.samples < data.num_classes:
-        raise ValueError(f"samples ({cfg.samples}) must be at least the number of classes ({data.num_classes}): "
-                         f"the samples of a row are class-balanced")
     for name in cfg.arms:
-        arm_configs(name, data, backbone, cfg)
+        with torch.random.fork_rng(devices=[]):  # the constructors check config pairs (vocab vs tokenizer)
+            try:
+                build_arm(name, *arm_configs(name, data, backbone, cfg))
+            except ValueError as e:
+                raise ValueError(f"arm {name}: {e}") from None
     check_samplers(cfg, data, backbone, dev)
     inception = None
     if cfg.inception is not None:
@@ -135,6 +137,7 @@ def _prepare(cfg: CompareConfig, out: Path) -> Run:
             raise ValueError(f"inception: {e}") from None
     if cfg.reference_stats is not None:
         load_stats(cfg.reference_stats, dim=2048)  # a bad file is refused before any training
+    note(f"data: {cfg.dataset} (split seed {cfg.split_seed}); every setting checked")
     stages = 1 + cfg.seeds * sum(1 + len(sampler_rows(a, cfg)) for a in cfg.arms)
     r = Run(cfg, out, dev, data, backbone, Progress(stages, enabled=rank() == 0))
     r.progress.stage("feature network: domain classifier on the real train split")
@@ -142,6 +145,23 @@ def _prepare(cfg: CompareConfig, out: Path) -> Run:
                     steps=cfg.classifier_steps, device=dev)
     r.spaces = r.timed("reference_features", feature_spaces, cfg, data, r.clf, inception, out)
     return r
+
+
+def _check_sizes(cfg: CompareConfig, data) -> None:
+    """Sizes that would fail only after training: too few samples or real images for the metrics, more
+    samples than memory holds, training batches that the torchrun processes cannot share."""
+    if cfg.samples < data.num_classes:
+        raise ValueError(f"samples ({cfg.samples}) must be at least the number of classes ({data.num_classes}): "
+                         f"the samples of a row are class-balanced")
+    for split in ("train", "test"):
+        if len(getattr(data, f"x_{split}")) <= PR_K:
+            raise ValueError(f"the {split} split holds {len(getattr(data, f'x_{split}'))} images; precision/recall "
+                             f"needs more than {PR_K}: use more data")
+    check_memory("samples", 4.0 * cfg.samples * data.channels * data.side ** 2, "use fewer samples")
+    for name in ("batch_size", "ae_batch_size"):
+        if getattr(cfg, name) % world():
+            raise ValueError(f"{name} ({getattr(cfg, name)}) must be divisible by the number of torchrun processes "
+                             f"({world()})")
 
 
 def floor_split(cfg: CompareConfig) -> str:

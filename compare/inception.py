@@ -222,5 +222,13 @@ def load_inception(path: str | Path, device: str | torch.device | None = None) -
                     (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)) if names]
         raise ValueError(f"{path} does not match the FID InceptionV3 state dict ({FID_WEIGHTS_NAME}); "
                          + "; ".join(problems) + f"; {_GET_WEIGHTS}")
+    bad = sorted(k for k in want if _not_finite(state[k]))
+    if bad:
+        raise ValueError(f"{path} holds NaN/inf weights in {len(bad)} tensor(s), e.g. {bad[0]}: a corrupt copy; "
+                         f"{_GET_WEIGHTS}")
     model.load_state_dict({k: v for k, v in state.items() if k in want}, strict=False)
     return model.to(pick_device(device))
+
+
+def _not_finite(t: torch.Tensor) -> bool:
+    return t.is_floating_point() and not bool(torch.isfinite(t).all())

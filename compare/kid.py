@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nextscale.config import check_int
+from nextscale.config import check_int, check_seed
 
 from .fid import _as_array
 
@@ -44,7 +44,7 @@ def kid(feats_x_ND, feats_y_MD, subset_size: int = 1000, num_subsets: int = 100,
     ``subset_size`` points drawn without replacement from each set (clamped to the smaller set's size)."""
     check_int("subset_size", subset_size, 2)
     check_int("num_subsets", num_subsets, 1)
-    check_int("seed", seed, 0)
+    check_seed("seed", seed)
     x, y = _as_array(feats_x_ND, "feats_x_ND", 2), _as_array(feats_y_MD, "feats_y_MD", 2)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"feature sets must have the same dimension, got {x.shape[1]} and {y.shape[1]}")

@@ -13,6 +13,7 @@ from nextscale.config import check_int
 from .fid import _as_array
 
 _CHUNK = 1024  # rows of the distance matrix held at once
+PR_K = 3  # the harness's k (Kynkaanniemi et al.'s default); a set needs more than k points
 
 
 def _distances(a_ND: torch.Tensor, b_MD: torch.Tensor) -> torch.Tensor:
@@ -32,7 +33,7 @@ def _coverage(points_ND: torch.Tensor, centers_MD: torch.Tensor, radii_M: torch.
     return torch.cat(inside).double().mean().item()
 
 
-def precision_recall(real_ND, fake_MD, k: int = 3) -> dict[str, float]:
+def precision_recall(real_ND, fake_MD, k: int = PR_K) -> dict[str, float]:
     """{"precision", "recall"} of generated features ``fake_MD`` against real features ``real_ND``."""
     real = torch.from_numpy(_as_array(real_ND, "real_ND", 2))
     fake = torch.from_numpy(_as_array(fake_MD, "fake_MD", 2))

@@ -265,18 +265,22 @@ def _value_errors(spec: dict) -> list[str]:
 
 
 def load_spec(source: str | Path) -> dict:
-    """Parse and check a spec: a path to a ``.toml`` file, or TOML text (anything with a newline or ``=``).
-    Returns the full spec (missing keys filled with the defaults); raises ``ValueError`` with one line per
-    bad key or value, each naming its dotted path."""
-    if isinstance(source, Path) or ("\n" not in source and "=" not in source):
+    """Parse and check a spec: a path to a ``.toml`` file (a ``Path``, or a string without a newline), or
+    TOML text (a string with one). Returns the full spec (missing keys filled with the defaults); raises
+    ``ValueError`` with one line per bad key or value, each naming its dotted path."""
+    where = "the spec"
+    if isinstance(source, Path) or "\n" not in source:
+        where = f"the spec file {source}"
         try:
-            source = Path(source).read_text(encoding="utf-8")
+            source = Path(source).read_bytes().decode("utf-8")
         except OSError as e:
-            raise ValueError(f"cannot read the spec file {source}: {e.strerror or e}") from None
+            raise ValueError(f"cannot read {where}: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{where} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
     try:
         raw = tomllib.loads(source)
     except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"the spec is not valid TOML: {e}") from None
+        raise ValueError(f"{where} is not valid TOML: {e}") from None
     spec, errors = default_spec(), []
     for section, body in raw.items():
         if section not in spec:

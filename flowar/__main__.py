@@ -32,6 +32,7 @@ from .heads import HEADS
 from .pipeline import (PAPER_SAMPLING, flow_losses, flowar_paper_configs, recon_mse,
                        train_autoencoder, train_flowar)
 from .model import FEW_STEP
+from .sampling import FlowSampling
 from .solvers import METHODS, STEP_AWARE
 
 SAMPLERS = (("euler x2", dict(solver="euler", steps=2)), ("euler x4", dict(solver="euler", steps=4)),
@@ -71,9 +72,20 @@ def run(a: argparse.Namespace) -> dict:
         at_least(name.replace("_", "-"), getattr(a, name), lo)
     if a.solver in STEP_AWARE and a.few_step is None:
         raise ValueError(f"--solver {a.solver} needs a few-step head: add --few-step shortcut")
+    FlowSampling(**_main_sampling(a))  # every sampling value is checked here, before training
+    pick_device(a.device)
     out = out_folder(a.out)
     with out_lock(out):
         return _run(a, out)
+
+
+def _main_sampling(a: argparse.Namespace) -> dict:
+    """The sampling keywords of samples.png and inpaint.png (FlowAR's guidance at ``--cfg-scale``)."""
+    kw = dict(solver=a.solver, steps=a.sample_steps, cfg_scale=a.cfg_scale, cfg_schedule=a.cfg_schedule,
+              cfg_interval=PAPER_SAMPLING["cfg_interval"])
+    if a.sample_steps >= 2 and a.solver in ("euler", "euler_maruyama"):
+        kw["time_grid"] = "two_segment"
+    return kw
 
 
 def _run(a: argparse.Namespace, out: Path) -> dict:
@@ -85,7 +97,6 @@ def _run(a: argparse.Namespace, out: Path) -> dict:
         seed=a.seed, ae_steps=a.ae_steps, gen_steps=a.steps))
 
     t0 = time.perf_counter()
-    pick_device(a.device)
     fp = data.fingerprint()
     ae_ck, fl_ck = keyed_stage_paths(out / "checkpoints", fp, ("autoencoder", ae_cfg, ae_train),
                                      ("flowar", fl_cfg, fl_train))
@@ -103,7 +114,8 @@ def _run(a: argparse.Namespace, out: Path) -> dict:
 
     n = a.per_class
     y = torch.arange(data.num_classes).repeat_interleave(n)
-    guidance = dict(cfg_scale=a.cfg_scale, cfg_schedule=a.cfg_schedule, cfg_interval=PAPER_SAMPLING["cfg_interval"])
+    main_kw = _main_sampling(a)
+    guidance = {k: main_kw[k] for k in ("cfg_scale", "cfg_schedule", "cfg_interval")}
     samplers = {}
     for label, kw in SAMPLERS + (SHORTCUT_SAMPLERS if a.few_step else ()):
         images, stats = model.sample(y, seed=a.seed, **kw, **guidance)
@@ -112,9 +124,6 @@ def _run(a: argparse.Namespace, out: Path) -> dict:
         samplers[label] = {**kw, **stats, "file": name}
         print(f"{label}: head NFE {stats['head_nfe']} per image ({stats['head_nfe_per_scale']} per scale), "
               f"{stats['seconds']:.2f} s for {len(y)} images", file=sys.stderr)
-    main_kw = dict(solver=a.solver, steps=a.sample_steps, **guidance)
-    if a.sample_steps >= 2 and a.solver in ("euler", "euler_maruyama"):
-        main_kw["time_grid"] = "two_segment"
     images, stats = model.sample(y, seed=a.seed, **main_kw)
     grid = save_grid(images, out / "samples.png", nrow=n)
 

@@ -46,7 +46,7 @@ from einops import rearrange
 
 from nextscale.backbone import Backbone, BackboneConfig
 from nextscale.guidance import guide
-from nextscale.config import check_choice, check_float, check_int, config_from
+from nextscale.config import check_choice, check_float, check_int, check_seed, config_from
 from nextscale.scales import pyramid, resize, scale_slices
 
 from .autoencoder import AEConfig, ContinuousAE
@@ -114,7 +114,7 @@ class FlowARConfig:
         check_choice("path", self.path, PATHS)
         check_choice("input_resize", self.input_resize, INPUT_RESIZES)
         check_choice("t_per", self.t_per, T_PER)
-        check_float("prev_noise_std", self.prev_noise_std, 0)
+        check_float("prev_noise_std", self.prev_noise_std, 0, 100)  # larger overflows float32 latents
         check_choice("t_sampling", self.t_sampling, T_SAMPLINGS)
         check_float("logit_mean", self.logit_mean)
         check_float("logit_std", self.logit_std, 0, lo_open=True)
@@ -272,7 +272,7 @@ class FlowAR(nn.Module):
         solvers, ws = sampling.plan(len(self.schedule), self.config.few_step)
         (t_lo, t_hi), use_cache = sampling.cfg_interval, sampling.use_cache
         if seed is not None:
-            check_int("seed", seed, 0)
+            check_seed("seed", seed)
         base = int(torch.randint(0, 2**31, (1,))) if seed is None else seed
         sch, B, C, dev = self.schedule, len(y_B), self.config.ae.latent_channels, self.device
         known = keep = None
@@ -387,7 +387,7 @@ class FlowAR(nn.Module):
                              f"{tuple(getattr(mask_B1HW, 'shape', ()))}")
         if len(y_B) != B:
             raise ValueError(f"need one label per image, got {len(y_B)} labels for {B} images")
-        x = x_BCHW.to(self.device)
+        x = x_BCHW.to(self.device, torch.float32)  # float64 / half inputs: the weights are float32
         s = self.config.ae.latent_side
         keep_lat = resize(mask_B1HW.to(self.device).float(), s) >= 1 - 1e-6
         z, stats = self.generate_latents(y_B, known_BCHW=self.ae.encode(x), keep_B1HW=keep_lat, **sampling)

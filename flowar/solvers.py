@@ -127,7 +127,8 @@ class SolverConfig:
 
     def __post_init__(self):
         check_choice("solver", self.method, tuple(SOLVERS))
-        check_int("steps", self.steps, 1)
+        check_int("max_num_steps", self.max_num_steps, 1)
+        check_int("steps", self.steps, 1, self.max_num_steps)  # the adaptive solvers' bound holds for all
         check_choice("time_grid", self.time_grid, TIME_GRIDS)
         if self.time_grid == "two_segment" and self.steps < 2:
             raise ValueError(f"the two_segment time grid needs steps >= 2, got {self.steps}")
@@ -135,7 +136,6 @@ class SolverConfig:
         check_float("atol", self.atol, 0, lo_open=True)
         check_float("first_step", self.first_step, 0, 1, lo_open=True)
         check_float("min_step", self.min_step, 0, 1, hi_open=True)
-        check_int("max_num_steps", self.max_num_steps, 1)
         check_float("sde_noise", self.sde_noise, 0)
 
     @property

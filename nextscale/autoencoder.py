@@ -99,7 +99,7 @@ def conv_ae_config(data, backbone, hidden: int = 32, res_blocks: int = 1) -> Con
 
 def check_images(x_BCHW, channels: int, side: int, name: str = "images", finite: bool = False) -> None:
     """Raise ``ValueError`` naming ``name`` unless it is a float tensor (B, channels, side, side); with
-    ``finite``, also unless every value is finite (the first bad index is named). The finiteness scan
+    ``finite``, also unless every value is finite (the first bad index is named) and in [-1, 1]. That scan
     is for user-facing calls (inpainting inputs); training batches were checked when loaded."""
     want = (channels, side, side)
     if not torch.is_tensor(x_BCHW) or x_BCHW.ndim != 4 or tuple(x_BCHW.shape[1:]) != want:
@@ -112,3 +112,6 @@ def check_images(x_BCHW, channels: int, side: int, name: str = "images", finite:
         if bad.any():
             first = tuple(int(i) for i in bad.nonzero()[0])
             raise ValueError(f"{name} holds {int(bad.sum())} NaN/inf values, the first at index {first}")
+        lo, hi = float(x_BCHW.min()), float(x_BCHW.max())
+        if lo < -1 - 1e-4 or hi > 1 + 1e-4:  # e.g. [0, 255] pixels would come back as values up to 255
+            raise ValueError(f"{name} must lie in [-1, 1] (the models' pixel range), got [{lo:.4g}, {hi:.4g}]")

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .backbone import BackboneConfig
+from .config import check_memory
 from .data import ImageData, load_dataset
 
 
@@ -24,8 +25,11 @@ def add_run_args(p: argparse.ArgumentParser, out: str) -> None:
 
 
 def data_and_backbone(a: argparse.Namespace) -> tuple[ImageData, BackboneConfig]:
-    """The data set the options name and the backbone over its latent pyramid (latent side = image side / 2)."""
+    """The data set the options name and the backbone over its latent pyramid (latent side = image side / 2);
+    ``--per-class`` samples of every class must fit in memory."""
     data = load_dataset(a.data, side=a.side, seed=a.seed)
+    check_memory("--per-class", 4.0 * a.per_class * data.num_classes * data.channels * data.side ** 2,
+                 "use a smaller --per-class")
     return data, BackboneConfig.for_images(data.side, data.num_classes, a.latent_channels, width=a.width,
                                            depth=a.depth, heads=a.heads)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, fields
 from typing import Any, Iterable
 
@@ -10,6 +11,27 @@ def check_int(name: str, value: Any, lo: int | None = None, hi: int | None = Non
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an int, got {value!r}")
     _check_range(name, value, lo, hi)
+
+
+# Seeds are mixed into 64-bit generator seeds (e.g. seed * 1_000_003 + step * 7919 in training): below
+# 2**31 none of those overflow, and numpy's legacy generators take them too.
+SEED_MAX = 2**31 - 1
+
+
+def check_seed(name: str, value: Any) -> None:
+    check_int(name, value, 0, SEED_MAX)
+
+
+def check_memory(name: str, nbytes: float, advice: str) -> None:
+    """Refuse a size whose tensors alone would take more than half this machine's memory (it would die in
+    an allocation, possibly after hours of training); ``advice`` says what would fit."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to check against
+        return
+    if nbytes > total / 2:
+        raise ValueError(f"{name}: needs {nbytes / 2**30:,.1f} GiB of memory, more than half of this machine's "
+                         f"{total / 2**30:,.1f} GiB; {advice}")
 
 
 def check_float(name: str, value: Any, lo: float | None = None, hi: float | None = None,

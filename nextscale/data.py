@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import check_float, check_int
+from .config import check_float, check_int, check_memory, check_seed
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -74,7 +74,7 @@ def from_arrays(name: str, x_NCHW: np.ndarray, y: np.ndarray, side: int | None, 
 
     Without ``num_classes``, the labels found are mapped to 0..K-1 in sorted order (labels {0, 7} become
     classes 0 and 1) and ``class_names`` records the original label of each class."""
-    check_int("seed", seed, 0)
+    check_seed("seed", seed)
     if side is not None:
         check_int("side", side, 1)
     y = np.asarray(y)
@@ -96,6 +96,8 @@ def from_arrays(name: str, x_NCHW: np.ndarray, y: np.ndarray, side: int | None, 
         num_classes = len(found)
     if y.min() < 0 or y.max() >= num_classes:
         raise ValueError(f"{name}: labels must lie in [0, {num_classes - 1}], got [{y.min()}, {y.max()}]")
+    if side is not None:
+        _check_fits(len(x_NCHW), x_NCHW.shape[1], side)
     x = torch.as_tensor(np.asarray(x_NCHW, dtype=np.float32))
     if side is not None and (x.shape[-1] != side or x.shape[-2] != side):
         x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
@@ -103,6 +105,11 @@ def from_arrays(name: str, x_NCHW: np.ndarray, y: np.ndarray, side: int | None, 
     yt = torch.as_tensor(y, dtype=torch.long)
     names = class_names or [str(i) for i in range(num_classes)]
     return ImageData(name, x[tr].contiguous(), yt[tr], x[te].contiguous(), yt[te], num_classes, names)
+
+
+def _check_fits(n: int, channels: int, side: int) -> None:
+    """Refuse a side whose images would not fit in memory (float32, the data set twice: loaded and split)."""
+    check_memory("side", 8.0 * n * channels * side * side, f"{n} images fit at a smaller side")
 
 
 def load_digits(side: int = 16, seed: int = 0, test_fraction: float = 0.2) -> ImageData:
@@ -128,16 +135,20 @@ def load_image_folder(root: str | Path, side: int, seed: int = 0, test_fraction:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise ValueError(f"image folder {root} has no class sub-folders")
-    xs, ys = [], []
-    for ci, c in enumerate(classes):
-        files = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    per_class = []
+    for c in classes:  # regular files only: a named pipe or socket called x.png would block the read
+        files = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
             raise ValueError(f"class folder {root / c} holds no {'/'.join(IMAGE_SUFFIXES)} images")
+        per_class.append(files)
+    _check_fits(sum(map(len, per_class)), channels, side)
+    xs, ys = [], []
+    for ci, files in enumerate(per_class):
         for f in files:
             try:
                 with Image.open(f) as im:
                     a = _read_image(im, side, channels)
-            except (UnidentifiedImageError, OSError) as e:
+            except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
                 raise ValueError(f"cannot read image {f}: {e}") from None
             xs.append(a)
             ys.append(ci)
@@ -205,7 +216,7 @@ def load_dataset(spec: str = "digits", side: int | None = None, seed: int = 0, t
     """``"digits"``, a path to an ``.npz`` file, or a path to an image folder."""
     if side is not None:
         check_int("side", side, 1)
-    check_int("seed", seed, 0)
+    check_seed("seed", seed)
     if spec == "digits":
         return load_digits(side=side or 16, seed=seed, test_fraction=test_fraction)
     p = Path(spec)

@@ -70,7 +70,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import check_choice, check_float, check_int
+from .config import check_choice, check_float, check_int, check_seed
 
 FITS = ("relative", "taylor")
 FALLBACKS = ("raise", "exact")
@@ -373,7 +373,7 @@ def performer_attention(q_BHLd: torch.Tensor, k_BHSd: torch.Tensor, v_BHSd: torc
     """Block-causal attention with FAVOR+ positive random features; returns (B, H, L, d_v)."""
     _check_qkv(q_BHLd, k_BHSd, v_BHSd)
     check_int("num_features", num_features, 1)
-    check_int("seed", seed, 0)
+    check_seed("seed", seed)
     check_choice("fallback", fallback, FALLBACKS)
     if (q_level is None) != (k_level is None):
         raise ValueError("give both q_level and k_level, or neither")

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .checkpoint import check_config, load_checkpoint, load_state, save_checkpoint
-from .config import check_float, check_int, config_to_dict
+from .config import check_float, check_int, check_seed, config_to_dict
 
 # Fields that may change between a run and its resumption without changing the loss curve.
 # Fields that may differ between a checkpoint and the run that resumes it. ``steps`` is not one: the
@@ -64,7 +64,7 @@ class TrainConfig:
         check_float("min_lr_ratio", self.min_lr_ratio, 0, 1)
         check_float("grad_clip", self.grad_clip, 0)
         check_float("ema_decay", self.ema_decay, 0, 1, hi_open=True)
-        check_int("seed", self.seed, 0)
+        check_seed("seed", self.seed)
         check_int("ckpt_every", self.ckpt_every, 0)
         check_int("log_every", self.log_every, 1)
 
@@ -125,15 +125,27 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else CUDA when available (the local rank's GPU under torchrun), else CPU."""
-    if device is not None:
+    """``device`` if given, else CUDA when available (the local rank's GPU under torchrun), else CPU.
+
+    The one device parser of every command and the harness: anything but cpu, cuda, cuda:N (N a visible
+    GPU) or mps (where available) is a ``ValueError`` saying which of them this machine has."""
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    here = ["cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(gpus)] if gpus else []) + (["mps"] if mps else [])
+    try:
         dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    ok = dev is not None and (dev.type == "cpu" or (dev.type == "cuda" and gpus and (dev.index or 0) < gpus)
+                              or (dev.type == "mps" and mps))
+    if not ok:
+        raise ValueError(f"device must be {', '.join(here[:-1]) + ' or ' if len(here) > 1 else ''}{here[-1]} on "
+                         f"this machine, got {str(device)!r}")
+    return dev
 
 
 def setup_distributed(device: torch.device) -> tuple[int, int]:

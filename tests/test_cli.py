@@ -11,25 +11,40 @@ SMALL = ["--width", "32", "--depth", "1", "--heads", "2", "--side", "8", "--late
 CASES = [
     (var_main, ["--cfg-scale", "-1"], "error: --cfg-scale must be >= 0.0, got -1.0"),
     (var_main, ["--top-k", "0"], "error: --top-k must be >= 1, got 0"),
-    (var_main, ["--temperature", "0"], "error: --temperature must be > 0, got 0.0"),
+    (var_main, ["--temperature", "0"], "error: temperature must lie in [0.0001, inf), got 0.0"),
+    (var_main, ["--temperature", "1e-45"], "error: temperature must lie in [0.0001, inf), got 1e-45"),
+    (var_main, ["--cfg-scale", "inf"], "error: cfg_scale must be a finite number, got inf"),
+    (var_main, ["--per-class", str(10**9)], "error: --per-class: needs 2,384.2 GiB of memory"),
+    (var_main, ["--seed", str(10**15)], "error: seed must lie in [0, 2147483647], got 1000000000000000"),
     (var_main, ["--per-class", "0"], "error: --per-class must be >= 1, got 0"),
     (var_main, ["--per-class", "-1"], "error: --per-class must be >= 1, got -1"),
     (var_main, ["--steps", "0"], "error: --steps must be >= 1, got 0"),
-    (var_main, ["--top-p", "1.5"], "error: --top-p must lie in (0, 1], got 1.5"),
-    (var_main, ["--seed", "-1"], "error: seed must lie in [0, inf), got -1"),
+    (var_main, ["--top-p", "1.5"], "error: top_p must lie in (0, 1], got 1.5"),
+    (var_main, ["--seed", "-1"], "error: seed must lie in [0, 2147483647], got -1"),
     (flowar_main, ["--sample-steps", "0"], "error: --sample-steps must be >= 1, got 0"),
     (flowar_main, ["--steps", "0"], "error: --steps must be >= 1, got 0"),
     (flowar_main, ["--data", "missing.npz"], "error: cannot read npz file missing.npz"),
     (flowar_main, ["--solver", "shortcut"], "error: --solver shortcut needs a few-step head: add --few-step shortcut"),
-    (compare_main, ["--samples", "1"], "error: samples must lie in [2, inf), got 1"),
-    (compare_main, ["--seeds", "0"], "error: seeds must lie in [1, inf), got 0"),
+    (flowar_main, ["--sample-steps", "100000000"], "error: steps must lie in [1, 10000], got 100000000"),
+    (flowar_main, ["--cfg-scale", "nan"], "error: cfg_scale must be a finite number, got nan"),
+    (flowar_main, ["--cfg-scale", "inf"], "error: cfg_scale must be a finite number, got inf"),
+    (compare_main, ["--samples", "1"], "error: samples must lie in [4, inf), got 1"),
+    (compare_main, ["--samples", "3"], "error: samples must lie in [4, inf), got 3"),
+    (compare_main, ["--samples", str(10**9)], "error: samples: needs 953.7 GiB of memory"),
+    (compare_main, ["--side", "4096"], "error: side: needs 224.6 GiB of memory"),
+    (compare_main, ["--seeds", "0"], "error: seeds must lie in [1, 2147483648], got 0"),
+    (compare_main, ["--seed", str(10**15)], "error: seed must lie in [0, 2147483647], got 1000000000000000"),
+    (compare_main, ["--seed", str(2**31 - 1), "--seeds", "2"], "error: seeds must lie in [1, 1], got 2"),
 ]
+# every command and every bad device string: one line naming what this machine has
+CASES += [(m, ["--device", d], "error: device must be cpu") for m in (var_main, flowar_main, compare_main)
+          for d in ("gpu", "", "foo", "meta", "mps", "cuda:99")]
 
 
 import torch  # noqa: E402
 
 if not torch.cuda.is_available():
-    CASES += [(m, ["--device", "cuda"], "error: device 'cuda' requested but CUDA is not available")
+    CASES += [(m, ["--device", "cuda"], "error: device must be cpu on this machine, got 'cuda'")
               for m in (var_main, flowar_main, compare_main)]
 
 

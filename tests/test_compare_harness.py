@@ -160,7 +160,7 @@ def test_bad_data_and_out_are_refused_before_any_training(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # side 6: latent 3, a one-scale doubling schedule for FlowAR
         main(["--quick", "--out", str(tmp_path / "run"), "--side", "6"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and err[-1].startswith("error: backbone.schedule (3,) has one scale"), err
+    assert e.value.code == 2 and err[-1].startswith("error: arm flowar: backbone.schedule (3,) has one scale"), err
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -300,5 +300,5 @@ def test_run_spec_on_the_command_line(tmp_path, capsys):
     bad.write_text("[run]\nseeds = 0\n")
     r = subprocess.run([sys.executable, "-m", "compare", "--config", str(bad), "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.strip() == "error: run.seeds must be >= 1, got 0"
+    assert r.returncode == 2 and r.stderr.strip() == "error: run.seeds must lie in [1, 2147483648], got 0"
     assert not (tmp_path / "o" / "checkpoints").exists()

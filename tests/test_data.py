@@ -131,7 +131,7 @@ def test_bad_pixels_and_labels_are_refused_or_handled(tmp_path):
     assert d.num_classes == 2 and d.class_names == ["0", "7"] and set(d.y_train.tolist()) == {0, 1}
     with pytest.raises(ValueError, match=r"side must lie in \[1, inf\), got 0"):
         load_dataset("digits", side=0)
-    with pytest.raises(ValueError, match=r"seed must lie in \[0, inf\), got -1"):
+    with pytest.raises(ValueError, match=r"seed must lie in \[0, 2147483647\], got -1"):
         load_dataset("digits", seed=-1)
 
 

@@ -80,7 +80,7 @@ def test_wrong_type_names_its_path():
 
 
 def test_bad_value_names_its_path():
-    assert error_of("[run]\nseeds = 0\n") == "run.seeds must be >= 1, got 0"
+    assert error_of("[run]\nseeds = 0\n") == "run.seeds must lie in [1, 2147483648], got 0"
     assert error_of("[run]\nprecision = 'fp16'\n") == "run.precision must be one of ('fp32', 'bf16'), got 'fp16'"
     assert error_of("[backbone]\nwidth = 130\n").startswith("backbone.width ")
     # every key and type error at once, one line each

@@ -23,6 +23,7 @@ from nextscale.train import pick_device, recipe
 from nextscale.config import config_to_dict
 from nextscale.viz import save_grid
 
+from .model import VARSampling
 from .pipeline import default_configs, evaluate, train_tokenizer, train_var
 
 
@@ -48,13 +49,16 @@ def run(a: argparse.Namespace) -> dict:
     for name, lo in (("steps", 1), ("tokenizer_steps", 1), ("batch_size", 1), ("per_class", 1), ("vocab_size", 2),
                      ("top_k", 1), ("cfg_scale", 0.0)):
         at_least(name.replace("_", "-"), getattr(a, name), lo)
-    if not 0 < a.top_p <= 1:
-        raise ValueError(f"--top-p must lie in (0, 1], got {a.top_p}")
-    if not a.temperature > 0:
-        raise ValueError(f"--temperature must be > 0, got {a.temperature}")
+    VARSampling(**_sampling(a))  # every sampling value is checked here, before training
+    pick_device(a.device)
     out = out_folder(a.out)
     with out_lock(out):
         return _run(a, out)
+
+
+def _sampling(a: argparse.Namespace) -> dict:
+    return dict(cfg_scale=a.cfg_scale, cfg_schedule=a.cfg_schedule, top_k=a.top_k, top_p=a.top_p,
+                temperature=a.temperature)
 
 
 def _run(a: argparse.Namespace, out: Path) -> dict:
@@ -64,7 +68,6 @@ def _run(a: argparse.Namespace, out: Path) -> dict:
         seed=a.seed, ae_steps=a.tokenizer_steps, gen_steps=a.steps))
 
     t0 = time.perf_counter()
-    pick_device(a.device)
     fp = data.fingerprint()
     tok_ck, var_ck = keyed_stage_paths(out / "checkpoints", fp, ("tokenizer", vq_cfg, tok_train),
                                        ("var", var_cfg, var_train))
@@ -77,8 +80,7 @@ def _run(a: argparse.Namespace, out: Path) -> dict:
 
     n = a.per_class
     y = torch.arange(data.num_classes).repeat_interleave(n)
-    opts = dict(cfg_scale=a.cfg_scale, cfg_schedule=a.cfg_schedule, top_k=a.top_k, top_p=a.top_p,
-                temperature=a.temperature, seed=a.seed)
+    opts = {**_sampling(a), "seed": a.seed}
     t3 = time.perf_counter()
     images, stats = model.sample(y, **opts)
     t4 = time.perf_counter()

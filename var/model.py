@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nextscale.backbone import Backbone, BackboneConfig
-from nextscale.config import check_bool, check_choice, check_float, check_int, config_from
+from nextscale.config import check_bool, check_choice, check_float, check_int, check_seed, config_from
 from nextscale.guidance import CFG_SCHEDULES, cfg_weights, guide
 from nextscale.scales import scale_slices
 
@@ -171,7 +171,7 @@ class VAR(nn.Module):
     def _check_sampling(self, y_B, seed):
         self.backbone.check_labels(y_B, allow_null=False, nonempty=True)
         if seed is not None:
-            check_int("seed", seed, 0)
+            check_seed("seed", seed)
 
     @torch.no_grad()
     def _generate(self, y_B, sp: VARSampling, seed, keep_tokens=None, keep_masks_=None):
@@ -249,7 +249,7 @@ class VAR(nn.Module):
         if len(y_B) != B:
             raise ValueError(f"y must hold one class id per image ({B}), got {len(y_B)}")
         dev = self.head.weight.device
-        keep = self.tokenizer.encode(x_BCHW.to(dev))
+        keep = self.tokenizer.encode(x_BCHW.to(dev, torch.float32))  # float64 / half inputs: float32 weights
         masks = keep_masks(mask_B1HW.to(dev), self.config.backbone.schedule)
         images, stats, tokens = self._run(y_B, sp, seed, keep, masks)
         return (images, stats, tokens) if return_tokens else (images, stats)
