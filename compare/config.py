@@ -77,6 +77,10 @@ class CompareConfig:
     samplers: dict | None = option(None, "{arm: ((label, sampling keywords), ...)}: replaces that arm's "
                                    "built-in sampler sweep")
     arm_overrides: dict | None = option(None, "{arm: {field: value}}: overrides of the arm's generator config")
+    quantize: bool = option(True, "round real and generated images to 8 bits before feature extraction, as saved "
+                            "PNGs (pytorch-fid's and the ADM evaluator's protocol); false: score floats")
+    kid_subset_size: int | None = option(None, "KID subset size (100 subsets; none: min(1000, real images, "
+                                         "samples); larger than either set is refused)")
     precision: str = option("fp32", "'fp32' or 'bf16' (autocast for sampling; features of real and generated "
                             "images alike in float32)")
     compile: bool = option(False, "torch.compile the backbone blocks and the head for sampling (slow to start)")
@@ -106,6 +110,9 @@ class CompareConfig:
                                  f"letter or digit")
         check_choice("precision", self.precision, PRECISIONS)
         check_bool("compile", self.compile)
+        check_bool("quantize", self.quantize)
+        if self.kid_subset_size is not None:
+            check_int("kid_subset_size", self.kid_subset_size, 2)
         check_seed("seed", self.seed)
         check_int("seeds", self.seeds, 1, SEED_MAX - self.seed + 1)  # the seeds are seed .. seed + seeds - 1
         check_seed("split_seed", self.split_seed)

@@ -1,20 +1,63 @@
 """Scoring samples: the feature spaces (the domain classifier's, Inception's) with the real reference's
-features and statistics, and FID / KID / precision-recall / class accuracy in each."""
+features and statistics, and in each FID (and FID extrapolated to infinite n), KID, precision/recall,
+density/coverage, the Inception Score where the network has class logits, and class accuracy. Real and
+generated images go through one :class:`Protocol` (8-bit rounding, KID subsets, k of the k-NN metrics)."""
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from nextscale.checkpoint import write_text
+from nextscale.cli import run_or_exit
+from nextscale.config import check_bool, check_int, check_seed
 from nextscale.data import ImageData
+from nextscale.train import pick_device
 
 from .classifier import class_accuracy
 from .distributed import rank, shard_map
-from .fid import frechet_distance, gaussian_stats, load_stats, save_stats
+from .features import to_8bit
+from .fid import fid_infinity, frechet_distance, gaussian_stats, load_stats, save_stats
+from .inception import inception_score, load_inception
 from .kid import kid
-from .prdc import precision_recall
+from .prdc import DC_K, PR_K, density_coverage, precision_recall
+from .sample_files import features, read_set
+
+KID_SUBSETS = 100  # torch-fidelity's default
+KID_MAX_SUBSET = 1000  # torch-fidelity's default subset size, the largest used when none is given
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How images become numbers, the same for real and generated images: ``quantize`` rounds them to 8
+    bits first (as saved PNGs, what pytorch-fid and the ADM evaluator score; off: floats), KID uses
+    ``KID_SUBSETS`` subsets of ``kid_subset_size`` (None: min(1000, n real, n generated))."""
+    quantize: bool = True
+    kid_subset_size: int | None = None
+
+    def __post_init__(self):
+        check_bool("quantize", self.quantize)
+        if self.kid_subset_size is not None:
+            check_int("kid_subset_size", self.kid_subset_size, 2)
+
+    def kid_size(self, n_real: int, n_fake: int) -> int:
+        return self.kid_subset_size or min(KID_MAX_SUBSET, n_real, n_fake)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return to_8bit(images) if self.quantize else images
+
+    def line(self, spaces: list["FeatureSpace"], n_fake: int, side: int, reference: str) -> str:
+        """The protocol of one row, as report.md prints it."""
+        nets = ", ".join(f"{sp.name} (weights {sp.weights})" for sp in spaces)
+        n_real = len(spaces[0].real_feats) if spaces else 0
+        return (f"features: {nets}; {n_real} real ({reference}) vs {n_fake} generated; {side}x{side} images"
+                f"{', rounded to 8 bits' if self.quantize else ', scored as floats'}; KID {KID_SUBSETS} subsets "
+                f"of {self.kid_size(n_real, n_fake)}; precision/recall k = {PR_K}; density/coverage k = {DC_K}")
 
 
 def sharded_features(net, images: torch.Tensor, chunk: int = 256) -> torch.Tensor:
@@ -38,24 +81,36 @@ class FeatureSpace:
         return "" if self.name == "classifier" else f"_{self.name}"
 
 
-def evaluate_samples(images, labels, spaces: list[FeatureSpace], classifier, seed: int) -> dict:
-    """FID (against the space's reference statistics), KID and precision/recall (against its reference
-    features) in every feature space, and the classifier's accuracy on the intended labels."""
+def evaluate_samples(images, labels, spaces: list[FeatureSpace], classifier, seed: int,
+                     protocol: Protocol = Protocol()) -> dict:
+    """Every metric in every feature space (FID against the space's reference statistics, the others
+    against its reference features) and the classifier's accuracy on the intended labels."""
+    images = protocol.prepare(images)
     out = {"class_acc": None if labels is None else class_accuracy(classifier, images, labels)}
     for sp in spaces:
-        feats, real = sharded_features(sp.net, images), sp.real_feats
-        kid_mean, kid_std = kid(real, feats, subset_size=min(len(feats), len(real), 1000), num_subsets=50, seed=seed)
-        pr = precision_recall(real, feats)
-        out.update({f"{k}{sp.suffix}": v for k, v in (
-            ("fid", frechet_distance(sp.mu, sp.sigma, *gaussian_stats(feats))), ("kid", kid_mean),
-            ("kid_std", kid_std), ("precision", pr["precision"]), ("recall", pr["recall"]))})
+        out.update({f"{k}{sp.suffix}": v for k, v in space_metrics(sp, sharded_features(sp.net, images),
+                                                                     seed, protocol).items()})
+    return out
+
+
+def space_metrics(sp: FeatureSpace, feats: torch.Tensor, seed: int, protocol: Protocol) -> dict:
+    """The metrics of generated features ``feats`` in one space."""
+    real = sp.real_feats
+    kid_mean, kid_std = kid(real, feats, subset_size=protocol.kid_size(len(real), len(feats)),
+                            num_subsets=KID_SUBSETS, seed=seed)
+    out = {"fid": frechet_distance(sp.mu, sp.sigma, *gaussian_stats(feats)),
+           "fid_inf": fid_infinity(sp.mu, sp.sigma, feats, seed=seed), "kid": kid_mean, "kid_std": kid_std,
+           **precision_recall(real, feats), **density_coverage(real, feats)}
+    logits = sp.net.class_logits(feats)
+    if logits is not None:
+        out["is"], out["is_std"] = inception_score(logits)
     return out
 
 
 def feature_spaces(cfg, data: ImageData, clf, inception, out: Path) -> list[FeatureSpace]:
     """The classifier's space and, with weights, Inception's; the reference split's features and statistics
     in each (written as pytorch-fid .npz files beside the results; ``reference_stats`` replaces Inception's)."""
-    x = data.x_test if cfg.reference == "test" else data.x_train
+    x = protocol_of(cfg).prepare(data.x_test if cfg.reference == "test" else data.x_train)
     spaces = []
     for name, net in (("classifier", clf), ("inception", inception)):
         if net is None:
@@ -82,7 +137,97 @@ def weights_key(net) -> str:
     return h.hexdigest()[:12]
 
 
+def protocol_of(cfg) -> Protocol:
+    return Protocol(cfg.quantize, cfg.kid_subset_size)
+
+
 def metric_names(spaces: list[FeatureSpace]) -> tuple[str, ...]:
     """The per-seed quality numbers of a row that get a mean and an interval."""
-    return ("class_acc",) + tuple(f"{k}{sp.suffix}" for sp in spaces for k in ("fid", "kid", "precision", "recall"))
+    per_space = ("fid", "fid_inf", "kid", "precision", "recall", "density", "coverage")
+    return ("class_acc",) + tuple(f"{k}{sp.suffix}" for sp in spaces
+                                  for k in per_space + (("is",) if sp.net.class_logits(sp.real_feats[:1]) is not None
+                                                        else ()))
 
+
+# ----------------------------------------------------------------------------- the standalone evaluator
+# ``python -m compare.evaluate SAMPLES --reference REF --inception W [--out F.json]``: images made anywhere
+# (the VAR or FlowAR releases, another codebase) scored with these metrics and this protocol, in
+# InceptionV3's space; REF may be statistics (then FID alone). Bad inputs: one ``error:`` line, exit 2,
+# before any feature is extracted.
+
+def score_sets(samples, reference, net, seed: int = 0, protocol: Protocol = Protocol()) -> dict:
+    """Every metric of ``samples`` (uint8 NHWC) against ``reference`` (uint8 NHWC or (mu, sigma))."""
+    fake = features(net, samples)
+    if isinstance(reference, tuple):
+        mu, sigma = reference
+        if len(mu) != net.dim:
+            raise ValueError(f"the reference statistics are {len(mu)}-d; the feature network gives {net.dim}-d")
+        return {"fid": frechet_distance(mu, sigma, *gaussian_stats(fake)),
+                "skipped": "KID, precision/recall, density/coverage, FID_inf and IS need reference images"}
+    real = features(net, reference)
+    mu, sigma = gaussian_stats(real)
+    space = FeatureSpace(net.name, net, real, mu, sigma, "")
+    return space_metrics(space, fake, seed, protocol)
+
+
+def protocol_line(net_file: str, samples, reference, protocol: Protocol) -> str:
+    """How the numbers were made, in one line (as report.md's rows)."""
+    line = f"features: inception ({net_file}); "
+    if isinstance(reference, tuple):
+        line += "reference statistics (FID only)"
+    else:
+        line += f"{len(reference)} real ({reference.shape[1]}x{reference.shape[2]})"
+    line += f" vs {len(samples)} generated ({samples.shape[1]}x{samples.shape[2]}); 8-bit images"
+    if not isinstance(reference, tuple):
+        line += (f"; KID {KID_SUBSETS} subsets of {protocol.kid_size(len(reference), len(samples))}; "
+                 f"precision/recall k = {PR_K}; density/coverage k = {DC_K}")
+    return line
+
+
+def run(a: argparse.Namespace) -> dict:
+    check_seed("--seed", a.seed)
+    dev = pick_device(a.device)
+    if a.out is not None and Path(a.out).is_dir():
+        raise ValueError(f"--out {a.out} is a folder; give a .json file path")
+    try:
+        net = load_inception(a.inception, device=dev)
+    except FileNotFoundError as e:
+        raise ValueError(f"--inception: {e}") from None
+    samples = read_set(a.samples, "SAMPLES")
+    if isinstance(samples, tuple):
+        raise ValueError("SAMPLES must be images (a folder or an .npz of images), not statistics")
+    reference = read_set(a.reference, "--reference")
+    protocol = Protocol(kid_subset_size=a.kid_subset_size)
+    if a.kid_subset_size is not None and not isinstance(reference, tuple) \
+            and a.kid_subset_size > min(len(samples), len(reference)):
+        raise ValueError(f"--kid-subset-size ({a.kid_subset_size}) must be at most {min(len(samples), len(reference))}"
+                         f" (the smaller of {len(samples)} samples and {len(reference)} reference images)")
+    result = {"metrics": score_sets(samples, reference, net, a.seed, protocol),
+              "protocol": protocol_line(a.inception, samples, reference, protocol),
+              "samples": str(a.samples), "reference": str(a.reference), "seed": a.seed}
+    if a.out is not None:
+        write_text(Path(a.out), json.dumps(result, indent=2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m compare.evaluate", description="Score images made anywhere "
+                                "against real images or statistics: FID, FID_inf, KID, precision/recall, "
+                                "density/coverage, IS in InceptionV3's space, with the protocol line.")
+    p.add_argument("samples", help="generated images: a folder or an .npz (arr_0 (N, H, W, C) uint8, or x)")
+    p.add_argument("--reference", required=True, help="real images (as SAMPLES) or a statistics .npz (mu, sigma)")
+    p.add_argument("--inception", required=True, metavar="PATH",
+                   help="pytorch-fid's InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth)")
+    p.add_argument("--out", default=None, metavar="JSON", help="also write the result here (default: print only)")
+    p.add_argument("--kid-subset-size", type=int, default=None, help="default: min(1000, n samples, n reference)")
+    p.add_argument("--seed", type=int, default=0, help="seed of KID's subsets and FID_inf's subsets")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    result = run_or_exit(run, p.parse_args(argv))
+    for k, v in result["metrics"].items():
+        print(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}")
+    print(f"protocol: {result['protocol']}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

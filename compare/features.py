@@ -35,6 +35,12 @@ def check_images(images_BCHW, channels: tuple[int, ...], side: int | None = None
     return x.clamp(-1, 1)
 
 
+def to_8bit(images_BCHW: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] rounded to the 256 levels a saved 8-bit PNG holds (``nextscale.viz.save_grid``'s
+    mapping): what pytorch-fid and the ADM evaluator score, so numbers are comparable with published ones."""
+    return ((images_BCHW.float().clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+
+
 class FeatureNet(nn.Module):
     """A frozen feature network. Subclasses set ``name``, ``dim``, ``channels`` (accepted channel counts),
     optionally ``side`` (required image side), and implement :meth:`embed` on one batch."""
@@ -47,6 +53,10 @@ class FeatureNet(nn.Module):
     def embed(self, x_BCHW: torch.Tensor) -> torch.Tensor:
         """(B, dim) features of one validated batch already on the network's device."""
         raise NotImplementedError
+
+    def class_logits(self, feats_ND: torch.Tensor) -> torch.Tensor | None:
+        """Class logits from features, for the Inception Score (None: this network has none)."""
+        return None
 
     @property
     def device(self) -> torch.device:

@@ -35,9 +35,9 @@ from .classifier import class_accuracy, train_classifier
 from .config import CompareConfig, slug
 from .cost import measure_cost
 from .distributed import rank, world
-from .evaluate import FeatureSpace, evaluate_samples, feature_spaces, metric_names
+from .evaluate import KID_SUBSETS, FeatureSpace, evaluate_samples, feature_spaces, metric_names, protocol_of
 from .fid import load_stats
-from .prdc import PR_K
+from .prdc import DC_K, PR_K
 from .progress import Progress, note
 from .sampling import (backbone_flops_per_scale, check_samplers, compile_arm, device_name, generate,
                        latency_and_throughput, model_device, precision_context, sample_fn, train_flops_per_image)
@@ -158,6 +158,12 @@ def _check_sizes(cfg: CompareConfig, data) -> None:
             raise ValueError(f"the {split} split holds {len(getattr(data, f'x_{split}'))} images; precision/recall "
                              f"needs more than {PR_K}: use more data")
     check_memory("samples", 4.0 * cfg.samples * data.channels * data.side ** 2, "use fewer samples")
+    ref, floor = (len(getattr(data, f"x_{s}")) for s in (cfg.reference, floor_split(cfg)))
+    smallest = min(cfg.samples, ref, floor)
+    if cfg.kid_subset_size is not None and cfg.kid_subset_size > smallest:
+        raise ValueError(f"kid_subset_size ({cfg.kid_subset_size}) must be at most {smallest}: the samples "
+                         f"({cfg.samples}), the reference ({cfg.reference} split, {ref}) and the floor's split "
+                         f"({floor}) are the sets KID subsets are drawn from")
     for name in ("batch_size", "ae_batch_size"):
         if getattr(cfg, name) % world():
             raise ValueError(f"{name} ({getattr(cfg, name)}) must be divisible by the number of torchrun processes "
@@ -178,7 +184,7 @@ def _floor(r: Run) -> tuple[dict, list[dict]]:
     n, per_seed = min(r.cfg.samples, len(x)), []
     for s in r.cfg.seed_list:
         pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(s))[:n]
-        per_seed.append(evaluate_samples(x[pick], y[pick], r.spaces, r.clf, s))
+        per_seed.append(evaluate_samples(x[pick], y[pick], r.spaces, r.clf, s, protocol_of(r.cfg)))
     floor = {k: t_interval([f[k] for f in per_seed]) for k in r.quality}
     floor["test_class_acc"] = class_accuracy(r.clf, r.data.x_test, r.data.y_test)
     return floor, per_seed
@@ -207,7 +213,7 @@ def _score_row(r: Run, model, name: str, label: str, kw: dict, i: int, seed: int
     with precision_context(cfg, r.dev):
         images, stats = generate(model, labels, cfg.sample_batch, seed, **kw)
     # features of samples in float32, as the reference's and the floor's: one protocol for real and generated
-    one = evaluate_samples(images, labels, r.spaces, r.clf, seed)
+    one = evaluate_samples(images, labels, r.spaces, r.clf, seed, protocol_of(cfg))
     if rank() > 0:
         return
     sample = sample_fn(model, labels, seed, kw, r.dev, cfg)
@@ -225,7 +231,7 @@ def _score_row(r: Run, model, name: str, label: str, kw: dict, i: int, seed: int
     one["flops_per_image"] = row["flops_per_image_exact"]
     one["sample_seconds"] = round(time.perf_counter() - t, 2)
     row["per_seed"].append({k: v for k, v in one.items() if k in r.quality + COST_METRICS
-                            or k.startswith("kid_std") or k == "sample_seconds"})
+                            or k.startswith(("kid_std", "is_std")) or k == "sample_seconds"})
 
 
 def _assemble(r: Run, floor: dict, floor_seeds: list[dict]) -> dict:
@@ -234,7 +240,8 @@ def _assemble(r: Run, floor: dict, floor_seeds: list[dict]) -> dict:
     cfg, data = r.cfg, r.data
     for arm in r.models.values():
         arm["train_seconds"] = t_interval([p["train_seconds"] for p in arm["per_seed"]])
-    rows = [{**row, **{k: t_interval([p[k] for p in row["per_seed"]]) for k in r.quality + COST_METRICS}}
+    rows = [{**row, "protocol": _protocol_line(r, row["settings"]),
+             **{k: t_interval([p[k] for p in row["per_seed"]]) for k in r.quality + COST_METRICS}}
             for row in r.rows.values()]
     return {
         "models": r.models, "rows": rows, "seeds": cfg.seed_list, "interval": INTERVAL_METHOD,
@@ -249,9 +256,22 @@ def _assemble(r: Run, floor: dict, floor_seeds: list[dict]) -> dict:
                  "channels": data.channels, "classes": data.num_classes, "class_names": data.class_names},
         "feature_spaces": [_space_record(sp, cfg) for sp in r.spaces],
         "floor": floor, "floor_per_seed": floor_seeds, "floor_split": floor_split(cfg),
+        "protocol": {**asdict(protocol_of(cfg)), "kid_subsets": KID_SUBSETS, "pr_k": PR_K, "dc_k": DC_K},
         "floor_samples": min(cfg.samples, len(data.x_test if floor_split(cfg) == "test" else data.x_train)),
         "timings_s": dict(r.timings),
     }
+
+
+def _protocol_line(r: Run, settings: dict | None) -> str:
+    """How a row's numbers were made, in one line: feature networks and weights, n real / n generated,
+    image size and rounding, KID subsets, k, the reference (and a statistics file), the sampler settings."""
+    cfg = r.cfg
+    line = protocol_of(cfg).line(r.spaces, cfg.samples, r.data.side, f"{cfg.reference} split")
+    if cfg.reference_stats:
+        line += f"; Inception FID against {cfg.reference_stats}"
+    if settings is not None:
+        line += "; sampler " + ", ".join(f"{k}={v}" for k, v in settings.items())
+    return line
 
 
 def _space_record(sp: FeatureSpace, cfg: CompareConfig) -> dict:

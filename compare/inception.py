@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -150,7 +151,7 @@ class InceptionV3FID(FeatureNet):
     then the network sees values in [-1, 1] (pytorch-fid maps its [0, 1] input by 2x - 1; our images are
     already there, and bilinear resizing commutes with that affine map). Grey images are repeated to RGB.
     Module and parameter names match the standard state dict, so it loads with no renaming; ``fc`` (the
-    1008-way classifier of that file) is kept only for that reason and is unused by :meth:`embed`."""
+    1008-way classifier of that file) gives the Inception Score's logits (:meth:`class_logits`)."""
 
     name = "inception"
     dim = 2048
@@ -176,6 +177,11 @@ class InceptionV3FID(FeatureNet):
         self.Mixed_7c = InceptionE(2048, max_pool=True)
         self.fc = nn.Linear(2048, 1008)
         self.requires_grad_(False).eval()
+
+    def class_logits(self, feats_ND: torch.Tensor) -> torch.Tensor:
+        """The 1008-way logits of pool features without the bias: torch-fidelity's ``logits_unbiased``,
+        from which it computes the Inception Score."""
+        return feats_ND.double() @ self.fc.weight.detach().cpu().double().T
 
     def embed(self, x_BCHW: torch.Tensor) -> torch.Tensor:
         x = x_BCHW.expand(-1, 3, -1, -1) if x_BCHW.shape[1] == 1 else x_BCHW
@@ -228,6 +234,23 @@ def load_inception(path: str | Path, device: str | torch.device | None = None) -
                          f"{_GET_WEIGHTS}")
     model.load_state_dict({k: v for k, v in state.items() if k in want}, strict=False)
     return model.to(pick_device(device))
+
+
+def inception_score(logits_NK: torch.Tensor, splits: int = 10, seed: int = 2020) -> tuple[float, float]:
+    """Inception Score (Salimans et al. 2016) as torch-fidelity computes it: the rows shuffled with numpy's
+    ``RandomState(seed).permutation`` (its seed 2020), cut into ``splits`` equal parts, exp(mean KL(p(y|x) || p(y))) per part; (mean, std
+    over parts, population std)."""
+    logits = torch.as_tensor(logits_NK).double()
+    if logits.ndim != 2 or len(logits) < splits or not torch.isfinite(logits).all():
+        raise ValueError(f"logits must be finite (N, K) with N >= splits ({splits}), got shape {tuple(logits.shape)}")
+    logits = logits[torch.from_numpy(np.random.RandomState(seed).permutation(len(logits)))]
+    n, scores = len(logits), []
+    for i in range(splits):
+        part = logits[i * n // splits:(i + 1) * n // splits]
+        p, log_p = part.softmax(1), part.log_softmax(1)
+        log_q = p.mean(0, keepdim=True).log()
+        scores.append((p * (log_p - log_q)).sum(1).mean().exp().item())
+    return float(np.mean(scores)), float(np.std(scores))
 
 
 def _not_finite(t: torch.Tensor) -> bool:

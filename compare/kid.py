@@ -41,16 +41,18 @@ def mmd2_polynomial(x_ND, y_ND) -> float:
 
 def kid(feats_x_ND, feats_y_MD, subset_size: int = 1000, num_subsets: int = 100, seed: int = 0) -> tuple[float, float]:
     """KID between two feature sets: (mean, std) of the unbiased MMD^2 over ``num_subsets`` random subsets of
-    ``subset_size`` points drawn without replacement from each set (clamped to the smaller set's size)."""
+    ``subset_size`` points drawn without replacement from each set; a subset larger than either set is a
+    ``ValueError`` (as torch-fidelity: shrinking it silently would change the estimator's variance)."""
     check_int("subset_size", subset_size, 2)
     check_int("num_subsets", num_subsets, 1)
     check_seed("seed", seed)
     x, y = _as_array(feats_x_ND, "feats_x_ND", 2), _as_array(feats_y_MD, "feats_y_MD", 2)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"feature sets must have the same dimension, got {x.shape[1]} and {y.shape[1]}")
-    m = min(subset_size, len(x), len(y))
-    if m < 2:
-        raise ValueError(f"need at least 2 feature vectors in each set, got {len(x)} and {len(y)}")
+    if subset_size > min(len(x), len(y)):
+        raise ValueError(f"subset_size ({subset_size}) must be at most the smaller set's size "
+                         f"({len(x)} and {len(y)} feature vectors)")
+    m = subset_size
     rng = np.random.default_rng(seed)
     full = len(x) + len(y) <= _FULL_GRAM_LIMIT
     if full:

@@ -59,6 +59,23 @@ def main_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def more_metrics_table(results: dict) -> str:
+    """FID at n and extrapolated to infinite n, density and coverage (and the Inception Score where there
+    are Inception features), in every feature space: mean ± 95% half-width over seeds."""
+    spaces = [sp["name"] for sp in results.get("feature_spaces", [{"name": "classifier"}])]
+    cols = []
+    for n in spaces:
+        sfx = "" if n == "classifier" else f"_{n}"
+        cols += [(f"FID ({n})", f"fid{sfx}"), (f"FID_inf ({n})", f"fid_inf{sfx}"), (f"density ({n})", f"density{sfx}"),
+                 (f"coverage ({n})", f"coverage{sfx}")] + ([(f"IS ({n})", f"is{sfx}")] if n == "inception" else [])
+    rows = [(f"real {results.get('floor_split', 'train')}", "(floor)", results["floor"])]
+    rows += [(r["model"], r["sampler"], r) for r in results["rows"]]
+    lines = ["| model | sampler | " + " | ".join(c for c, _ in cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for model, sampler, r in rows:
+        lines.append(f"| {model} | {sampler} | " + " | ".join(_iv(r[k]) if k in r else "-" for _, k in cols) + " |")
+    return "\n".join(lines)
+
+
 def comparisons_table(results: dict) -> str:
     lines = ["| comparison | A | B | FID A - B | recall A - B | ms/img A - B | FID difference resolved? |",
              "|---|---|---|---|---|---|---|"]
@@ -109,6 +126,15 @@ def write_report(results: dict, out: Path) -> None:
     md = _intro(results) + [
         main_table(results),
         "",
+        "## More metrics",
+        "",
+        more_metrics_table(results),
+        "",
+        "FID falls with the number of samples n even between two samples of one distribution; FID_inf is its "
+        "value extrapolated to infinite n (Chong and Forsyth 2020), meaningful where n is well above the feature "
+        "dimension. Density near 1 and coverage near the floor's mean a sample as faithful and as diverse as real "
+        "images (Naeem et al. 2020).",
+        "",
         "## Differences between arms (paired over seeds)",
         "",
         comparisons_table(results),
@@ -121,6 +147,8 @@ def write_report(results: dict, out: Path) -> None:
         "## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots],
         "", "## Samples (rows: classes; first seed)", "",
         *[f"- {r['model']} [{r['sampler']}]: [{r['grid']}]({r['grid']})" for r in results["rows"]],
+        "", "## Protocol of each row", "",
+        *[f"- {r['model']} [{r['sampler']}]: {r['protocol']}" for r in results["rows"] if "protocol" in r],
         "", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in results["timings_s"].items()), "",
     ]
     write_text(out / "report.md", "\n".join(md))

@@ -88,7 +88,8 @@ def test_quick_run_two_seeds_writes_every_output_and_reuses_checkpoints(quick_ru
         assert (out / f).stat().st_size > 0, f
     assert res["seeds"] == [0, 1] and {r["model"] for r in res["rows"]} == {"var", "flowar", "flowar-mlp"}
     for r in res["rows"]:
-        for key in ("fid", "kid", "precision", "recall", "class_acc", "head_nfe", "ms_per_image", "peak_mem_bytes"):
+        for key in ("fid", "fid_inf", "kid", "precision", "recall", "density", "coverage", "class_acc", "head_nfe",
+                    "ms_per_image", "peak_mem_bytes"):
             s = r[key]
             assert s["n"] == 2 and len(s["values"]) == 2 and all(_finite(v) for v in s["values"]), (r["sampler"], key)
             assert _finite(s["mean"]) and _finite(s["std"]) and _finite(s["half"]) and s["lo"] <= s["mean"] <= s["hi"]
@@ -98,6 +99,11 @@ def test_quick_run_two_seeds_writes_every_output_and_reuses_checkpoints(quick_ru
             assert _finite(r[key]) and r[key] > 0
         assert r["throughput_batch"] == 20
         assert (out / r["grid"]).stat().st_size > 0
+        assert r["protocol"].startswith("features: classifier (weights ") and "rounded to 8 bits" in r["protocol"]
+        assert f"vs 100 generated; 16x16 images, rounded to 8 bits; KID 100 subsets of 100" in r["protocol"]
+    assert res["protocol"] == {"quantize": True, "kid_subset_size": None, "kid_subsets": 100, "pr_k": 3, "dc_k": 5}
+    report = (out / "report.md").read_text()
+    assert "## More metrics" in report and "FID_inf (classifier)" in report and "## Protocol of each row" in report
     f = res["floor"]
     assert f["fid"]["n"] == 2 and f["fid"]["values"][0] != f["fid"]["values"][1] and f["test_class_acc"] > 0.5
     # budgets: parameters and training FLOPs per arm; the same backbone config for the FlowAR arms
