@@ -84,6 +84,7 @@ class Family:
     teacher_forced: Callable          # (model, y, dev) -> one teacher-forced forward (bench)
     decode: Callable                  # model -> the final latent -> image decoder
     head_alone: Callable | None       # (model, batch, dev) -> the head's evaluations alone, where separable
+    reconstruct: Callable             # model -> images -> the autoencoder's reconstructions (its ceiling)
 
     def build(self, ae_cfg, gen_cfg):
         return self.model(gen_cfg, self.autoencoder(ae_cfg))
@@ -97,10 +98,11 @@ def _flowar_guidance(cfg) -> dict:
 
 VAR_FAMILY = Family("var", VAR, VARConfig, VARSampling, MultiScaleVQVAE, train_tokenizer, train_var,
                     ("tokenizer_steps", "var_steps"), lambda cfg: {}, {}, "forward", _var_teacher_forced,
-                    lambda model: model.tokenizer.decode_latent, None)
+                    lambda model: model.tokenizer.decode_latent, None, lambda model: model.tokenizer.reconstruct)
 FLOWAR_FAMILY = Family("flowar", FlowAR, FlowARConfig, FlowSampling, ContinuousAE, train_autoencoder, train_flowar,
                        ("ae_steps", "flowar_steps"), _flowar_guidance, PAPER_SAMPLING, "velocity",
-                       _flowar_teacher_forced, lambda model: model.ae.decode, _flowar_head_alone)
+                       _flowar_teacher_forced, lambda model: model.ae.decode, _flowar_head_alone,
+                       lambda model: model.ae.reconstruct)
 
 
 @dataclass(frozen=True)

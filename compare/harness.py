@@ -180,14 +180,30 @@ def floor_split(cfg: CompareConfig) -> str:
 def _floor(r: Run) -> tuple[dict, list[dict]]:
     """Real images disjoint from the reference scored like samples: a fresh subset per seed, the same N as
     the samples (or the whole floor split when it is smaller)."""
-    x, y = (r.data.x_test, r.data.y_test) if floor_split(r.cfg) == "test" else (r.data.x_train, r.data.y_train)
-    n, per_seed = min(r.cfg.samples, len(x)), []
-    for s in r.cfg.seed_list:
-        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(s))[:n]
-        per_seed.append(evaluate_samples(x[pick], y[pick], r.spaces, r.clf, s, protocol_of(r.cfg)))
+    per_seed = [evaluate_samples(*_floor_images(r, s), r.spaces, r.clf, s, protocol_of(r.cfg))
+                for s in r.cfg.seed_list]
     floor = {k: t_interval([f[k] for f in per_seed]) for k in r.quality}
     floor["test_class_acc"] = class_accuracy(r.clf, r.data.x_test, r.data.y_test)
     return floor, per_seed
+
+
+def _floor_images(r: Run, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The floor's real images (and labels) at ``seed``: a fresh subset of the floor split."""
+    x, y = (r.data.x_test, r.data.y_test) if floor_split(r.cfg) == "test" else (r.data.x_train, r.data.y_train)
+    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:min(r.cfg.samples, len(x))]
+    return x[pick], y[pick]
+
+
+def _ceiling(r: Run, name: str, model, seed: int) -> None:
+    """The arm's autoencoder ceiling at ``seed``: its reconstructions of the floor's images, scored like
+    samples (a generator can at best match them), and their pixel MSE."""
+    x, y = _floor_images(r, seed)
+    recon = ARMS[name].family.reconstruct(model)
+    with torch.no_grad():
+        xr = torch.cat([recon(b.to(r.dev)).float().cpu() for b in x.split(r.cfg.sample_batch)])
+    one = evaluate_samples(xr, y, r.spaces, r.clf, seed, protocol_of(r.cfg))
+    one["recon_mse"] = float((xr.clamp(-1, 1) - x).pow(2).mean())
+    r.models[name].setdefault("ceiling_per_seed", []).append({k: one[k] for k in r.quality + ("recon_mse",)})
 
 
 def _arm_seed(r: Run, name: str, i: int, seed: int, labels: torch.Tensor) -> None:
@@ -199,6 +215,7 @@ def _arm_seed(r: Run, name: str, i: int, seed: int, labels: torch.Tensor) -> Non
     if i == 0:
         arm["backbone_flops_per_scale"] = backbone_flops_per_scale(model)
         arm["train_flops_per_image"] = train_flops_per_image(model, r.data, r.cfg.batch_size, r.dev)
+    _ceiling(r, name, model, seed)
     if r.cfg.compile:
         compile_arm(name, model)
     for label, kw in sampler_rows(name, r.cfg):
@@ -240,6 +257,7 @@ def _assemble(r: Run, floor: dict, floor_seeds: list[dict]) -> dict:
     cfg, data = r.cfg, r.data
     for arm in r.models.values():
         arm["train_seconds"] = t_interval([p["train_seconds"] for p in arm["per_seed"]])
+        arm["ceiling"] = {k: t_interval([c[k] for c in arm["ceiling_per_seed"]]) for k in r.quality + ("recon_mse",)}
     rows = [{**row, "protocol": _protocol_line(r, row["settings"]),
              **{k: t_interval([p[k] for p in row["per_seed"]]) for k in r.quality + COST_METRICS}}
             for row in r.rows.values()]

@@ -45,10 +45,9 @@ def main_table(results: dict) -> str:
         return "".join(f" {_iv(r[f'fid_{n}'])} | {_iv(r[f'kid_{n}'], 1e3)} | {_iv(r[f'precision_{n}'])} "
                        f"| {_iv(r[f'recall_{n}'])} |" for n in other)
     lines = [head.format(b=cost_b, dev=dev), "|" + "---|" * (14 + 4 * len(other))]
-    f = results["floor"]
-    lines.append(f"| real {results.get('floor_split', 'train')} | (floor, n={results['floor_samples']}) | {_iv(f['fid'])} | {_iv(f['kid'], 1e3)} "
-                 f"| {_iv(f['class_acc'])} | {_iv(f['precision'])} | {_iv(f['recall'])} | - | - | - | - | - | - | - |"
-                 + extra(f))
+    for model, sampler, f in _real_rows(results):
+        lines.append(f"| {model} | {sampler} | {_iv(f['fid'])} | {_iv(f['kid'], 1e3)} | {_iv(f['class_acc'])} "
+                     f"| {_iv(f['precision'])} | {_iv(f['recall'])} | - | - | - | - | - | - | - |" + extra(f))
     for r in results["rows"]:
         lines.append(
             f"| {r['model']} | {r['sampler']} | {_iv(r['fid'])} | {_iv(r['kid'], 1e3)} | {_iv(r['class_acc'])} "
@@ -57,6 +56,15 @@ def main_table(results: dict) -> str:
             f"| {_fmt(r['throughput_img_per_s'])} ({r['throughput_batch']}) "
             f"| {_iv(r['peak_mem_bytes'], 1 / 2**20)} |" + extra(r))
     return "\n".join(lines)
+
+
+def _real_rows(results: dict) -> list[tuple[str, str, dict]]:
+    """The floor (real images scored like samples) and each arm's autoencoder ceiling (its reconstructions
+    of the same images): rows no generator of that arm can be expected to beat."""
+    n = results["floor_samples"]
+    rows = [(f"real {results.get('floor_split', 'train')}", f"(floor, n={n})", results["floor"])]
+    return rows + [(f"{arm} autoencoder", "(ceiling: reconstructions of the floor's images)", m["ceiling"])
+                   for arm, m in results["models"].items() if "ceiling" in m]
 
 
 def more_metrics_table(results: dict) -> str:
@@ -68,8 +76,8 @@ def more_metrics_table(results: dict) -> str:
         sfx = "" if n == "classifier" else f"_{n}"
         cols += [(f"FID ({n})", f"fid{sfx}"), (f"FID_inf ({n})", f"fid_inf{sfx}"), (f"density ({n})", f"density{sfx}"),
                  (f"coverage ({n})", f"coverage{sfx}")] + ([(f"IS ({n})", f"is{sfx}")] if n == "inception" else [])
-    rows = [(f"real {results.get('floor_split', 'train')}", "(floor)", results["floor"])]
-    rows += [(r["model"], r["sampler"], r) for r in results["rows"]]
+    rows = _real_rows(results) + [(r["model"], r["sampler"], r) for r in results["rows"]]
+    cols += [("reconstruction MSE", "recon_mse")]
     lines = ["| model | sampler | " + " | ".join(c for c, _ in cols) + " |", "|---|---|" + "---|" * len(cols)]
     for model, sampler, r in rows:
         lines.append(f"| {model} | {sampler} | " + " | ".join(_iv(r[k]) if k in r else "-" for _, k in cols) + " |")

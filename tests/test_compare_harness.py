@@ -104,6 +104,10 @@ def test_quick_run_two_seeds_writes_every_output_and_reuses_checkpoints(quick_ru
     assert res["protocol"] == {"quantize": True, "kid_subset_size": None, "kid_subsets": 100, "pr_k": 3, "dc_k": 5}
     report = (out / "report.md").read_text()
     assert "## More metrics" in report and "FID_inf (classifier)" in report and "## Protocol of each row" in report
+    for name, arm in res["models"].items():  # each arm's autoencoder ceiling: its reconstructions of the floor's images
+        c = arm["ceiling"]
+        assert c["fid"]["n"] == 2 and all(_finite(c[k]["mean"]) for k in ("fid", "recall", "density", "recon_mse"))
+        assert 0 < c["recon_mse"]["mean"] < 0.5 and f"| {name} autoencoder | (ceiling" in report
     f = res["floor"]
     assert f["fid"]["n"] == 2 and f["fid"]["values"][0] != f["fid"]["values"][1] and f["test_class_acc"] > 0.5
     # budgets: parameters and training FLOPs per arm; the same backbone config for the FlowAR arms
