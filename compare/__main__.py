@@ -45,6 +45,7 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--steps", type=int, help=f"training steps of each generator, autoencoders get half (default: {d.var_steps})")
     opt("--side", type=int)
     opt("--inception", metavar="PATH")
+    opt("--dinov2", metavar="PATH")
     opt("--reference", choices=REFERENCES)
     opt("--reference-stats", metavar="NPZ")
     opt("--precision", choices=PRECISIONS)

@@ -68,6 +68,8 @@ class CompareConfig:
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (none: CUDA when available)")
     inception: str | None = option(None, "pytorch-fid's InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth):"
                                    " adds FID/KID/precision/recall in Inception pool3 space (none: off)")
+    dinov2: str | None = option(None, "DINOv2 ViT-L/14 weights (dinov2_vitl14_pretrain.pth): adds FD-DINOv2 (fid_dinov2),"
+                                " KID, precision/recall, density/coverage in its space, as dgm-eval (none: off)")
     reference: str = option("test", "the real images the samples are scored against: the held-out 'test' split "
                             "or 'train' (CIFAR-10 papers' convention)")
     reference_stats: str | None = option(None, "precomputed Inception statistics (.npz with mu, sigma: "

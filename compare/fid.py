@@ -75,7 +75,7 @@ def fid_infinity(mu, sigma, feats_ND, seed: int = 0, points: int = 5) -> float:
     """FID extrapolated to infinitely many samples (Chong and Forsyth 2020, "Effectively Unbiased FID"):
     the FID of random subsets of ``points`` sizes evenly spaced from n/4 to n, fit linearly in 1/size,
     read at 1/size = 0. FID's bias falls like 1/n; the fit is only as good as that law holds, so read
-    it where n is well above the feature dimension."""
+    it where n is well above the feature dimension (the harness computes it where n >= the dimension)."""
     f = _as_array(feats_ND, "feats_ND", 2)
     sizes = np.unique(np.linspace(max(2, len(f) // 4), len(f), points).astype(int))
     if len(sizes) < 2:

@@ -35,7 +35,8 @@ from .classifier import class_accuracy, train_classifier
 from .config import CompareConfig, slug
 from .cost import measure_cost
 from .distributed import rank, world
-from .evaluate import KID_SUBSETS, FeatureSpace, evaluate_samples, feature_spaces, metric_names, protocol_of
+from .evaluate import (KID_SUBSETS, FeatureSpace, evaluate_samples, feature_spaces, load_networks, metric_names,
+                       protocol_of)
 from .fid import load_stats
 from .prdc import DC_K, PR_K
 from .progress import Progress, note
@@ -91,7 +92,7 @@ class Run:
 
     @property
     def quality(self) -> tuple[str, ...]:
-        return metric_names(self.spaces)
+        return metric_names(self.spaces, self.cfg.samples)
 
 
 def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
@@ -128,13 +129,7 @@ def _prepare(cfg: CompareConfig, out: Path) -> Run:
             except ValueError as e:
                 raise ValueError(f"arm {name}: {e}") from None
     check_samplers(cfg, data, backbone, dev)
-    inception = None
-    if cfg.inception is not None:
-        from .inception import load_inception
-        try:
-            inception = load_inception(cfg.inception, device=dev)
-        except FileNotFoundError as e:
-            raise ValueError(f"inception: {e}") from None
+    nets = load_networks(cfg, dev)
     if cfg.reference_stats is not None:
         load_stats(cfg.reference_stats, dim=2048)  # a bad file is refused before any training
     note(f"data: {cfg.dataset} (split seed {cfg.split_seed}); every setting checked")
@@ -143,7 +138,7 @@ def _prepare(cfg: CompareConfig, out: Path) -> Run:
     r.progress.stage("feature network: domain classifier on the real train split")
     r.clf = r.timed("classifier", train_classifier, data, seed=cfg.split_seed, cache_dir=out / "checkpoints",
                     steps=cfg.classifier_steps, device=dev)
-    r.spaces = r.timed("reference_features", feature_spaces, cfg, data, r.clf, inception, out)
+    r.spaces = r.timed("reference_features", feature_spaces, cfg, data, r.clf, nets, out)
     return r
 
 
@@ -182,7 +177,7 @@ def _floor(r: Run) -> tuple[dict, list[dict]]:
     the samples (or the whole floor split when it is smaller)."""
     per_seed = [evaluate_samples(*_floor_images(r, s), r.spaces, r.clf, s, protocol_of(r.cfg))
                 for s in r.cfg.seed_list]
-    floor = {k: t_interval([f[k] for f in per_seed]) for k in r.quality}
+    floor = {k: t_interval([f[k] for f in per_seed]) for k in r.quality if k in per_seed[0]}  # n may be smaller
     floor["test_class_acc"] = class_accuracy(r.clf, r.data.x_test, r.data.y_test)
     return floor, per_seed
 
@@ -203,7 +198,8 @@ def _ceiling(r: Run, name: str, model, seed: int) -> None:
         xr = torch.cat([recon(b.to(r.dev)).float().cpu() for b in x.split(r.cfg.sample_batch)])
     one = evaluate_samples(xr, y, r.spaces, r.clf, seed, protocol_of(r.cfg))
     one["recon_mse"] = float((xr.clamp(-1, 1) - x).pow(2).mean())
-    r.models[name].setdefault("ceiling_per_seed", []).append({k: one[k] for k in r.quality + ("recon_mse",)})
+    r.models[name].setdefault("ceiling_per_seed", []).append({k: one[k] for k in r.quality + ("recon_mse",)
+                                                              if k in one})
 
 
 def _arm_seed(r: Run, name: str, i: int, seed: int, labels: torch.Tensor) -> None:
@@ -257,7 +253,7 @@ def _assemble(r: Run, floor: dict, floor_seeds: list[dict]) -> dict:
     cfg, data = r.cfg, r.data
     for arm in r.models.values():
         arm["train_seconds"] = t_interval([p["train_seconds"] for p in arm["per_seed"]])
-        arm["ceiling"] = {k: t_interval([c[k] for c in arm["ceiling_per_seed"]]) for k in r.quality + ("recon_mse",)}
+        arm["ceiling"] = {k: t_interval([c[k] for c in arm["ceiling_per_seed"]]) for k in arm["ceiling_per_seed"][0]}
     rows = [{**row, "protocol": _protocol_line(r, row["settings"]),
              **{k: t_interval([p[k] for p in row["per_seed"]]) for k in r.quality + COST_METRICS}}
             for row in r.rows.values()]

@@ -211,28 +211,9 @@ def load_inception(path: str | Path, device: str | torch.device | None = None) -
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no InceptionV3 FID weights at {path}: {_GET_WEIGHTS}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, pickle of foreign objects
-        raise ValueError(f"cannot read InceptionV3 FID weights from {path} ({e}): {_GET_WEIGHTS}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a state dict of tensors: {_GET_WEIGHTS}")
     model = InceptionV3FID()
-    want, got = _shapes(model.state_dict()), _shapes(state)
-    missing, unexpected = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
-    wrong = sorted(f"{k} {got[k]} (expected {want[k]})" for k in want.keys() & got.keys() if got[k] != want[k])
-    if missing or unexpected or wrong:
-        def head(names):
-            return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        problems = [f"{what}: {head(names)}" for what, names in
-                    (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)) if names]
-        raise ValueError(f"{path} does not match the FID InceptionV3 state dict ({FID_WEIGHTS_NAME}); "
-                         + "; ".join(problems) + f"; {_GET_WEIGHTS}")
-    bad = sorted(k for k in want if _not_finite(state[k]))
-    if bad:
-        raise ValueError(f"{path} holds NaN/inf weights in {len(bad)} tensor(s), e.g. {bad[0]}: a corrupt copy; "
-                         f"{_GET_WEIGHTS}")
-    model.load_state_dict({k: v for k, v in state.items() if k in want}, strict=False)
+    model.load_state_dict(check_state(path, model, _GET_WEIGHTS, f"FID InceptionV3 state dict ({FID_WEIGHTS_NAME})"),
+                          strict=False)
     return model.to(pick_device(device))
 
 
@@ -253,5 +234,27 @@ def inception_score(logits_NK: torch.Tensor, splits: int = 10, seed: int = 2020)
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def _not_finite(t: torch.Tensor) -> bool:
-    return t.is_floating_point() and not bool(torch.isfinite(t).all())
+def check_state(path: Path, model: nn.Module, get_weights: str, what: str) -> dict:
+    """The state dict at ``path`` restricted to ``model``'s names, after checking it is readable, holds
+    every name with the right shape and no other (BatchNorm step counters aside), and only finite values;
+    each problem is a ``ValueError`` naming the file, the tensors and ``get_weights`` (where to get it)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, pickle of foreign objects
+        raise ValueError(f"cannot read {path} ({e}): {get_weights}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a state dict of tensors: {get_weights}")
+    want, got = _shapes(model.state_dict()), _shapes(state)
+    missing, unexpected = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
+    wrong = sorted(f"{k} {got[k]} (expected {want[k]})" for k in want.keys() & got.keys() if got[k] != want[k])
+    if missing or unexpected or wrong:
+        def head(names):
+            return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        problems = [f"{kind}: {head(names)}" for kind, names in
+                    (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)) if names]
+        raise ValueError(f"{path} does not match the {what}; " + "; ".join(problems) + f"; {get_weights}")
+    bad = sorted(k for k in want if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all()))
+    if bad:
+        raise ValueError(f"{path} holds NaN/inf weights in {len(bad)} tensor(s), e.g. {bad[0]}: a corrupt copy; "
+                         f"{get_weights}")
+    return {k: v for k, v in state.items() if k in want}

@@ -139,8 +139,8 @@ def write_report(results: dict, out: Path) -> None:
         more_metrics_table(results),
         "",
         "FID falls with the number of samples n even between two samples of one distribution; FID_inf is its "
-        "value extrapolated to infinite n (Chong and Forsyth 2020), meaningful where n is well above the feature "
-        "dimension. Density near 1 and coverage near the floor's mean a sample as faithful and as diverse as real "
+        "value extrapolated to infinite n (Chong and Forsyth 2020), given where n is at least the feature "
+        "dimension ('-' elsewhere). Density near 1 and coverage near the floor's mean a sample as faithful and as diverse as real "
         "images (Naeem et al. 2020).",
         "",
         "## Differences between arms (paired over seeds)",

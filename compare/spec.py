@@ -55,7 +55,7 @@ SECTIONS = {
     "data": "the images and the real reference the samples are scored against",
     "run": "seeds, sample counts, device and feature networks",
     "train": "training budgets (optimizer steps) and batches, the same recipe for every arm",
-    "eval": "sampling and cost-measurement batches",
+    "eval": "sampling and cost-measurement batches, and how images are scored",
     "backbone": "the scale-wise transformer every arm shares",
 }
 KEYS = (
@@ -63,10 +63,11 @@ KEYS = (
     Key("data", "reference", "reference"), Key("data", "reference_stats", "reference_stats", none=""),
     *(Key("run", f, f) for f in ("out", "seed", "seeds", "samples")), Key("run", "device", "device", none="auto"),
     Key("run", "precision", "precision"), Key("run", "compile", "compile"),
-    Key("run", "inception", "inception", none=""),
+    Key("run", "inception", "inception", none=""), Key("run", "dinov2", "dinov2", none=""),
     *(Key("train", f, f) for f in ("tokenizer_steps", "var_steps", "ae_steps", "flowar_steps", "classifier_steps",
                                    "batch_size", "ae_batch_size")),
-    *(Key("eval", f, f) for f in ("sample_batch", "cost_batch", "cost_repeats", "throughput_batch")),
+    *(Key("eval", f, f) for f in ("sample_batch", "cost_batch", "cost_repeats", "throughput_batch", "quantize")),
+    Key("eval", "kid_subset_size", "kid_subset_size", none=0),
     *(Key("backbone", f, f) for f in ("width", "depth", "heads", "latent_channels")),
 )
 

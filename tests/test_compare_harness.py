@@ -204,10 +204,11 @@ def _untrained_fids(res: dict, out) -> dict:
 
 
 @pytest.mark.slow
-def test_inception_space_and_reference_statistics(tmp_path, capsys):
+def test_inception_space_and_reference_statistics(tmp_path, capsys, monkeypatch):
     """--inception adds metrics in Inception pool3 space (weights of the right shapes made here: the real
-    file cannot be fetched); the reference statistics are written in pytorch-fid's format, and a run
-    that brings them as --reference-stats gives the same Inception FID; bad files stop before training."""
+    file cannot be fetched), --dinov2 in DINOv2's (a tiny ViT of the release's layout: FD-DINOv2); the
+    reference statistics are written in pytorch-fid's format, and a run that brings them as
+    --reference-stats gives the same Inception FID; bad files stop before training."""
     import numpy as np
     import torch
 
@@ -232,9 +233,18 @@ def test_inception_space_and_reference_statistics(tmp_path, capsys):
             main(argv + bad)
         assert e.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].startswith(msg)
         assert not (out / "checkpoints").exists()
-    main(argv + ["--reference", "train"])
+    from compare import evaluate
+    from compare.dinov2 import DINOv2, load_dinov2
+
+    torch.save(DINOv2(dim=32, depth=2, heads=2, grid=4).state_dict(), tmp_path / "dinov2.pth")
+    monkeypatch.setitem(evaluate.NETWORKS, "dinov2", lambda path, device: load_dinov2(
+        path, device, dim=32, depth=2, heads=2, grid=4))  # the ViT-L/14 file (1.2 GB) is not made here
+    main(argv + ["--reference", "train", "--dinov2", str(tmp_path / "dinov2.pth")])
     res = json.loads((out / "results.json").read_text())
-    assert [s["name"] for s in res["feature_spaces"]] == ["classifier", "inception"]
+    assert [s["name"] for s in res["feature_spaces"]] == ["classifier", "inception", "dinov2"]
+    for r in res["rows"]:
+        assert all(_finite(r[f"{k}_dinov2"]["mean"]) for k in ("fid", "kid", "precision", "recall", "coverage"))
+        assert _finite(r["is_inception"]["mean"]) and "is_dinov2" not in r
     assert res["config"]["reference"] == "train" and "train split" in res["feature_spaces"][1]["reference"]
     stats = out / f"reference_inception_train_{res['data']['fingerprint']}_{res['feature_spaces'][1]['weights']}.npz"
     with np.load(stats) as z:

@@ -117,7 +117,8 @@ def test_real_and_generated_images_go_through_the_same_rounding():
     rounded = evaluate_samples(x, None, [sp], clf, 0, Protocol(quantize=True))
     assert rounded == evaluate_samples(to_8bit(x), None, [sp], clf, 0, Protocol(quantize=False))
     assert rounded["fid"] != evaluate_samples(x, None, [sp], clf, 0, Protocol(quantize=False))["fid"]
-    assert metric_names([sp]) == ("class_acc", "fid", "fid_inf", "kid", "precision", "recall", "density", "coverage")
+    assert metric_names([sp], 64) == ("class_acc", "fid", "fid_inf", "kid", "precision", "recall", "density", "coverage")
+    assert "fid_inf" not in metric_names([sp], 63)  # fewer samples than feature dimensions: no extrapolation
 
 
 # ----------------------------------------------------------------------------- the standalone evaluator
@@ -147,17 +148,20 @@ def test_standalone_evaluator_scores_folders_and_adm_npz(tmp_path, inception_fil
     res = main([str(tmp_path / "samples"), "--reference", str(tmp_path / "ref.npz"), "--inception",
                 str(inception_file), "--out", str(tmp_path / "m.json"), "--kid-subset-size", "10"])
     m = res["metrics"]
-    assert set(m) == {"fid", "fid_inf", "kid", "kid_std", "precision", "recall", "density", "coverage", "is", "is_std"}
+    assert set(m) == {f"{k}_inception" for k in ("fid", "kid", "kid_std", "precision", "recall", "density",
+                                                  "coverage", "is", "is_std")}  # no FID_inf: n < 2048
     assert json.loads((tmp_path / "m.json").read_text())["metrics"] == m
     assert "14 real (16x16) vs 12 generated (16x16); 8-bit images; KID 100 subsets of 10" in res["protocol"]
     order = sorted(range(12), key=lambda i: (f"sub/{i:03d}" if i % 2 else f"{i:03d}"))  # rglob, sorted paths
-    direct = score(fake[order], real, load_inception(inception_file, "cpu"), 0, Protocol(kid_subset_size=10))
+    direct = score(fake[order], real, {"inception": load_inception(inception_file, "cpu")}, 0,
+                   Protocol(kid_subset_size=10))
     assert all(abs(direct[k] - m[k]) <= 1e-9 * max(1, abs(m[k])) for k in m)
     stats = tmp_path / "stats.npz"
     feats = load_inception(inception_file, "cpu").features(torch.from_numpy(real).permute(0, 3, 1, 2) / 127.5 - 1)
     np.savez(stats, **dict(zip(("mu", "sigma"), gaussian_stats(feats))))
     only = main([str(tmp_path / "samples"), "--reference", str(stats), "--inception", str(inception_file)])
-    assert abs(only["metrics"]["fid"] - m["fid"]) < 1e-6 * max(1, m["fid"]) and "skipped" in only["metrics"]
+    fid = m["fid_inception"]
+    assert abs(only["metrics"]["fid_inception"] - fid) < 1e-6 * max(1, fid) and "skipped" in only["metrics"]
 
 
 @pytest.mark.parametrize("case, message", [
@@ -167,6 +171,7 @@ def test_standalone_evaluator_scores_folders_and_adm_npz(tmp_path, inception_fil
     ("sizes", "error: SAMPLES {d}/sizes: images must share one size"),
     ("stats", "error: SAMPLES must be images (a folder or an .npz of images), not statistics"),
     ("kid", "error: --kid-subset-size (13) must be at most 12"),
+    ("nonet", "error: give the weights of a feature network: --inception PATH and/or --dinov2 PATH"),
 ])
 def test_standalone_evaluator_refuses_bad_inputs_in_one_line(tmp_path, capsys, inception_file, case, message):
     from compare.evaluate import main
@@ -180,10 +185,11 @@ def test_standalone_evaluator_refuses_bad_inputs_in_one_line(tmp_path, capsys, i
     Image.fromarray(_images(1, 0)[0]).save(d / "sizes" / "a.png")
     Image.fromarray(_images(1, 0, side=8)[0]).save(d / "sizes" / "b.png")
     samples = {"missing": d / "nope", "keys": d / "keys.npz", "floats": d / "floats.npz", "sizes": d / "sizes",
-               "stats": d / "stats.npz", "kid": d / "ref.npz"}[case]
+               "stats": d / "stats.npz", "kid": d / "ref.npz", "nonet": d / "ref.npz"}[case]
     extra = ["--kid-subset-size", "13"] if case == "kid" else []
+    nets = [] if case == "nonet" else ["--inception", str(inception_file)]
     with pytest.raises(SystemExit) as e:
-        main([str(samples), "--reference", str(d / "ref.npz"), "--inception", str(inception_file), *extra])
+        main([str(samples), "--reference", str(d / "ref.npz"), *nets, *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith(message.format(d=d)), err
 

@@ -30,7 +30,7 @@ def test_print_load_print_is_identical(tmp_path):
     path.write_text(text)
     assert dump_spec(load_spec(path)) == dump_spec(load_spec(str(path))) == text
     lines = text.splitlines()
-    keys = [i for i, line in enumerate(lines) if re.match(r"[a-z_]+ = ", line)]
+    keys = [i for i, line in enumerate(lines) if re.match(r"[a-z0-9_]+ = ", line)]
     assert len(keys) == len(KEYS) + 3 * len(ARMS)  # every key, each under its comment
     assert all(lines[i - 1].startswith("# ") and len(lines[i - 1]) > 3 for i in keys)
     assert "cfg_interval = [0.1, 1.0]" in text and "side = 0" in text and 'device = "auto"' in text
