@@ -136,6 +136,7 @@ def _images(n, seed, side=16):
     return np.random.default_rng(seed).integers(0, 256, size=(n, side, side, 3), dtype=np.uint8)
 
 
+@pytest.mark.slow
 def test_standalone_evaluator_scores_folders_and_adm_npz(tmp_path, inception_file):
     from compare.inception import load_inception
     from compare.evaluate import main, score_sets as score
