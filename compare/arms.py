@@ -21,6 +21,7 @@ from flowar.autoencoder import ContinuousAE
 from flowar.model import FlowAR, FlowARConfig
 from flowar.sampling import FlowSampling
 from flowar.pipeline import PAPER_SAMPLING, flowar_paper_configs, train_autoencoder, train_flowar
+from nextscale.scales import default_schedule, doubling_schedule
 from var.model import VAR, VARConfig, VARSampling
 from var.pipeline import default_configs as var_configs, train_tokenizer, train_var
 from var.tokenizer import MultiScaleVQVAE
@@ -126,6 +127,19 @@ class Arm:
             raise ValueError(f"arm {self.name}: sampler labels must be distinct and quick rows among them")
 
 
+def _on_schedule(configs, schedule):
+    """A recipe on another schedule of the same latent side (``schedule(latent side) -> sides``): the
+    generator's backbone and, where it has one per scale (VAR's tokenizer), its autoencoder. FlowAR's
+    autoencoder does not depend on the schedule, so its arms keep sharing one checkpoint."""
+    def make(data, backbone):
+        bb = replace(backbone, schedule=schedule(backbone.schedule[-1]))
+        ae, gen = configs(data, bb)
+        if isinstance(gen, FlowARConfig):  # flowar_paper_configs imposes the doubling schedule: undo it
+            gen = replace(gen, backbone=bb)
+        return ae, gen
+    return make
+
+
 def _with(configs, **gen_fields):
     """A recipe with generator-config fields replaced."""
     def make(data, backbone):
@@ -177,8 +191,23 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("flowar-fewstep", "FlowAR's recipe with a shortcut head, sampled in 1, 2 or 4 steps per scale",
         "FlowAR, shortcut head", "tab:red", FLOWAR_FAMILY, _with(flowar_paper_configs, few_step="shortcut"),
         FEWSTEP_SAMPLERS, ("shortcut x1, w 0.5", "shortcut x2, w 0.5"), default=False),
+    # One factor at a time (the schedule): each published arm on the other's schedule, all else equal.
+    Arm("var-doubling", "VAR on FlowAR's doubling schedule (its tokenizer quantizes at those scales)",
+        "VAR, doubling schedule", "tab:cyan", VAR_FAMILY, _on_schedule(var_configs, doubling_schedule),
+        VAR_SAMPLERS, ("cfg 0", "cfg 1.5"), default=False),
+    Arm("flowar-varsched", "FlowAR as released on VAR's schedule (1, 2, 3, 4, 6, 8, ...)", "FlowAR, VAR's schedule",
+        "tab:brown", FLOWAR_FAMILY, _on_schedule(flowar_paper_configs, default_schedule), FLOWAR_SAMPLERS,
+        ("euler x2", "euler_maruyama x8"), default=False),
 )}
 DEFAULT_ARMS = tuple(name for name, a in ARMS.items() if a.default)
+# The factors VAR and FlowAR differ in, each as two arms that differ in it alone: (factor, arm A, arm B),
+# read as A - B at each arm's best row (report.md's attribution section). The latent factor (VAR's head on
+# FlowAR's autoencoder) has no arm yet.
+FACTORS = (
+    ("schedule, discrete head: VAR's - doubling", "var", "var-doubling"),
+    ("schedule, flow head: VAR's - doubling", "flowar-varsched", "flowar"),
+    ("flow head: transformer - MLP", "flowar", "flowar-mlp"),
+)
 # The arm whose best row every other arm's rows are matched against (in head NFE and ms/img) in the
 # paired comparisons: the discrete-token baseline.
 ANCHOR = "var"

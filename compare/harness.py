@@ -30,7 +30,7 @@ from nextscale.data import ImageData, load_dataset
 from nextscale.train import pick_device, recipe, setup_distributed
 from nextscale.viz import save_grid
 
-from .arms import ANCHOR, ARMS, arm_configs, build_arm, sampler_rows
+from .arms import ANCHOR, ARMS, FACTORS, arm_configs, build_arm, sampler_rows
 from .classifier import class_accuracy, train_classifier
 from .config import CompareConfig, slug
 from .cost import measure_cost
@@ -42,7 +42,7 @@ from .prdc import DC_K, PR_K
 from .progress import Progress, note
 from .sampling import (backbone_flops_per_scale, check_samplers, compile_arm, device_name, generate,
                        latency_and_throughput, model_device, precision_context, sample_fn, train_flops_per_image)
-from .stats import paired_comparisons, t_interval
+from .stats import attribution, paired_comparisons, t_interval
 
 # per-seed cost numbers of a row that get a mean and an interval
 COST_METRICS = ("head_nfe", "flops_per_image", "ms_per_image", "peak_mem_bytes")
@@ -260,6 +260,7 @@ def _assemble(r: Run, floor: dict, floor_seeds: list[dict]) -> dict:
     return {
         "models": r.models, "rows": rows, "seeds": cfg.seed_list, "interval": INTERVAL_METHOD,
         "comparisons": paired_comparisons(rows, ANCHOR),
+        "attribution": attribution(rows, FACTORS, (ANCHOR, "flowar")),
         "config": asdict(cfg), "backbone": config_to_dict(r.backbone),
         "versions": {"nextscale": nextscale.__version__, "torch": torch.__version__,
                      "python": platform.python_version(), "numpy": np.__version__},

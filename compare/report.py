@@ -97,6 +97,22 @@ def comparisons_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def attribution_section(results: dict) -> list[str]:
+    """How much of VAR - FlowAR each factor explains, where the factor's arms ran: paired differences of
+    best rows, and one sentence per factor that states only what the interval resolves."""
+    att = results.get("attribution") or []
+    if len(att) < 2:
+        return []
+    lines = ["## Attribution: one factor at a time", "",
+             "| factor | A [best row] | B [best row] | FID A - B | recall A - B |", "|---|---|---|---|---|"]
+    for f in att:
+        lines.append(f"| {f['factor']} | {f['a']['model']} [{f['a']['sampler']}] | {f['b']['model']} "
+                     f"[{f['b']['sampler']}] | {_iv(f['fid_diff'])} | {_iv(f['recall_diff'])} |")
+    said = [f"{f['factor']}: {'resolved' if f['fid_diff']['resolved'] else 'not resolved'}" for f in att]
+    return lines + ["", "In FID, paired over seeds: " + "; ".join(said) + ". The latent factor (VAR's head on "
+                    "FlowAR's autoencoder) has no arm yet, so the factors need not add up to the total.", ""]
+
+
 def reading(results: dict) -> list[str]:
     """Sentences that state only what the intervals resolve."""
     out = []
@@ -143,6 +159,7 @@ def write_report(results: dict, out: Path) -> None:
         "dimension ('-' elsewhere). Density near 1 and coverage near the floor's mean a sample as faithful and as diverse as real "
         "images (Naeem et al. 2020).",
         "",
+        *attribution_section(results),
         "## Differences between arms (paired over seeds)",
         "",
         comparisons_table(results),

@@ -55,6 +55,20 @@ def best_row(rows: list[dict], model: str) -> dict:
     return min((r for r in rows if r["model"] == model), key=lambda r: r["fid"]["mean"])
 
 
+def attribution(rows: list[dict], factors, total: tuple[str, str]) -> list[dict]:
+    """The ``total`` difference (arm A - arm B, best rows) and each factor's (name, arm A, arm B) whose arms
+    both ran: FID and recall differences of the best rows, paired over seeds."""
+    ran = {r["model"] for r in rows}
+    out = []
+    for what, a, b in ((f"total: {total[0]} - {total[1]}", *total), *factors):
+        if a in ran and b in ran:
+            ra, rb = best_row(rows, a), best_row(rows, b)
+            out.append({"factor": what, "a": {"model": a, "sampler": ra["sampler"]},
+                        "b": {"model": b, "sampler": rb["sampler"]},
+                        **{f"{k}_diff": paired_difference(ra[k]["values"], rb[k]["values"]) for k in ("fid", "recall")}})
+    return out
+
+
 def paired_comparisons(rows: list[dict], anchor: str) -> list[dict]:
     """FID, recall and ms/img differences, paired over seeds: every model's best row against every other
     model's best row, and the ``anchor`` model's best row against each other model's row nearest to it in

@@ -81,6 +81,29 @@ def _finite(v):
 
 
 @pytest.mark.slow
+def test_schedule_arms_and_the_attribution_section(quick_run, tmp_path):
+    """The schedule factor's arms (VAR on the doubling schedule, FlowAR on VAR's) run beside the published
+    ones (reused from the shared run); FlowAR's schedule arm shares FlowAR's autoencoder checkpoint; the
+    attribution section pairs each factor's arms over seeds."""
+    out = _with_checkpoints_of(quick_run[0], tmp_path / "att")
+    main(["--quick", "--seeds", "2", "--arms", "var,var-doubling,flowar,flowar-varsched", "--out", str(out)])
+    res = json.loads((out / "results.json").read_text())
+    m = res["models"]
+    assert m["var-doubling"]["schedule"] == m["flowar"]["schedule"] == [1, 2, 4, 8]
+    assert m["flowar-varsched"]["schedule"] == m["var"]["schedule"] == [1, 2, 3, 4, 6, 8]
+    assert all(p["reused_checkpoints"] for arm in ("var", "flowar") for p in m[arm]["per_seed"])
+    for s in range(2):  # the FlowAR family's autoencoder is shared across schedules
+        assert m["flowar-varsched"]["per_seed"][s]["checkpoints"][0] == m["flowar"]["per_seed"][s]["checkpoints"][0]
+    att = {f["factor"]: f for f in res["attribution"]}
+    assert list(att) == ["total: var - flowar", "schedule, discrete head: VAR's - doubling",
+                         "schedule, flow head: VAR's - doubling"]  # the head factor's MLP arm did not run
+    for f in att.values():
+        assert f["fid_diff"]["n"] == 2 and isinstance(f["fid_diff"]["resolved"], bool)
+    assert att["schedule, discrete head: VAR's - doubling"]["a"]["model"] == "var"
+    assert "## Attribution: one factor at a time" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
 def test_quick_run_two_seeds_writes_every_output_and_reuses_checkpoints(quick_run, tmp_path):
     out, res = quick_run
     for f in ("report.md", "fid_vs_nfe.png", "fid_vs_gflops.png", "fid_vs_time.png", "precision_recall.png",
