@@ -203,6 +203,7 @@ DEFAULT_ARMS = tuple(name for name, a in ARMS.items() if a.default)
 # The factors VAR and FlowAR differ in, each as two arms that differ in it alone: (factor, arm A, arm B),
 # read as A - B at each arm's best row (report.md's attribution section). The latent factor (VAR's head on
 # FlowAR's autoencoder) has no arm yet.
+TOTAL = ("var", "flowar")  # the difference the factors explain: the two methods as published
 FACTORS = (
     ("schedule, discrete head: VAR's - doubling", "var", "var-doubling"),
     ("schedule, flow head: VAR's - doubling", "flowar-varsched", "flowar"),

@@ -61,8 +61,12 @@ class Protocol:
         nets = ", ".join(f"{sp.name} (weights {sp.weights})" for sp in spaces)
         n_real = len(spaces[0].real_feats) if spaces else 0
         return (f"features: {nets}; {n_real} real ({reference}) vs {n_fake} generated; {side}x{side} images"
-                f"{', rounded to 8 bits' if self.quantize else ', scored as floats'}; KID {KID_SUBSETS} subsets "
-                f"of {self.kid_size(n_real, n_fake)}; precision/recall k = {PR_K}; density/coverage k = {DC_K}")
+                f"{', rounded to 8 bits' if self.quantize else ', scored as floats'}; {self.sets(n_real, n_fake)}")
+
+    def sets(self, n_real: int, n_fake: int) -> str:
+        """How the metrics drawn from the two feature sets are made (KID subsets, k of the k-NN metrics)."""
+        return (f"KID {KID_SUBSETS} subsets of {self.kid_size(n_real, n_fake)}; precision/recall k = {PR_K}; "
+                f"density/coverage k = {DC_K}")
 
 
 def sharded_features(net, images: torch.Tensor, chunk: int = 256) -> torch.Tensor:
@@ -203,8 +207,7 @@ def protocol_line(files: dict, samples, reference, protocol: Protocol) -> str:
         line += f"{len(reference)} real ({reference.shape[1]}x{reference.shape[2]})"
     line += f" vs {len(samples)} generated ({samples.shape[1]}x{samples.shape[2]}); 8-bit images"
     if not isinstance(reference, tuple):
-        line += (f"; KID {KID_SUBSETS} subsets of {protocol.kid_size(len(reference), len(samples))}; "
-                 f"precision/recall k = {PR_K}; density/coverage k = {DC_K}")
+        line += f"; {protocol.sets(len(reference), len(samples))}"
     return line
 
 

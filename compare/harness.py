@@ -24,13 +24,13 @@ import nextscale
 from nextscale.backbone import BackboneConfig
 from nextscale.checkpoint import keyed_stage_paths
 from nextscale.cli import out_folder, out_lock
-from nextscale.config import check_memory, config_to_dict
+from nextscale.config import config_to_dict
 from nextscale.cost import count_params
-from nextscale.data import ImageData, load_dataset
+from nextscale.data import ImageData, check_images_fit, load_dataset
 from nextscale.train import pick_device, recipe, setup_distributed
 from nextscale.viz import save_grid
 
-from .arms import ANCHOR, ARMS, FACTORS, arm_configs, build_arm, sampler_rows
+from .arms import ANCHOR, ARMS, FACTORS, TOTAL, arm_configs, build_arm, sampler_rows
 from .classifier import class_accuracy, train_classifier
 from .config import CompareConfig, slug
 from .cost import measure_cost
@@ -152,7 +152,7 @@ def _check_sizes(cfg: CompareConfig, data) -> None:
         if len(getattr(data, f"x_{split}")) <= PR_K:
             raise ValueError(f"the {split} split holds {len(getattr(data, f'x_{split}'))} images; precision/recall "
                              f"needs more than {PR_K}: use more data")
-    check_memory("samples", 4.0 * cfg.samples * data.channels * data.side ** 2, "use fewer samples")
+    check_images_fit("samples", cfg.samples, data.channels, data.side, "use fewer samples")
     ref, floor = (len(getattr(data, f"x_{s}")) for s in (cfg.reference, floor_split(cfg)))
     smallest = min(cfg.samples, ref, floor)
     if cfg.kid_subset_size is not None and cfg.kid_subset_size > smallest:
@@ -260,7 +260,7 @@ def _assemble(r: Run, floor: dict, floor_seeds: list[dict]) -> dict:
     return {
         "models": r.models, "rows": rows, "seeds": cfg.seed_list, "interval": INTERVAL_METHOD,
         "comparisons": paired_comparisons(rows, ANCHOR),
-        "attribution": attribution(rows, FACTORS, (ANCHOR, "flowar")),
+        "attribution": attribution(rows, FACTORS, TOTAL),
         "config": asdict(cfg), "backbone": config_to_dict(r.backbone),
         "versions": {"nextscale": nextscale.__version__, "torch": torch.__version__,
                      "python": platform.python_version(), "numpy": np.__version__},

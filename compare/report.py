@@ -75,7 +75,8 @@ def more_metrics_table(results: dict) -> str:
     for n in spaces:
         sfx = "" if n == "classifier" else f"_{n}"
         cols += [(f"FID ({n})", f"fid{sfx}"), (f"FID_inf ({n})", f"fid_inf{sfx}"), (f"density ({n})", f"density{sfx}"),
-                 (f"coverage ({n})", f"coverage{sfx}")] + ([(f"IS ({n})", f"is{sfx}")] if n == "inception" else [])
+                 (f"coverage ({n})", f"coverage{sfx}")]
+        cols += [(f"IS ({n})", f"is{sfx}")] if any(f"is{sfx}" in r for r in results["rows"]) else []
     rows = _real_rows(results) + [(r["model"], r["sampler"], r) for r in results["rows"]]
     cols += [("reconstruction MSE", "recon_mse")]
     lines = ["| model | sampler | " + " | ".join(c for c, _ in cols) + " |", "|---|---|" + "---|" * len(cols)]

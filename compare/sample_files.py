@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nextscale.data import IMAGE_SUFFIXES
+from nextscale.data import IMAGE_SUFFIXES, image_files, read_image
 
 from .fid import load_stats
 
@@ -39,18 +39,10 @@ def read_set(path: str | Path, what: str) -> np.ndarray | tuple[np.ndarray, np.n
 
 
 def _read_folder(root: Path, what: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    files = image_files(root.rglob("*"))
     if not files:
         raise ValueError(f"{what} {root} holds no {'/'.join(IMAGE_SUFFIXES)} images")
-    out = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                out.append(np.asarray(im.convert("RGB")))
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-            raise ValueError(f"cannot read image {f}: {e}") from None
+    out = [read_image(f, lambda im: np.asarray(im.convert("RGB"))) for f in files]
     sizes = sorted({a.shape for a in out})
     if len(sizes) > 1:
         raise ValueError(f"{what} {root}: images must share one size, found {sizes[:3]}")

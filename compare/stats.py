@@ -55,18 +55,18 @@ def best_row(rows: list[dict], model: str) -> dict:
     return min((r for r in rows if r["model"] == model), key=lambda r: r["fid"]["mean"])
 
 
+def _pair(a: dict, b: dict, keys: tuple[str, ...]) -> dict:
+    """Rows ``a`` and ``b`` named, and their ``keys`` differences (a - b) paired over seeds."""
+    return {"a": {"model": a["model"], "sampler": a["sampler"]}, "b": {"model": b["model"], "sampler": b["sampler"]},
+            **{f"{k}_diff": paired_difference(a[k]["values"], b[k]["values"]) for k in keys}}
+
+
 def attribution(rows: list[dict], factors, total: tuple[str, str]) -> list[dict]:
     """The ``total`` difference (arm A - arm B, best rows) and each factor's (name, arm A, arm B) whose arms
     both ran: FID and recall differences of the best rows, paired over seeds."""
     ran = {r["model"] for r in rows}
-    out = []
-    for what, a, b in ((f"total: {total[0]} - {total[1]}", *total), *factors):
-        if a in ran and b in ran:
-            ra, rb = best_row(rows, a), best_row(rows, b)
-            out.append({"factor": what, "a": {"model": a, "sampler": ra["sampler"]},
-                        "b": {"model": b, "sampler": rb["sampler"]},
-                        **{f"{k}_diff": paired_difference(ra[k]["values"], rb[k]["values"]) for k in ("fid", "recall")}})
-    return out
+    return [{"factor": what, **_pair(best_row(rows, a), best_row(rows, b), ("fid", "recall"))}
+            for what, a, b in ((f"total: {total[0]} - {total[1]}", *total), *factors) if a in ran and b in ran]
 
 
 def paired_comparisons(rows: list[dict], anchor: str) -> list[dict]:
@@ -88,10 +88,4 @@ def paired_comparisons(rows: list[dict], anchor: str) -> list[dict]:
                 pairs.append(("matched head NFE and ms/img", v, near["matched head NFE"]))
             else:
                 pairs += [(what, v, r) for what, r in near.items()]
-    out = []
-    for what, a, b in pairs:
-        out.append({"what": what, "a": {"model": a["model"], "sampler": a["sampler"]},
-                    "b": {"model": b["model"], "sampler": b["sampler"]},
-                    **{f"{k}_diff": paired_difference(a[k]["values"], b[k]["values"])
-                       for k in ("fid", "recall", "ms_per_image")}})
-    return out
+    return [{"what": what, **_pair(a, b, ("fid", "recall", "ms_per_image"))} for what, a, b in pairs]

@@ -8,8 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .backbone import BackboneConfig
-from .config import check_memory
-from .data import ImageData, load_dataset
+from .data import ImageData, check_images_fit, load_dataset
 
 
 def add_run_args(p: argparse.ArgumentParser, out: str) -> None:
@@ -28,8 +27,8 @@ def data_and_backbone(a: argparse.Namespace) -> tuple[ImageData, BackboneConfig]
     """The data set the options name and the backbone over its latent pyramid (latent side = image side / 2);
     ``--per-class`` samples of every class must fit in memory."""
     data = load_dataset(a.data, side=a.side, seed=a.seed)
-    check_memory("--per-class", 4.0 * a.per_class * data.num_classes * data.channels * data.side ** 2,
-                 "use a smaller --per-class")
+    check_images_fit("--per-class", a.per_class * data.num_classes, data.channels, data.side,
+                     "use a smaller --per-class")
     return data, BackboneConfig.for_images(data.side, data.num_classes, a.latent_channels, width=a.width,
                                            depth=a.depth, heads=a.heads)
 

@@ -96,8 +96,8 @@ def from_arrays(name: str, x_NCHW: np.ndarray, y: np.ndarray, side: int | None, 
         num_classes = len(found)
     if y.min() < 0 or y.max() >= num_classes:
         raise ValueError(f"{name}: labels must lie in [0, {num_classes - 1}], got [{y.min()}, {y.max()}]")
-    if side is not None:
-        _check_fits(len(x_NCHW), x_NCHW.shape[1], side)
+    if side is not None:  # the data set is held twice: loaded and split
+        check_images_fit("side", len(x_NCHW), x_NCHW.shape[1], side, f"{len(x_NCHW)} images fit at a smaller side", 2)
     x = torch.as_tensor(np.asarray(x_NCHW, dtype=np.float32))
     if side is not None and (x.shape[-1] != side or x.shape[-2] != side):
         x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
@@ -107,9 +107,27 @@ def from_arrays(name: str, x_NCHW: np.ndarray, y: np.ndarray, side: int | None, 
     return ImageData(name, x[tr].contiguous(), yt[tr], x[te].contiguous(), yt[te], num_classes, names)
 
 
-def _check_fits(n: int, channels: int, side: int) -> None:
-    """Refuse a side whose images would not fit in memory (float32, the data set twice: loaded and split)."""
-    check_memory("side", 8.0 * n * channels * side * side, f"{n} images fit at a smaller side")
+def check_images_fit(name: str, n: int, channels: int, side: int, advice: str, copies: int = 1) -> None:
+    """Refuse ``n`` float32 images (``copies`` of them at once) that would take more than half the memory."""
+    check_memory(name, 4.0 * copies * n * channels * side * side, advice)
+
+
+def image_files(paths) -> list[Path]:
+    """The regular files among ``paths`` with an image suffix, sorted: a named pipe or socket called x.png
+    would block the read."""
+    return sorted(p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def read_image(path: Path, convert):
+    """``convert(im)`` of the PIL image at ``path``; an unreadable file or a decompression bomb is a
+    ``ValueError`` naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return convert(im)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
 
 
 def load_digits(side: int = 16, seed: int = 0, test_fraction: float = 0.2) -> ImageData:
@@ -124,8 +142,6 @@ def load_digits(side: int = 16, seed: int = 0, test_fraction: float = 0.2) -> Im
 def load_image_folder(root: str | Path, side: int, seed: int = 0, test_fraction: float = 0.2,
                       channels: int = 3) -> ImageData:
     """``root/<class>/<image>.png|jpg``: one sub-folder per class (sorted names -> ids 0..)."""
-    from PIL import Image, UnidentifiedImageError
-
     check_int("channels", channels, 1, 3)
     if channels == 2:
         raise ValueError("channels must be 1 (grey) or 3 (RGB), got 2")
@@ -136,21 +152,17 @@ def load_image_folder(root: str | Path, side: int, seed: int = 0, test_fraction:
     if not classes:
         raise ValueError(f"image folder {root} has no class sub-folders")
     per_class = []
-    for c in classes:  # regular files only: a named pipe or socket called x.png would block the read
-        files = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    for c in classes:
+        files = image_files((root / c).iterdir())
         if not files:
             raise ValueError(f"class folder {root / c} holds no {'/'.join(IMAGE_SUFFIXES)} images")
         per_class.append(files)
-    _check_fits(sum(map(len, per_class)), channels, side)
+    n = sum(map(len, per_class))
+    check_images_fit("side", n, channels, side, f"{n} images fit at a smaller side", 2)
     xs, ys = [], []
     for ci, files in enumerate(per_class):
         for f in files:
-            try:
-                with Image.open(f) as im:
-                    a = _read_image(im, side, channels)
-            except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-                raise ValueError(f"cannot read image {f}: {e}") from None
-            xs.append(a)
+            xs.append(read_image(f, lambda im: _read_image(im, side, channels)))
             ys.append(ci)
     return from_arrays(root.name, np.stack(xs), np.array(ys), None, seed, test_fraction, classes, len(classes))
 
