@@ -12,7 +12,7 @@ from pathlib import Path
 
 from nextscale.cli import run_or_exit
 
-from .arms import ARMS
+from .arms import ARMS, DESIGNS
 from .config import PRECISIONS, PRESET_DATA_KEYS, PRESETS, REFERENCES, CompareConfig, describe
 from .harness import run
 
@@ -40,6 +40,10 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     opt("--seeds", type=int, extra="; --quick: 2")
     opt("--split-seed", type=int)
     opt("--arms", extra="; comma-separated, from " + ", ".join(ARMS))
+    add("--design", choices=sorted(DESIGNS),
+        help="a named set of arms instead of --arms: published = " + ",".join(DESIGNS["published"]) +
+             "; attribution = " + ",".join(DESIGNS["attribution"]) + " (the arms that change one factor at a time, "
+             "and the hybrid; default: none)")
     opt("--head-width", type=int)
     opt("--samples", type=int, extra="; --quick: 100")
     add("--steps", type=int, help=f"training steps of each generator, autoencoders get half (default: {d.var_steps})")
@@ -66,7 +70,11 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
 def _to_config_kwargs(given: dict) -> dict:
     """CompareConfig keyword arguments from the flags the user gave."""
     kw = {("dataset" if k == "data" else k): v for k, v in given.items()
-          if k not in ("steps", "arms", "preset", "quick", "config", "print_config")}
+          if k not in ("steps", "arms", "design", "preset", "quick", "config", "print_config")}
+    if "design" in given:
+        if "arms" in given:
+            raise ValueError("give --arms or --design, not both")
+        kw["arms"] = DESIGNS[given["design"]]
     if "arms" in given:
         kw["arms"] = tuple(x.strip() for x in given["arms"].split(",") if x.strip())
     if "steps" in given:

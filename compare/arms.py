@@ -7,7 +7,9 @@ variant is one entry here (plus its model code), and nothing outside this module
 
 Arms: ``var`` (VAR, Tian et al. 2024), ``flowar`` (FlowAR as released, Ren et al. 2025),
 ``flowar-mlp`` (FlowAR's recipe with MAR's per-token MLP head, Li et al. 2024) and, opt-in,
-``flowar-fewstep`` (FlowAR's recipe with a shortcut head, Frans et al. 2025, 1-4 steps per scale).
+``flowar-fewstep`` (FlowAR's recipe with a shortcut head, Frans et al. 2025, 1-4 steps per scale), the
+factor arms that walk from VAR to FlowAR one difference at a time (``var-flowae``, ``var-flowae-doubling``,
+``var-doubling``, ``flowar-varsched``) and ``hart`` (HART's hybrid, Tang et al. 2025).
 """
 from __future__ import annotations
 
@@ -22,8 +24,10 @@ from flowar.model import FlowAR, FlowARConfig
 from flowar.sampling import FlowSampling
 from flowar.pipeline import PAPER_SAMPLING, flowar_paper_configs, train_autoencoder, train_flowar
 from nextscale.scales import default_schedule, doubling_schedule
+from var.hybrid import HybridConfig, HybridSampling, HybridVAR
+from var.latent import LatentVQ, latent_vq_config
 from var.model import VAR, VARConfig, VARSampling
-from var.pipeline import default_configs as var_configs, train_tokenizer, train_var
+from var.pipeline import default_configs as var_configs, train_latent_tokenizer, train_tokenizer, train_var
 from var.tokenizer import MultiScaleVQVAE
 
 
@@ -68,8 +72,8 @@ def _flowar_head_alone(model, batch: int, dev):
 
 @dataclass(frozen=True)
 class Family:
-    """What every arm of one model family shares: its autoencoder (one checkpoint key for all the
-    family's arms), trainers, model classes, the CompareConfig fields holding its training budgets, the
+    """What every arm of one model family shares: its autoencoder (named ``name``: families of one name
+    share its checkpoint when their autoencoder configs agree), trainers, model classes, the CompareConfig fields holding its training budgets, the
     keywords every sampler row starts from, and the model's hot head evaluation (compiled, timed)."""
     name: str
     model: type
@@ -86,6 +90,9 @@ class Family:
     decode: Callable                  # model -> the final latent -> image decoder
     head_alone: Callable | None       # (model, batch, dev) -> the head's evaluations alone, where separable
     reconstruct: Callable             # model -> images -> the autoencoder's reconstructions (its ceiling)
+    # The family whose trained autoencoder (``ae_cfg.frozen_ae``, its checkpoint shared) this family's
+    # autoencoder is built on; ``train_ae`` then takes it as ``base=``. None: trained from scratch.
+    base: "Family | None" = None
 
     def build(self, ae_cfg, gen_cfg):
         return self.model(gen_cfg, self.autoencoder(ae_cfg))
@@ -99,11 +106,16 @@ def _flowar_guidance(cfg) -> dict:
 
 VAR_FAMILY = Family("var", VAR, VARConfig, VARSampling, MultiScaleVQVAE, train_tokenizer, train_var,
                     ("tokenizer_steps", "var_steps"), lambda cfg: {}, {}, "forward", _var_teacher_forced,
-                    lambda model: model.tokenizer.decode_latent, None, lambda model: model.tokenizer.reconstruct)
+                    lambda model: model.tokenizer.decode_latent, None, lambda model: model.reconstruct)
 FLOWAR_FAMILY = Family("flowar", FlowAR, FlowARConfig, FlowSampling, ContinuousAE, train_autoencoder, train_flowar,
                        ("ae_steps", "flowar_steps"), _flowar_guidance, PAPER_SAMPLING, "velocity",
                        _flowar_teacher_forced, lambda model: model.ae.decode, _flowar_head_alone,
                        lambda model: model.ae.reconstruct)
+# VAR's quantizer on FlowAR's frozen autoencoder, and HART's hybrid on the same tokenizer (one checkpoint).
+LATENT_VAR_FAMILY = replace(VAR_FAMILY, name="var-latent", autoencoder=LatentVQ, train_ae=train_latent_tokenizer,
+                            base=FLOWAR_FAMILY)
+HYBRID_FAMILY = replace(LATENT_VAR_FAMILY, model=HybridVAR, config=HybridConfig, sampling=HybridSampling,
+                        train_gen=partial(train_var, model_cls=HybridVAR))
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,16 @@ def _on_schedule(configs, schedule):
     return make
 
 
+def _on_flowar_latent(gen_type=VARConfig):
+    """VAR's recipe (tokenizer settings, generator config as ``gen_type``) with its quantizer on the
+    latent of FlowAR's autoencoder, the one the FlowAR arms train (so all share that checkpoint)."""
+    def make(data, backbone):
+        vq, gen = var_configs(data, backbone)
+        ae, _ = flowar_paper_configs(data, backbone)  # FlowAR's autoencoder does not depend on the schedule
+        return latent_vq_config(ae, vq), gen_type(**{f.name: getattr(gen, f.name) for f in fields(gen)})
+    return make
+
+
 def _with(configs, **gen_fields):
     """A recipe with generator-config fields replaced."""
     def make(data, backbone):
@@ -154,6 +176,11 @@ VAR_SAMPLERS = (
     ("cfg 1.5", dict(cfg_scale=1.5)),
     ("cfg 3", dict(cfg_scale=3.0)),
     ("cfg 1.5, top-k 64, top-p 0.95", dict(cfg_scale=1.5, top_k=64, top_p=0.95)),
+)
+# HART's hybrid: VAR's rows (its residual flow takes 8 Euler steps, HART's count), then fewer and more steps.
+HYBRID_SAMPLERS = VAR_SAMPLERS[:3] + (
+    ("cfg 1.5, residual x2", dict(cfg_scale=1.5, residual_steps=2)),
+    ("cfg 1.5, residual x24", dict(cfg_scale=1.5, residual_steps=24)),
 )
 # FlowAR: solver and steps per scale; "euler x24" is FlowAR's own sampler (the release's 25-point
 # two-segment grid). Every row starts from FlowAR's guidance at CompareConfig.flowar_cfg.
@@ -198,17 +225,35 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("flowar-varsched", "FlowAR as released on VAR's schedule (1, 2, 3, 4, 6, 8, ...)", "FlowAR, VAR's schedule",
         "tab:brown", FLOWAR_FAMILY, _on_schedule(flowar_paper_configs, default_schedule), FLOWAR_SAMPLERS,
         ("euler x2", "euler_maruyama x8"), default=False),
+    # One factor at a time (the latent): VAR's quantizer and head on FlowAR's autoencoder, on VAR's schedule
+    # and on FlowAR's; the second differs from FlowAR in the head alone (discrete vs flow).
+    Arm("var-flowae", "VAR on FlowAR's autoencoder: its quantizer trained on that frozen latent, decoded by "
+        "that decoder", "VAR, FlowAR's autoencoder", "tab:purple", LATENT_VAR_FAMILY, _on_flowar_latent(),
+        VAR_SAMPLERS, ("cfg 0", "cfg 1.5"), default=False),
+    Arm("var-flowae-doubling", "VAR on FlowAR's autoencoder and doubling schedule: FlowAR but for the discrete "
+        "head", "VAR, FlowAR's autoencoder and schedule", "tab:pink", LATENT_VAR_FAMILY,
+        _on_schedule(_on_flowar_latent(), doubling_schedule), VAR_SAMPLERS, ("cfg 0", "cfg 1.5"), default=False),
+    # Between discrete and continuous: HART's tokens + a per-token flow head for the residual they leave.
+    Arm("hart", "HART (Tang et al. 2025): VAR on FlowAR's autoencoder plus a per-token flow head drawing the "
+        "continuous residual the tokens leave", "HART hybrid", "tab:olive", HYBRID_FAMILY,
+        _on_flowar_latent(HybridConfig), HYBRID_SAMPLERS, ("cfg 0", "cfg 1.5"), default=False),
 )}
 DEFAULT_ARMS = tuple(name for name, a in ARMS.items() if a.default)
 # The factors VAR and FlowAR differ in, each as two arms that differ in it alone: (factor, arm A, arm B),
-# read as A - B at each arm's best row (report.md's attribution section). The latent factor (VAR's head on
-# FlowAR's autoencoder) has no arm yet.
+# read as A - B at each arm's best row (report.md's attribution section). CHAIN walks from VAR to FlowAR
+# one factor per step (latent, schedule, head), so its three differences add up to the total.
 TOTAL = ("var", "flowar")  # the difference the factors explain: the two methods as published
-FACTORS = (
+CHAIN = ("var", "var-flowae", "var-flowae-doubling", "flowar")
+FACTORS = tuple(zip(("latent: VAR's tokenizer - FlowAR's autoencoder", "schedule on FlowAR's latent: VAR's - doubling",
+                     "head on FlowAR's latent and schedule: discrete - flow"), CHAIN, CHAIN[1:])) + (
     ("schedule, discrete head: VAR's - doubling", "var", "var-doubling"),
     ("schedule, flow head: VAR's - doubling", "flowar-varsched", "flowar"),
     ("flow head: transformer - MLP", "flowar", "flowar-mlp"),
+    ("continuous residual: HART - its tokens alone", "hart", "var-flowae"),
 )
+# The opt-in designs (--design): arms run together. "attribution" runs the chain, the other schedule
+# arms, the MLP head and the hybrid.
+DESIGNS = {"published": DEFAULT_ARMS, "attribution": CHAIN + ("var-doubling", "flowar-varsched", "flowar-mlp", "hart")}
 # The arm whose best row every other arm's rows are matched against (in head NFE and ms/img) in the
 # paired comparisons: the discrete-token baseline.
 ANCHOR = "var"

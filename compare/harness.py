@@ -22,7 +22,7 @@ import torch
 
 import nextscale
 from nextscale.backbone import BackboneConfig
-from nextscale.checkpoint import keyed_stage_paths
+from nextscale.checkpoint import keyed_path, keyed_stage_paths
 from nextscale.cli import out_folder, out_lock
 from nextscale.config import config_to_dict
 from nextscale.cost import count_params
@@ -302,20 +302,23 @@ def train_arm(name: str, data: ImageData, backbone: BackboneConfig, cfg: Compare
               dev: torch.device, seed: int):
     """Train (or reuse) the autoencoder and the generator of arm ``name`` with training seed ``seed``, on
     the one recipe (:func:`nextscale.train.recipe`); returns (model, info). A family's arms share its
-    autoencoder checkpoint."""
+    autoencoder checkpoint, and a family built on another's autoencoder shares that one's."""
     family = ARMS[name].family
     ae_cfg, gen_cfg = arm_configs(name, data, backbone, cfg)
     ae_tc, gen_tc = recipe(seed, *(getattr(cfg, f) for f in family.steps), ae_batch=cfg.ae_batch_size,
                            gen_batch=cfg.batch_size)
-    ae_ck, gen_ck = keyed_stage_paths(out / "checkpoints", data.fingerprint(),
-                                      (f"{family.name}-autoencoder", ae_cfg, ae_tc), (name, gen_cfg, gen_tc))
-    before = [p.stat().st_mtime_ns if p.exists() else None for p in (ae_ck, gen_ck)]
-    t = time.perf_counter()
-    ae = family.train_ae(data, ae_cfg, ae_tc, ckpt_path=ae_ck, device=dev)
+    folder, t = out / "checkpoints", time.perf_counter()
+    base_ae, base_ck = _train_base(family, ae_cfg, data, cfg, folder, dev, seed)
+    ae_ck, gen_ck = keyed_stage_paths(folder, data.fingerprint(), (f"{family.name}-autoencoder", ae_cfg, ae_tc),
+                                      (name, gen_cfg, gen_tc), base=base_ck)
+    paths = [p for p in (base_ck, ae_ck, gen_ck) if p is not None]
+    before = [p.stat().st_mtime_ns if p.exists() else None for p in paths]
+    ae = family.train_ae(data, ae_cfg, ae_tc, ckpt_path=ae_ck, device=dev,
+                         **({} if base_ae is None else {"base": base_ae}))
     t_ae = time.perf_counter()
     model = family.train_gen(data, ae, gen_cfg, gen_tc, ckpt_path=gen_ck, device=dev).eval()
-    # reused: both were finished (a finished checkpoint is read, never rewritten; a partial one is resumed)
-    reused = None not in before and before == [p.stat().st_mtime_ns for p in (ae_ck, gen_ck)]
+    # reused: all were finished (a finished checkpoint is read, never rewritten; a partial one is resumed)
+    reused = None not in before and before == [p.stat().st_mtime_ns for p in paths]
     info = {"seed": seed, "reused_checkpoints": reused, "train_seconds": round(time.perf_counter() - t_ae, 2),
             "ae_train_seconds": round(t_ae - t, 2),
             "params_backbone": count_params(model.backbone),
@@ -324,9 +327,20 @@ def train_arm(name: str, data: ImageData, backbone: BackboneConfig, cfg: Compare
             "schedule": list(gen_cfg.backbone.schedule),
             "params_autoencoder": count_params(ae),
             "config": config_to_dict(gen_cfg), "autoencoder_config": config_to_dict(ae_cfg),
-            "checkpoints": [ae_ck.name, gen_ck.name]}
+            "checkpoints": [p.name for p in paths]}
     info.update(_holdout_losses(model, data))
     return model, info
+
+
+def _train_base(family, ae_cfg, data: ImageData, cfg: CompareConfig, folder: Path, dev, seed: int):
+    """(trained autoencoder, its checkpoint) that ``family``'s autoencoder is built on: its base family's,
+    trained (or reused) exactly as that family's own arms train it; (None, None) without a base."""
+    if family.base is None:
+        return None, None
+    b, b_cfg = family.base, ae_cfg.frozen_ae
+    b_tc, _ = recipe(seed, getattr(cfg, b.steps[0]), ae_batch=cfg.ae_batch_size, gen_batch=cfg.batch_size)
+    b_ck = keyed_path(folder, f"{b.name}-autoencoder", data.fingerprint(), b_cfg, b_tc)
+    return b.train_ae(data, b_cfg, b_tc, ckpt_path=b_ck, device=dev), b_ck
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from nextscale.checkpoint import atomic_path, write_text
 
-from .arms import ANCHOR, ARMS
+from .arms import ANCHOR, ARMS, CHAIN
 from .stats import fmt_interval
 
 
@@ -100,18 +100,27 @@ def comparisons_table(results: dict) -> str:
 
 def attribution_section(results: dict) -> list[str]:
     """How much of VAR - FlowAR each factor explains, where the factor's arms ran: paired differences of
-    best rows, and one sentence per factor that states only what the interval resolves."""
+    best rows and at matched ms/img, and one sentence per factor that states only what the interval
+    resolves; where the chain var -> ... -> flowar ran, that its parts add up to the total."""
     att = results.get("attribution") or []
     if len(att) < 2:
         return []
     lines = ["## Attribution: one factor at a time", "",
-             "| factor | A [best row] | B [best row] | FID A - B | recall A - B |", "|---|---|---|---|---|"]
+             "| factor | A [best row] | B [best row] | FID A - B | recall A - B | B at A's ms/img | FID A - B there |",
+             "|---|---|---|---|---|---|---|"]
     for f in att:
+        m = f["matched"]
         lines.append(f"| {f['factor']} | {f['a']['model']} [{f['a']['sampler']}] | {f['b']['model']} "
-                     f"[{f['b']['sampler']}] | {_iv(f['fid_diff'])} | {_iv(f['recall_diff'])} |")
+                     f"[{f['b']['sampler']}] | {_iv(f['fid_diff'])} | {_iv(f['recall_diff'])} | "
+                     f"[{m['b']['sampler']}] | {_iv(m['fid_diff'])} |")
     said = [f"{f['factor']}: {'resolved' if f['fid_diff']['resolved'] else 'not resolved'}" for f in att]
-    return lines + ["", "In FID, paired over seeds: " + "; ".join(said) + ". The latent factor (VAR's head on "
-                    "FlowAR's autoencoder) has no arm yet, so the factors need not add up to the total.", ""]
+    chain = [f for f in att if (f["a"]["model"], f["b"]["model"]) in set(zip(CHAIN, CHAIN[1:]))]
+    if len(chain) == len(CHAIN) - 1:
+        adds = (f"The {len(chain)} steps of the chain {' -> '.join(CHAIN)} change one factor each; at best rows "
+                f"their differences add up to the total, seed by seed.")
+    else:
+        adds = f"The chain {' -> '.join(CHAIN)} did not run whole, so the factors need not add up to the total."
+    return lines + ["", "In FID at best rows, paired over seeds: " + "; ".join(said) + ". " + adds, ""]
 
 
 def reading(results: dict) -> list[str]:

@@ -62,11 +62,23 @@ def _pair(a: dict, b: dict, keys: tuple[str, ...]) -> dict:
 
 
 def attribution(rows: list[dict], factors, total: tuple[str, str]) -> list[dict]:
-    """The ``total`` difference (arm A - arm B, best rows) and each factor's (name, arm A, arm B) whose arms
-    both ran: FID and recall differences of the best rows, paired over seeds."""
+    """The ``total`` difference (arm A - arm B) and each factor's (name, arm A, arm B) whose arms both ran:
+    FID and recall differences paired over seeds, at each arm's best row and at matched cost (A's best row
+    against B's row nearest it in ms/img, under ``"matched"``)."""
     ran = {r["model"] for r in rows}
-    return [{"factor": what, **_pair(best_row(rows, a), best_row(rows, b), ("fid", "recall"))}
-            for what, a, b in ((f"total: {total[0]} - {total[1]}", *total), *factors) if a in ran and b in ran]
+    out = []
+    for what, a, b in ((f"total: {total[0]} - {total[1]}", *total), *factors):
+        if a in ran and b in ran:
+            best_a = best_row(rows, a)
+            out.append({"factor": what, **_pair(best_a, best_row(rows, b), ("fid", "recall")),
+                        "matched": _pair(best_a, nearest_row(rows, b, best_a, "ms_per_image"), ("fid", "recall"))})
+    return out
+
+
+def nearest_row(rows: list[dict], model: str, to: dict, key: str) -> dict:
+    """The row of ``model`` whose mean ``key`` is nearest (in ratio) to row ``to``'s."""
+    mine = [r for r in rows if r["model"] == model]
+    return min(mine, key=lambda r: abs(math.log(r[key]["mean"] / to[key]["mean"])))
 
 
 def paired_comparisons(rows: list[dict], anchor: str) -> list[dict]:
@@ -81,8 +93,7 @@ def paired_comparisons(rows: list[dict], anchor: str) -> list[dict]:
         for m in models:
             if m == anchor:
                 continue
-            mine = [r for r in rows if r["model"] == m]
-            near = {what: min(mine, key=lambda r: abs(math.log(r[key]["mean"] / v[key]["mean"])))
+            near = {what: nearest_row(rows, m, v, key)
                     for key, what in (("head_nfe", "matched head NFE"), ("ms_per_image", "matched ms/img"))}
             if near["matched head NFE"] is near["matched ms/img"]:
                 pairs.append(("matched head NFE and ms/img", v, near["matched head NFE"]))

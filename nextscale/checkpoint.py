@@ -126,11 +126,12 @@ def keyed_path(folder: str | Path, name: str, *parts) -> Path:
 
 
 def keyed_stage_paths(folder: str | Path, data_fingerprint: str, autoencoder: tuple[str, object, object],
-                      generator: tuple[str, object, object]) -> tuple[Path, Path]:
+                      generator: tuple[str, object, object], base: Path | None = None) -> tuple[Path, Path]:
     """Paths of a two-stage run: ``autoencoder`` and ``generator`` are (name, model config, train config).
     Both keys cover the data; the generator's also covers the autoencoder's key, so a retrained
-    autoencoder never feeds a generator trained on another one."""
+    autoencoder never feeds a generator trained on another one. ``base``: the checkpoint the autoencoder
+    is built on (e.g. a quantizer on a frozen autoencoder), whose key joins the autoencoder's."""
     ae_name, ae_cfg, ae_train = autoencoder
     gen_name, gen_cfg, gen_train = generator
-    ae = keyed_path(folder, ae_name, data_fingerprint, ae_cfg, ae_train)
+    ae = keyed_path(folder, ae_name, data_fingerprint, ae_cfg, ae_train, *(() if base is None else (base.name,)))
     return ae, keyed_path(folder, gen_name, data_fingerprint, gen_cfg, gen_train, ae.name)

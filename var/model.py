@@ -117,6 +117,8 @@ def keep_masks(mask_B1HW: torch.Tensor, schedule) -> list[torch.Tensor]:
 
 
 class VAR(nn.Module):
+    sampling_cls = VARSampling  # the sampling settings :meth:`sample` reads
+
     def __init__(self, config: VARConfig, tokenizer: MultiScaleVQVAE):
         super().__init__()
         if not isinstance(tokenizer, MultiScaleVQVAE):
@@ -152,20 +154,21 @@ class VAR(nn.Module):
         self.tokenizer.check_images(x_BCHW)
         return self.token_loss(self.tokenizer.encode(x_BCHW), y_B)
 
-    def token_loss(self, tokens: list[torch.Tensor], y_B: torch.Tensor) -> dict[str, torch.Tensor]:
-        """:meth:`forward` on already encoded token maps."""
+    def token_loss(self, tokens: list[torch.Tensor], y_B: torch.Tensor, return_hidden: bool = False):
+        """:meth:`forward` on already encoded token maps (``return_hidden``: also the backbone output)."""
         self.backbone.check_labels(y_B)
         with torch.no_grad():
             x_in = self.tokenizer.teacher_inputs(tokens)
         target_BL = torch.cat([t.flatten(1) for t in tokens], 1)
-        logp_BLV = self.head(self.backbone(x_in, y_B)).float().log_softmax(-1)
+        h_BLW = self.backbone(x_in, y_B)
+        logp_BLV = self.head(h_BLW).float().log_softmax(-1)
         nll_BL = -logp_BLV.gather(-1, target_BL[..., None])[..., 0]
         ls = self.config.label_smoothing
         loss = nll_BL.mean() if ls == 0 else ((1 - ls) * nll_BL - ls * logp_BLV.mean(-1)).mean()
         out = {"loss": loss}
         for k, sl in enumerate(self.slices):
             out[f"ce_s{k + 1}"] = nll_BL[:, sl].mean().detach()
-        return out
+        return (out, h_BLW) if return_hidden else out
 
     # ---- sampling -----------------------------------------------------------------------------
     def _check_sampling(self, y_B, seed):
@@ -207,11 +210,23 @@ class VAR(nn.Module):
                 idx = torch.where(keep_masks_[k], keep_tokens[k], idx)
             tokens.append(idx)
             f_hat, x_next = tok.next_input(k, f_hat, idx)
-        images = tok.decode_latent(f_hat).clamp(-1, 1)
+        images, last_nfe = self._finish(f_hat, h, ws[-1], sp, g)
         per_scale = [2 if guided else 1] * K
+        per_scale[-1] += last_nfe
         stats = {"backbone_forwards": K, "head_nfe": sum(per_scale), "head_nfe_per_scale": per_scale,
                  "guided": guided}
         return images, stats, tokens
+
+    def _finish(self, f_hat_BCSS, h_BnW, w: float, sp: VARSampling, g: torch.Generator):
+        """The image from the final latent, and the head evaluations that took beyond the last scale's
+        logits (none here; :class:`var.hybrid.HybridVAR` draws a residual). ``h``: the last scale's
+        backbone output (conditional rows, then unconditional ones when guided), ``w`` its guidance."""
+        return self.tokenizer.decode_latent(f_hat_BCSS).clamp(-1, 1), 0
+
+    @torch.no_grad()
+    def reconstruct(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        """The autoencoder's reconstruction this model's samples can at best match (its ceiling)."""
+        return self.tokenizer.reconstruct(x_BCHW)
 
     def _run(self, *args, **kw):
         was = self.training
@@ -229,7 +244,7 @@ class VAR(nn.Module):
         ``sampling`` is a :class:`VARSampling`, or its fields are given as keywords (``cfg_scale=``,
         ``top_k=`` ...; an unknown one is a ``ValueError``). seed: same seed -> identical images (None:
         drawn from the global torch RNG). return_tokens adds the sampled token maps."""
-        sp = config_from(VARSampling, sampling, kw, "sampling", also=("seed", "return_tokens"))
+        sp = config_from(self.sampling_cls, sampling, kw, "sampling", also=("seed", "return_tokens"))
         self._check_sampling(y_B, seed)
         images, stats, tokens = self._run(y_B, sp, seed)
         return (images, stats, tokens) if return_tokens else (images, stats)
@@ -238,7 +253,7 @@ class VAR(nn.Module):
                 sampling: VARSampling | None = None, *, seed: int | None = None, return_tokens: bool = False, **kw):
         """Zero-shot in/outpainting: regenerate the pixels where ``mask`` is False, keeping the tokens
         whose whole footprint is True (see the module doc). Same options and returns as :meth:`sample`."""
-        sp = config_from(VARSampling, sampling, kw, "sampling", also=("seed", "return_tokens"))
+        sp = config_from(self.sampling_cls, sampling, kw, "sampling", also=("seed", "return_tokens"))
         self._check_sampling(y_B, seed)
         self.tokenizer.check_images(x_BCHW, "x", finite=True)
         B, _, H, W = x_BCHW.shape

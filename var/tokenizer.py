@@ -101,8 +101,7 @@ class MultiScaleVQVAE(nn.Module):
         super().__init__()
         self.config = config
         C, V, K = config.latent_channels, config.vocab_size, len(config.schedule)
-        self.encoder = Encoder(config.ae)
-        self.decoder = Decoder(config.ae)
+        self.build_coder(config)
         self.codebook = nn.Embedding(V, C)
         nn.init.uniform_(self.codebook.weight, -1 / V, 1 / V)  # as VAR; restarts give the real init
         self.phis = nn.ModuleList(Phi(C, config.phi_residual_ratio) for _ in range(config.phi_convs))
@@ -113,6 +112,11 @@ class MultiScaleVQVAE(nn.Module):
             self.register_buffer("ema_sum", self.codebook.weight.detach().clone())
         self.register_buffer("hits_since_restart", torch.zeros(V))
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
+
+    def build_coder(self, config: VQConfig) -> None:
+        """The encoder and decoder around the quantizer (trained with it; :mod:`var.latent`: a frozen one)."""
+        self.encoder = Encoder(config.ae)
+        self.decoder = Decoder(config.ae)
 
     # ---- checks -------------------------------------------------------------------------------
     def check_images(self, x_BCHW: torch.Tensor, name: str = "images", finite: bool = False) -> None:
@@ -209,7 +213,11 @@ class MultiScaleVQVAE(nn.Module):
     def encode(self, x_BCHW: torch.Tensor) -> list[torch.Tensor]:
         """Image -> token maps, one (B, h_k, h_k) long tensor per scale."""
         self.check_images(x_BCHW)
-        return self.quantize(self.encoder(x_BCHW))[1]
+        return self.quantize(self.latent(x_BCHW))[1]
+
+    def latent(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        """Image -> the continuous latent f the quantizer reads, (B, C, S, S)."""
+        return self.encoder(x_BCHW)
 
     def tokens_to_latent(self, tokens: list[torch.Tensor]) -> torch.Tensor:
         """f_hat = sum over scales of the contributions z_k, (B, C, S, S)."""
@@ -221,7 +229,7 @@ class MultiScaleVQVAE(nn.Module):
 
     def decode_tokens(self, tokens: list[torch.Tensor]) -> torch.Tensor:
         """Token maps -> images (B, C_img, S_img, S_img)."""
-        return self.decoder(self.tokens_to_latent(tokens))
+        return self.decode_latent(self.tokens_to_latent(tokens))
 
     def next_input(self, k: int, f_hat_BCSS: torch.Tensor, idx_Bhw: torch.Tensor):
         """Add scale k's contribution to f_hat; return (f_hat, backbone input of scale k+1 as

@@ -1,0 +1,91 @@
+"""VAR's tokenizer on another autoencoder's latent: the multi-scale residual quantizer (one codebook, the
+phi convs: :class:`var.tokenizer.MultiScaleVQVAE`) trained on the frozen latent of FlowAR's continuous
+autoencoder (:class:`flowar.autoencoder.ContinuousAE`), decoding through that autoencoder's decoder.
+
+With it VAR's discrete head and FlowAR's flow head read one latent, so the comparison can tell the
+latent from the head (FlowAR's paper ablates its tokenizer the same way; HART's hybrid tokenizer,
+Tang et al. 2025, quantizes a continuous autoencoder's latent with VAR's quantizer too). Training is
+VAR's VQ loss alone (codebook + commitment, averaged over scales): the encoder and decoder are frozen,
+so VAR's reconstruction and straight-through terms have nothing to train. The quantizer reads the
+autoencoder's normalised latent (unit variance, as FlowAR's generator sees it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+
+from flowar.autoencoder import AEConfig, ContinuousAE
+from nextscale.autoencoder import ConvAEConfig
+from nextscale.config import config_to_dict
+
+from .tokenizer import MultiScaleVQVAE, VQConfig, usage_stats
+
+
+@dataclass(frozen=True)
+class LatentVQConfig(VQConfig):
+    frozen_ae: AEConfig = field(default_factory=AEConfig)  # the autoencoder whose latent is quantized
+
+    def __post_init__(self):
+        if isinstance(self.frozen_ae, dict):  # loaded from plain data
+            d = self.frozen_ae
+            object.__setattr__(self, "frozen_ae", AEConfig(**{**d, "ae": ConvAEConfig(**d["ae"])}))
+        if not isinstance(self.frozen_ae, AEConfig):
+            raise ValueError(f"frozen_ae must be an AEConfig, got {type(self.frozen_ae).__name__}")
+        super().__post_init__()
+        if self.ae != self.frozen_ae.ae:
+            raise ValueError("ae must equal frozen_ae.ae: the quantizer reads the frozen autoencoder's latent "
+                             "(build the config with latent_vq_config)")
+
+
+def latent_vq_config(frozen_ae: AEConfig, vq: VQConfig) -> LatentVQConfig:
+    """``vq``'s quantizer settings (schedule, vocabulary, phi convs ...) on ``frozen_ae``'s latent."""
+    return LatentVQConfig(**{**{f.name: getattr(vq, f.name) for f in fields(vq)}, "ae": frozen_ae.ae,
+                             "frozen_ae": frozen_ae})
+
+
+class LatentVQ(MultiScaleVQVAE):
+    """:class:`MultiScaleVQVAE` whose encoder and decoder are a frozen :class:`ContinuousAE`'s."""
+
+    def __init__(self, config: LatentVQConfig):
+        if not isinstance(config, LatentVQConfig):
+            raise ValueError(f"config must be a LatentVQConfig, got {type(config).__name__}")
+        super().__init__(config)
+
+    def build_coder(self, config: LatentVQConfig) -> None:
+        self.autoencoder = ContinuousAE(config.frozen_ae).requires_grad_(False)
+
+    def load_autoencoder(self, autoencoder: ContinuousAE) -> "LatentVQ":
+        """Copy a trained autoencoder of ``config.frozen_ae`` in (weights and latent scale factor)."""
+        if not isinstance(autoencoder, ContinuousAE) or \
+                config_to_dict(autoencoder.config) != config_to_dict(self.config.frozen_ae):
+            raise ValueError("autoencoder must be a ContinuousAE of config.frozen_ae")
+        self.autoencoder.load_state_dict(autoencoder.state_dict())
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.autoencoder.eval()
+        return self
+
+    def latent(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.encode(x_BCHW)
+
+    def decode_latent(self, f_hat_BCSS: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode(f_hat_BCSS)
+
+    def forward(self, x_BCHW: torch.Tensor, y_B: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Training pass: {loss (the VQ loss), vq_loss, latent_mse |f_hat - f|^2, recon_mse of the decoded
+        f_hat, usage, perplexity}."""
+        self.check_images(x_BCHW)
+        with torch.no_grad():
+            f = self.latent(x_BCHW)
+        f_hat, tokens, vq_loss, rests = self.quantize(f)
+        with torch.no_grad():
+            recon = F.mse_loss(self.decode_latent(f_hat), x_BCHW)
+        usage, ppl = usage_stats(tokens, self.config.vocab_size)
+        if self.training:
+            self._update_codebook(tokens, rests)
+        return {"loss": vq_loss, "vq_loss": vq_loss.detach(), "latent_mse": F.mse_loss(f_hat, f).detach(),
+                "recon_mse": recon, "usage": usage, "perplexity": ppl}
