@@ -42,8 +42,8 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     opt("--arms", extra="; comma-separated, from " + ", ".join(ARMS))
     add("--design", choices=sorted(DESIGNS),
         help="a named set of arms instead of --arms: published = " + ",".join(DESIGNS["published"]) +
-             "; attribution = " + ",".join(DESIGNS["attribution"]) + " (the arms that change one factor at a time, "
-             "and the hybrid; default: none)")
+             "; attribution = " + ",".join(DESIGNS["attribution"]) + " (the arms that change one factor at a time "
+             "from VAR to FlowAR, and the hybrid; default: none)")
     opt("--head-width", type=int)
     opt("--samples", type=int, extra="; --quick: 100")
     add("--steps", type=int, help=f"training steps of each generator, autoencoders get half (default: {d.var_steps})")

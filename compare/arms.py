@@ -251,9 +251,9 @@ FACTORS = tuple(zip(("latent: VAR's tokenizer - FlowAR's autoencoder", "schedule
     ("flow head: transformer - MLP", "flowar", "flowar-mlp"),
     ("continuous residual: HART - its tokens alone", "hart", "var-flowae"),
 )
-# The opt-in designs (--design): arms run together. "attribution" runs the chain, the other schedule
-# arms, the MLP head and the hybrid.
-DESIGNS = {"published": DEFAULT_ARMS, "attribution": CHAIN + ("var-doubling", "flowar-varsched", "flowar-mlp", "hart")}
+# Named sets of arms (--design): "attribution" is the chain and the hybrid; the other factor arms
+# (var-doubling, flowar-varsched, flowar-mlp) join with --arms.
+DESIGNS = {"published": DEFAULT_ARMS, "attribution": CHAIN + ("hart",)}
 # The arm whose best row every other arm's rows are matched against (in head NFE and ms/img) in the
 # paired comparisons: the discrete-token baseline.
 ANCHOR = "var"
