@@ -82,17 +82,17 @@ def recipe(seed: int = 0, ae_steps: int | None = None, gen_steps: int | None = N
            gen_batch: int = 32, progress: bool = True) -> tuple[TrainConfig, TrainConfig]:
     """The project's one training recipe, (autoencoder, generator), for every family (VAR's tokenizer
     and VAR, FlowAR's autoencoder and FlowAR) and every command: AdamW at lr 2e-3 / 1e-3 with linear
-    warmup (20 / 50 steps, clipped to the run) and cosine decay; the generator keeps an EMA (decay 0.99)
-    when it trains 300 steps or more (over fewer, an EMA of horizon ~100 steps still mostly averages
+    warmup (20 / 50 steps, at most a quarter of the run) and cosine decay; the generator keeps an EMA
+    (decay 0.99) when it trains 300 steps or more (over fewer, an EMA of horizon ~100 steps still mostly averages
     the untrained start). Sized for digits on 2 CPU cores at the default steps (None): 300 and 600.
     Both checkpoint every 10% of their steps, so a killed run loses at most a tenth of a stage (resuming
     gives the same numbers as an uninterrupted run)."""
     ae_steps = 300 if ae_steps is None else ae_steps
     gen_steps = 600 if gen_steps is None else gen_steps
-    ae = TrainConfig(steps=ae_steps, batch_size=ae_batch, lr=2e-3, warmup_steps=min(20, ae_steps), seed=seed,
-                     progress=progress, log_every=max(1, ae_steps // 5), ckpt_every=max(1, ae_steps // 10))
-    gen = TrainConfig(steps=gen_steps, batch_size=gen_batch, lr=1e-3, warmup_steps=min(50, gen_steps), seed=seed,
-                      ema_decay=0.99 if gen_steps >= 300 else 0.0, progress=progress,
+    ae = TrainConfig(steps=ae_steps, batch_size=ae_batch, lr=2e-3, warmup_steps=min(20, max(1, ae_steps // 4)),
+                     seed=seed, progress=progress, log_every=max(1, ae_steps // 5), ckpt_every=max(1, ae_steps // 10))
+    gen = TrainConfig(steps=gen_steps, batch_size=gen_batch, lr=1e-3, warmup_steps=min(50, max(1, gen_steps // 4)),
+                      seed=seed, ema_decay=0.99 if gen_steps >= 300 else 0.0, progress=progress,
                       log_every=max(1, gen_steps // 10), ckpt_every=max(1, gen_steps // 10))
     return ae, gen
 

@@ -5,6 +5,7 @@ import math
 import pytest
 
 from compare.__main__ import main, parse
+from compare.arms import CHAIN, FACTORS
 from compare.config import CompareConfig
 
 
@@ -81,26 +82,34 @@ def _finite(v):
 
 
 @pytest.mark.slow
-def test_schedule_arms_and_the_attribution_section(quick_run, tmp_path):
-    """The schedule factor's arms (VAR on the doubling schedule, FlowAR on VAR's) run beside the published
-    ones (reused from the shared run); FlowAR's schedule arm shares FlowAR's autoencoder checkpoint; the
-    attribution section pairs each factor's arms over seeds."""
+def test_factor_arms_the_hybrid_and_the_attribution_section(quick_run, tmp_path):
+    """Every factor arm and the hybrid run beside the published arms (reused from the shared run, one
+    seed): the schedule arms on the other's schedule, VAR's quantizer on FlowAR's autoencoder checkpoint
+    (the hybrid on the same quantizer), and the attribution whose chain adds up to the total."""
     out = _with_checkpoints_of(quick_run[0], tmp_path / "att")
-    main(["--quick", "--seeds", "2", "--arms", "var,var-doubling,flowar,flowar-varsched", "--out", str(out)])
+    arms = "var,var-flowae,var-flowae-doubling,flowar,hart,var-doubling,flowar-varsched"
+    main(["--quick", "--seeds", "1", "--arms", arms, "--out", str(out)])
     res = json.loads((out / "results.json").read_text())
     m = res["models"]
-    assert m["var-doubling"]["schedule"] == m["flowar"]["schedule"] == [1, 2, 4, 8]
-    assert m["flowar-varsched"]["schedule"] == m["var"]["schedule"] == [1, 2, 3, 4, 6, 8]
-    assert all(p["reused_checkpoints"] for arm in ("var", "flowar") for p in m[arm]["per_seed"])
-    for s in range(2):  # the FlowAR family's autoencoder is shared across schedules
-        assert m["flowar-varsched"]["per_seed"][s]["checkpoints"][0] == m["flowar"]["per_seed"][s]["checkpoints"][0]
+    assert m["var-doubling"]["schedule"] == m["var-flowae-doubling"]["schedule"] == m["flowar"]["schedule"] == [1, 2, 4, 8]
+    assert m["flowar-varsched"]["schedule"] == m["var-flowae"]["schedule"] == m["var"]["schedule"] == [1, 2, 3, 4, 6, 8]
+    assert all(m[arm]["per_seed"][0]["reused_checkpoints"] for arm in ("var", "flowar"))
+    ck = {arm: m[arm]["per_seed"][0]["checkpoints"] for arm in m}
+    for arm in ("flowar-varsched", "var-flowae", "var-flowae-doubling", "hart"):  # FlowAR's autoencoder, shared
+        assert ck[arm][0] == ck["flowar"][0], arm
+    assert ck["hart"][1] == ck["var-flowae"][1] != ck["var-flowae-doubling"][1]  # one quantizer per schedule
+    assert m["hart"]["ceiling"]["recon_mse"]["mean"] == m["flowar"]["ceiling"]["recon_mse"]["mean"]
+    assert m["var-flowae"]["ceiling"]["recon_mse"]["mean"] > m["flowar"]["ceiling"]["recon_mse"]["mean"]
+    hart_rows = {r["sampler"]: r for r in res["rows"] if r["model"] == "hart"}
+    assert hart_rows["cfg 0"]["head_nfe"]["mean"] == 6 + 8  # the last scale adds the residual's 8 Euler steps
     att = {f["factor"]: f for f in res["attribution"]}
-    assert list(att) == ["total: var - flowar", "schedule, discrete head: VAR's - doubling",
-                         "schedule, flow head: VAR's - doubling"]  # the head factor's MLP arm did not run
+    assert list(att) == ["total: var - flowar", *(f for f, a, b in FACTORS if a in m and b in m)]
+    chain = [att[f]["fid_diff"]["mean"] for f, a, b in FACTORS if (a, b) in set(zip(CHAIN, CHAIN[1:]))]
+    assert len(chain) == 3 and sum(chain) == pytest.approx(att["total: var - flowar"]["fid_diff"]["mean"], abs=1e-9)
     for f in att.values():
-        assert f["fid_diff"]["n"] == 2 and isinstance(f["fid_diff"]["resolved"], bool)
-    assert att["schedule, discrete head: VAR's - doubling"]["a"]["model"] == "var"
-    assert "## Attribution: one factor at a time" in (out / "report.md").read_text()
+        assert f["fid_diff"]["n"] == 1 and f["fid_diff"]["resolved"] is False and f["matched"]["b"]["model"] == f["b"]["model"]
+    report = (out / "report.md").read_text()
+    assert "## Attribution: one factor at a time" in report and "add up to the total, seed by seed" in report
 
 
 @pytest.mark.slow
