@@ -88,7 +88,7 @@ def test_factor_arms_the_hybrid_and_the_attribution_section(quick_run, tmp_path)
     (the hybrid on the same quantizer), and the attribution whose chain adds up to the total."""
     out = _with_checkpoints_of(quick_run[0], tmp_path / "att")
     arms = "var,var-flowae,var-flowae-doubling,flowar,hart,var-doubling,flowar-varsched"
-    main(["--quick", "--seeds", "1", "--arms", arms, "--out", str(out)])
+    main(["--quick", "--seeds", "1", "--samples", "40", "--arms", arms, "--out", str(out)])
     res = json.loads((out / "results.json").read_text())
     m = res["models"]
     assert m["var-doubling"]["schedule"] == m["var-flowae-doubling"]["schedule"] == m["flowar"]["schedule"] == [1, 2, 4, 8]

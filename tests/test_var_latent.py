@@ -9,6 +9,7 @@ from flowar.pipeline import flowar_paper_configs, train_autoencoder
 from nextscale.autoencoder import ConvAEConfig
 from nextscale.backbone import BackboneConfig
 from nextscale.data import load_dataset
+from nextscale.scales import resize
 from nextscale.train import TrainConfig
 from var.hybrid import HybridConfig, HybridSampling, HybridVAR
 from var.latent import LatentVQ, LatentVQConfig, latent_vq_config
@@ -85,7 +86,10 @@ def test_the_latent_is_reconstructed_better_as_scales_are_added(trained):
         f = vq.latent(x)
         tokens = vq.encode(x)
         f_hat, errs = torch.zeros_like(f), []
-        for k, t in enumerate(tokens):
+        for k, (t, s) in enumerate(zip(tokens, vq.config.schedule)):
+            r = resize(f - f_hat, s)  # scale k quantizes what the coarser scales left (f - f_hat sums in
+            idx = vq.nearest(r.permute(0, 2, 3, 1).reshape(-1, r.shape[1])).view(-1, s, s)  # another order: near-ties
+            assert (idx == t).float().mean() > 0.99, k                                    # may flip a token)
             f_hat = f_hat + vq.contribution(k, t)
             errs.append(float((f - f_hat).pow(2).mean()))
     assert all(b < a for a, b in zip(errs, errs[1:])), errs
@@ -100,7 +104,8 @@ def test_the_hybrids_residual_head_beats_the_tokens_alone(trained):
     ceiling = float((ae.reconstruct(x) - x).pow(2).mean())
     keep = torch.ones(len(x), 1, 8, 8, dtype=torch.bool)  # every token teacher-forced: only the residual is drawn
     with_residual = float((hart.inpaint(x, keep, y, cfg_scale=0.0, seed=0)[0] - x).pow(2).mean())
-    assert ceiling < with_residual < tokens_only, (ceiling, with_residual, tokens_only)
+    # a drawn residual, not its mean: about 8% better than the tokens alone after this short training
+    assert ceiling < with_residual < 0.97 * tokens_only, (ceiling, with_residual, tokens_only)
     assert torch.equal(hart.reconstruct(x), ae.reconstruct(x))
 
 
