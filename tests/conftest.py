@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -5,7 +6,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/toy.py and friends
-torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# Under pytest-xdist (pyproject's addopts: 2 worker processes, whole files per worker, so a module's
+# shared fixture is built once) each worker takes one thread; run with -n 0, up to two.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")
