@@ -73,8 +73,9 @@ def _flowar_head_alone(model, batch: int, dev):
 @dataclass(frozen=True)
 class Family:
     """What every arm of one model family shares: its autoencoder (named ``name``: families of one name
-    share its checkpoint when their autoencoder configs agree), trainers, model classes, the CompareConfig fields holding its training budgets, the
-    keywords every sampler row starts from, and the model's hot head evaluation (compiled, timed)."""
+    share its checkpoint when their autoencoder configs agree), trainers, model classes, the
+    CompareConfig fields holding its training budgets, the keywords every sampler row starts from, and
+    the model's hot head evaluation (compiled, timed)."""
     name: str
     model: type
     config: type                      # generator config: the fields an arm override may set

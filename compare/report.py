@@ -106,7 +106,8 @@ def attribution_section(results: dict) -> list[str]:
     if len(att) < 2:
         return []
     lines = ["## Attribution: one factor at a time", "",
-             "| factor | A [best row] | B [best row] | FID A - B | recall A - B | B at A's ms/img | FID A - B there |",
+             "| factor | A [best row] | B [best row] | FID A - B | recall A - B | B at A's ms/img "
+             "| FID A - B there |",
              "|---|---|---|---|---|---|---|"]
     for f in att:
         m = f["matched"]

@@ -35,6 +35,7 @@ CASES = [
     (compare_main, ["--seeds", "0"], "error: seeds must lie in [1, 2147483648], got 0"),
     (compare_main, ["--seed", str(10**15)], "error: seed must lie in [0, 2147483647], got 1000000000000000"),
     (compare_main, ["--seed", str(2**31 - 1), "--seeds", "2"], "error: seeds must lie in [1, 1], got 2"),
+    (compare_main, ["--design", "attribution", "--arms", "var"], "error: give --arms or --design, not both"),
 ]
 # every command and every bad device string: one line naming what this machine has
 CASES += [(m, ["--device", d], "error: device must be cpu") for m in (var_main, flowar_main, compare_main)

@@ -31,10 +31,10 @@ def test_inception_space_and_reference_statistics(tmp_path, capsys, monkeypatch)
     d = load_digits(side=16, seed=0)  # a small data set keeps the 299x299 Inception passes short on a CPU
     small = tmp_path / "small.npz"
     keep = d.y_train < 3
-    np.savez(small, x=((d.x_train[keep][:60, 0] + 1) * 127.5).round().to(torch.uint8).numpy(),
-             y=d.y_train[keep][:60].numpy())
+    np.savez(small, x=((d.x_train[keep][:50, 0] + 1) * 127.5).round().to(torch.uint8).numpy(),
+             y=d.y_train[keep][:50].numpy())
     out = tmp_path / "inc"
-    argv = ["--quick", "--seeds", "1", "--samples", "12", "--arms", "var", "--out", str(out), "--inception", str(weights),
+    argv = ["--quick", "--seeds", "1", "--samples", "10", "--arms", "var", "--out", str(out), "--inception", str(weights),
             "--data", str(small)]
     for bad, msg in ((["--inception", str(tmp_path / "none.pth")], "error: inception: no InceptionV3 FID weights at"),
                      (["--reference-stats", str(tmp_path / "none.npz")], "error: no statistics file at")):
