@@ -23,6 +23,7 @@ from flowar.autoencoder import ContinuousAE
 from flowar.model import FlowAR, FlowARConfig
 from flowar.sampling import FlowSampling
 from flowar.pipeline import PAPER_SAMPLING, flowar_paper_configs, train_autoencoder, train_flowar
+from nextscale.config import config_as
 from nextscale.scales import default_schedule, doubling_schedule
 from var.hybrid import HybridConfig, HybridSampling, HybridVAR
 from var.latent import LatentVQ, latent_vq_config
@@ -159,7 +160,7 @@ def _on_flowar_latent(gen_type=VARConfig):
     def make(data, backbone):
         vq, gen = var_configs(data, backbone)
         ae, _ = flowar_paper_configs(data, backbone)  # FlowAR's autoencoder does not depend on the schedule
-        return latent_vq_config(ae, vq), gen_type(**{f.name: getattr(gen, f.name) for f in fields(gen)})
+        return latent_vq_config(ae, vq), config_as(gen_type, gen)
     return make
 
 

@@ -90,6 +90,12 @@ def config_to_dict(cfg) -> dict:
     return {k: plain(v) for k, v in asdict(cfg).items()}
 
 
+def config_as(cls, cfg, **extra):
+    """A ``cls`` config (a subclass of ``cfg``'s class) with ``cfg``'s field values, ``extra`` replacing or
+    adding fields: e.g. a VAR config widened to the hybrid's, validated as ``cls``."""
+    return cls(**{**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, **extra})
+
+
 def config_from_dict(cls, d: dict):
     """Inverse of :func:`config_to_dict` for a dataclass whose sequence fields are tuples."""
     names = {f.name for f in fields(cls)}

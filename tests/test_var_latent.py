@@ -8,6 +8,7 @@ from flowar.autoencoder import AEConfig, ContinuousAE
 from flowar.pipeline import flowar_paper_configs, train_autoencoder
 from nextscale.autoencoder import ConvAEConfig
 from nextscale.backbone import BackboneConfig
+from nextscale.config import config_as
 from nextscale.data import load_dataset
 from nextscale.scales import resize
 from nextscale.train import TrainConfig
@@ -74,7 +75,7 @@ def trained():
     fast = dict(batch_size=64, lr=2e-3, warmup_steps=10, progress=False)
     ae = train_autoencoder(data, ae_cfg, TrainConfig(steps=150, **fast))
     vq = train_latent_tokenizer(data, latent_vq_config(ae_cfg, vq_cfg), TrainConfig(steps=100, **fast), base=ae)
-    hart = train_var(data, vq, HybridConfig(**var_cfg.__dict__), TrainConfig(steps=250, **fast), model_cls=HybridVAR)
+    hart = train_var(data, vq, config_as(HybridConfig, var_cfg), TrainConfig(steps=250, **fast), model_cls=HybridVAR)
     return data, ae, vq, hart
 
 

@@ -11,14 +11,14 @@ autoencoder's normalised latent (unit variance, as FlowAR's generator sees it).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from flowar.autoencoder import AEConfig, ContinuousAE
 from nextscale.autoencoder import ConvAEConfig
-from nextscale.config import config_to_dict
+from nextscale.config import config_as, config_to_dict
 
 from .tokenizer import MultiScaleVQVAE, VQConfig, usage_stats
 
@@ -41,8 +41,7 @@ class LatentVQConfig(VQConfig):
 
 def latent_vq_config(frozen_ae: AEConfig, vq: VQConfig) -> LatentVQConfig:
     """``vq``'s quantizer settings (schedule, vocabulary, phi convs ...) on ``frozen_ae``'s latent."""
-    return LatentVQConfig(**{**{f.name: getattr(vq, f.name) for f in fields(vq)}, "ae": frozen_ae.ae,
-                             "frozen_ae": frozen_ae})
+    return config_as(LatentVQConfig, vq, ae=frozen_ae.ae, frozen_ae=frozen_ae)
 
 
 class LatentVQ(MultiScaleVQVAE):
