@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nextscale.autoencoder import ConvAEConfig, Decoder, Encoder, check_images
+from nextscale.autoencoder import ConvAEConfig, check_images, coder_config, make_coder
 from nextscale.config import check_choice, check_float
 
 KINDS = ("ae", "vae")
@@ -26,8 +26,7 @@ class AEConfig:
     kl_weight: float = 1e-4    # weight of the KL term (per latent element, like the MSE); vae only
 
     def __post_init__(self):
-        if not isinstance(self.ae, ConvAEConfig):
-            raise ValueError(f"ae must be a ConvAEConfig, got {type(self.ae).__name__}")
+        object.__setattr__(self, "ae", coder_config(self.ae))  # a dict: loaded from plain data
         check_choice("kind", self.kind, KINDS)
         check_float("kl_weight", self.kl_weight, 0)
 
@@ -47,8 +46,7 @@ class ContinuousAE(nn.Module):
             raise ValueError(f"config must be an AEConfig, got {type(config).__name__}")
         self.config = config
         C = config.latent_channels
-        self.encoder = Encoder(config.ae, out_channels=2 * C if config.kind == "vae" else C)
-        self.decoder = Decoder(config.ae)
+        self.encoder, self.decoder = make_coder(config.ae, out_channels=2 * C if config.kind == "vae" else C)
         self.register_buffer("scale_factor", torch.ones(()))  # set by calibrate(); saved with the weights
 
     def check_images(self, x_BCHW: torch.Tensor, name: str = "images", finite: bool = False) -> None:

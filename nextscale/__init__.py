@@ -1,5 +1,5 @@
 """nextscale: scale-wise autoregressive image generation, VAR and FlowAR on one backbone."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .backbone import Backbone, BackboneConfig, KVCache  # noqa: E402
 from .data import ImageData, load_dataset, load_digits  # noqa: E402

@@ -1,16 +1,21 @@
 """The conv encoder and decoder both tokenizers share (VAR's VQ-VAE, FlowAR's AE/VAE).
 
+Two coder families, each a config class with one (encoder, decoder) pair in ``CODERS``: this module's
+small ``ConvAEConfig`` (trained on small data in minutes) and ``nextscale.ldm.LDMConfig`` (the
+latent-diffusion coder the released VAR and FlowAR tokenizers use).
+
 Encoder: image (B, C_img, S, S) -> latent (B, C_lat, S / 2^down, S / 2^down); the decoder inverts it.
 Each head adds only its bottleneck (residual VQ for VAR, identity or KL for FlowAR).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 
-from .config import check_int
+from .config import check_int, config_from_dict
+from .ldm import LDMConfig, LDMDecoder, LDMEncoder
 
 
 @dataclass(frozen=True)
@@ -115,3 +120,31 @@ def check_images(x_BCHW, channels: int, side: int, name: str = "images", finite:
         lo, hi = float(x_BCHW.min()), float(x_BCHW.max())
         if lo < -1 - 1e-4 or hi > 1 + 1e-4:  # e.g. [0, 255] pixels would come back as values up to 255
             raise ValueError(f"{name} must lie in [-1, 1] (the models' pixel range), got [{lo:.4g}, {hi:.4g}]")
+
+
+
+def coder_families() -> dict:
+    """{config class: (encoder class, decoder class)} of the coder families."""
+    return {ConvAEConfig: (Encoder, Decoder), LDMConfig: (LDMEncoder, LDMDecoder)}
+
+
+def coder_config(value, name: str = "ae"):
+    """A coder config as given, or rebuilt from its plain data (a checkpoint's): the family that has all
+    the dict's fields. ``ValueError`` naming ``name`` for anything else."""
+    families = coder_families()
+    names = ", ".join(c.__name__ for c in families)
+    if isinstance(value, tuple(families)):
+        return value
+    if isinstance(value, dict):
+        for cls in families:
+            if set(value) <= {f.name for f in fields(cls)}:
+                return config_from_dict(cls, value)
+        raise ValueError(f"{name} fits no coder family ({names}): fields {sorted(value)}")
+    raise ValueError(f"{name} must be one of {names}, got {type(value).__name__}")
+
+
+def make_coder(cfg, out_channels: int | None = None) -> tuple[nn.Module, nn.Module]:
+    """(encoder, decoder) of a coder config; ``out_channels``: the encoder's (e.g. 2 x latent for a
+    Gaussian posterior)."""
+    enc, dec = coder_families()[type(cfg)]
+    return enc(cfg, out_channels), dec(cfg)

@@ -29,8 +29,7 @@ class LatentVQConfig(VQConfig):
 
     def __post_init__(self):
         if isinstance(self.frozen_ae, dict):  # loaded from plain data
-            d = self.frozen_ae
-            object.__setattr__(self, "frozen_ae", AEConfig(**{**d, "ae": ConvAEConfig(**d["ae"])}))
+            object.__setattr__(self, "frozen_ae", AEConfig(**self.frozen_ae))
         if not isinstance(self.frozen_ae, AEConfig):
             raise ValueError(f"frozen_ae must be an AEConfig, got {type(self.frozen_ae).__name__}")
         super().__post_init__()

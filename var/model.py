@@ -50,13 +50,17 @@ class VARConfig:
         check_float("label_smoothing", self.label_smoothing, 0, 1, hi_open=True)
 
 
+RNGS = ("inverse_cdf", "release")
+
+
 @dataclass(frozen=True)
 class VARSampling:
     """VAR's sampling settings, checked here (``ValueError`` naming the allowed values): guidance
     strength ``cfg_scale`` w >= 0 with ``cfg_schedule`` "linear" (w_k = w (k-1)/(K-1), the release's)
     or "constant"; ``top_k`` (None: off), ``top_p`` nucleus mass in (0, 1], ``temperature`` > 0;
     ``greedy`` takes the argmax (ignores temperature/top-k/top-p); ``use_cache`` False recomputes the
-    full teacher-forced pass at every scale (for checking the KV cache)."""
+    full teacher-forced pass at every scale (for checking the KV cache); ``rng`` "release" draws tokens
+    with ``torch.multinomial`` as VAR's release does (see :func:`sample_tokens`)."""
     cfg_scale: float = 1.5
     cfg_schedule: str = "linear"
     top_k: int | None = None
@@ -64,6 +68,7 @@ class VARSampling:
     temperature: float = 1.0
     greedy: bool = False
     use_cache: bool = True
+    rng: str = "inverse_cdf"        # "release": draw as VAR's release does (same seed, same tokens)
 
     def __post_init__(self):
         check_float("cfg_scale", self.cfg_scale, 0)
@@ -74,6 +79,7 @@ class VARSampling:
         check_float("temperature", self.temperature, 1e-4)  # below, logits / T overflow (greedy: the argmax)
         check_bool("greedy", self.greedy)
         check_bool("use_cache", self.use_cache)
+        check_choice("rng", self.rng, RNGS)
 
 
 def filter_logits(logits_NV: torch.Tensor, top_k: int | None = None, top_p: float = 1.0) -> torch.Tensor:
@@ -82,26 +88,29 @@ def filter_logits(logits_NV: torch.Tensor, top_k: int | None = None, top_p: floa
     if top_k is not None and top_k < logits_NV.shape[-1]:
         kth = logits_NV.topk(top_k, dim=-1).values[..., -1:]
         logits_NV = logits_NV.masked_fill(logits_NV < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_NV, order = logits_NV.sort(dim=-1, descending=True)
-        probs = sorted_NV.softmax(-1)
-        drop = probs.cumsum(-1) - probs >= top_p  # mass before this token already reaches top_p
-        drop[..., 0] = False
+    if top_p < 1.0:  # as the release computes it: drop the least likely tokens whose total stays <= 1 - top_p
+        sorted_NV, order = logits_NV.sort(dim=-1, descending=False)
+        drop = sorted_NV.softmax(-1).cumsum(-1) <= 1 - top_p
+        drop[..., -1] = False
         logits_NV = logits_NV.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return logits_NV
 
 
 def sample_tokens(logits_NV: torch.Tensor, generator: torch.Generator, *, top_k: int | None = None, top_p: float = 1.0,
-                  temperature: float = 1.0, greedy: bool = False) -> torch.Tensor:
+                  temperature: float = 1.0, greedy: bool = False, rng: str = "inverse_cdf") -> torch.Tensor:
     """One token per row: argmax when greedy, else a draw from the filtered, tempered softmax.
 
-    The draw inverts the cumulative distribution with one uniform number per row (O(V) adds;
+    ``rng="inverse_cdf"`` inverts the cumulative distribution with one uniform number per row (O(V) adds;
     ``torch.multinomial`` draws an exponential per vocabulary entry). Filtered-out tokens have
-    probability 0 and are never drawn: the first index whose cumulative mass exceeds u is taken."""
+    probability 0 and are never drawn: the first index whose cumulative mass exceeds u is taken.
+    ``rng="release"`` draws with ``torch.multinomial`` as VAR's release does: the same distribution, and
+    from the same seeded generator the same tokens as the release's."""
     if greedy:
         return logits_NV.argmax(-1)
     logits = logits_NV.float() if temperature == 1.0 else logits_NV.float() / temperature
     logits = filter_logits(logits, top_k, top_p)
+    if rng == "release":
+        return torch.multinomial(logits.softmax(-1), 1, replacement=True, generator=generator)[:, 0]
     cdf_NV = (logits - logits.amax(-1, keepdim=True)).exp_().cumsum_(-1)  # unnormalised
     total_N1 = cdf_NV[:, -1:]
     u_N1 = torch.rand(len(cdf_NV), 1, device=cdf_NV.device, generator=generator) * total_N1
@@ -205,7 +214,7 @@ class VAR(nn.Module):
                 c, u = logits.chunk(2)
                 logits = guide(c, u, ws[k])
             idx = sample_tokens(logits.flatten(0, 1), g, top_k=sp.top_k, top_p=sp.top_p, temperature=sp.temperature,
-                                greedy=sp.greedy).view(B, s, s)
+                                greedy=sp.greedy, rng=sp.rng).view(B, s, s)
             if keep_tokens is not None:
                 idx = torch.where(keep_masks_[k], keep_tokens[k], idx)
             tokens.append(idx)

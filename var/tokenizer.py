@@ -28,11 +28,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nextscale.autoencoder import ConvAEConfig, Decoder, Encoder, check_images
+from nextscale.autoencoder import ConvAEConfig, check_images, coder_config, make_coder
 from nextscale.config import check_choice, check_float, check_int
 from nextscale.scales import UPSAMPLE_MODES, maps_to_seq, num_tokens, resize, validate_schedule
 
@@ -54,10 +55,7 @@ class VQConfig:
     upsample: str = "bicubic"       # how token maps grow back to the latent side
 
     def __post_init__(self):
-        if isinstance(self.ae, dict):  # loaded from plain data
-            object.__setattr__(self, "ae", ConvAEConfig(**self.ae))
-        if not isinstance(self.ae, ConvAEConfig):
-            raise ValueError(f"ae must be a ConvAEConfig, got {type(self.ae).__name__}")
+        object.__setattr__(self, "ae", coder_config(self.ae))  # a dict: loaded from plain data
         object.__setattr__(self, "schedule", validate_schedule(self.schedule, self.ae.latent_side))
         check_int("vocab_size", self.vocab_size, 2)
         check_float("beta", self.beta, 0)
@@ -90,10 +88,13 @@ class Phi(nn.Conv2d):
 
 
 def phi_index(k: int, num_scales: int, phi_convs: int) -> int:
-    """Which shared phi scale k uses: the one whose tick (evenly spread in (0, 1)) is nearest k/(K-1)."""
+    """Which shared phi scale k uses: the one whose tick (evenly spread in (0, 1)) is nearest k/(K-1),
+    the first on a tie. As the release (``PhiPartiallyShared``): ticks from 1/(3n) to 1 - 1/(3n) for
+    n = 4 convs, from 1/(2n) otherwise, in float64, where its ten-scale schedule has exact ties that
+    float32 would break the other way (scales 3 and 8 of 10)."""
     at = k / (num_scales - 1) if num_scales > 1 else 0.0
-    ticks = torch.linspace(1 / 3 / phi_convs, 1 - 1 / 3 / phi_convs, phi_convs)
-    return int((ticks - at).abs().argmin())
+    edge = 1 / 3 / phi_convs if phi_convs == 4 else 1 / 2 / phi_convs
+    return int(np.argmin(np.abs(np.linspace(edge, 1 - edge, phi_convs) - at)))
 
 
 class MultiScaleVQVAE(nn.Module):
@@ -115,8 +116,7 @@ class MultiScaleVQVAE(nn.Module):
 
     def build_coder(self, config: VQConfig) -> None:
         """The encoder and decoder around the quantizer (trained with it; :mod:`var.latent`: a frozen one)."""
-        self.encoder = Encoder(config.ae)
-        self.decoder = Decoder(config.ae)
+        self.encoder, self.decoder = make_coder(config.ae)
 
     # ---- checks -------------------------------------------------------------------------------
     def check_images(self, x_BCHW: torch.Tensor, name: str = "images", finite: bool = False) -> None:

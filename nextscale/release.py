@@ -1,0 +1,68 @@
+"""What the released-checkpoint loaders (:mod:`var.release`, :mod:`flowar.release`) share: reading a state
+dict file safely, reordering packed rows, and placing renamed weights with an error that names the
+release's key and shapes (the first that does not fit) instead of ``load_state_dict``'s list."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+
+class Renamed(dict):
+    """A state dict in this project's names that remembers each entry's name in the release (``origin``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.origin: dict[str, str] = {}
+
+    def put(self, name: str, value: torch.Tensor, release_name: str) -> None:
+        self[name] = value
+        self.origin[name] = release_name
+
+
+def load_state_file(path: str | Path, name: str, map_location="cpu") -> dict[str, torch.Tensor]:
+    """The state dict in a release file (plain, or under "model" or "state_dict"), read with
+    ``weights_only`` (no code runs). ``ValueError`` naming ``name`` if the file is missing or is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{name}: no file at {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, pickled code
+        raise ValueError(f"{name}: {path} is not a readable state dict file: {str(e).splitlines()[0]}") from None
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
+        raise ValueError(f"{name}: {path} holds no state dict (a dict of tensors)")
+    return obj
+
+
+def permute_rows(w: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
+    """Reorder the len(order) equal row blocks of a packed projection (weight or bias)."""
+    return torch.cat([w.chunk(len(order))[i] for i in order])
+
+
+def check_state(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, keep: tuple[str, ...] = ()) -> None:
+    """Load ``state`` into ``module`` strictly, or raise one ``ValueError`` naming ``what`` and the first entry
+    that does not fit: an unexpected key, a shape that differs, or a missing key. Entries of the module whose
+    names end in one of ``keep`` (buffers the release has no counterpart of) keep their own values."""
+    own = module.state_dict()
+    origin = getattr(state, "origin", {})
+    named = lambda k: f"{origin[k]!r} (here {k!r})" if k in origin and origin[k] != k else repr(k)  # noqa: E731
+    for k, v in state.items():
+        if k not in own:
+            raise ValueError(f"{what} does not fit: key {named(k)} of shape {tuple(v.shape)} has no place here")
+        if v.shape != own[k].shape:
+            raise ValueError(f"{what} does not fit: key {named(k)} has shape {tuple(v.shape)}, expected "
+                             f"{tuple(own[k].shape)}")
+    full = dict(state)
+    for k, v in own.items():
+        if k not in full:
+            if not k.endswith(keep) or not keep:
+                raise ValueError(f"{what} does not fit: it lacks key {k!r} (shape {tuple(v.shape)})")
+            full[k] = v
+    module.load_state_dict(full)

@@ -1,0 +1,167 @@
+"""VAR's release (Tian et al. 2024, github.com/FoundationVision/VAR): its VQVAE and VAR checkpoints
+(``vae_ch160v4096z32.pth``, ``var_d16.pth`` ... ``var_d30.pth``) loaded into this project's
+:class:`~var.model.VAR`, and its sampling settings.
+
+:func:`load` reads the sizes from the files' shapes: the VQVAE's coder (an
+:class:`~nextscale.ldm.LDMConfig`), its vocabulary and shared phi convs; VAR's width (64 d), depth d, heads
+(d, from the ``attn_l2_norm`` scales), classes and its ten-scale schedule. Teacher-forced logits, token
+maps and decoded images equal the release's (``tests/test_var_release.py``, fixtures made by
+``tools/var_golden.py`` from the release's code). The name map (release -> here):
+
+| release | here |
+|---|---|
+| ``encoder.*`` / ``decoder.*`` (ldm names) | the same |
+| ``quant_conv`` / ``post_quant_conv`` | ``encoder.quant_conv`` / ``decoder.post_quant_conv`` |
+| ``quantize.embedding`` / ``quantize.quant_resi.qresi_ls.i`` | ``codebook`` / ``phis.i`` |
+| ``class_emb``, ``pos_start``, ``pos_1LC``, ``lvl_embed``, ``word_embed`` | ``backbone.{class_emb, pos_start, pos_emb, level_emb, word_emb}`` |
+| ``blocks.i.attn.mat_qkv`` + ``q_bias``, ``v_bias`` (k bias 0) | ``backbone.blocks.i.qkv`` |
+| ``blocks.i.attn.scale_mul_1H11`` / ``proj`` / ``ffn.fc1``, ``fc2`` | ``...qk_log_scale`` / ``proj`` / ``mlp.0``, ``mlp.2`` |
+| ``blocks.i.ada_lin.1`` rows (gamma1, gamma2, scale1, scale2, shift1, shift2) | ``...ada.1`` rows (shift1, scale1, gamma1, shift2, scale2, gamma2) |
+| ``head_nm.ada_lin.1`` rows (scale, shift) / ``head`` | ``backbone.ada_out.1`` rows (shift, scale) / ``head`` |
+
+Not read from the files (the release's constants): phi's residual ratio 0.5, bicubic upsampling,
+label dropout 0.1, stochastic depth 0.1 d / 24. Buffers the release derives (``lvl_1L``, the attention
+mask, ``zero_k_bias``, the VQVAE's hit counters) are ignored.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from nextscale.backbone import BackboneConfig
+from nextscale.ldm import LDMConfig
+from nextscale.release import Renamed, check_state, load_state_file, permute_rows
+
+from .model import VAR, VARConfig, VARSampling
+from .tokenizer import MultiScaleVQVAE, VQConfig
+
+SCHEDULE = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+# the release's FID evaluation (README): cfg 1.5 ramped linearly over the scales, top-k 900, top-p 0.96
+RELEASE_SAMPLING = VARSampling(cfg_scale=1.5, cfg_schedule="linear", top_k=900, top_p=0.96)
+_IGNORED = re.compile(r"^(lvl_1L|attn_bias_for_masking|blocks\.\d+\.attn\.zero_k_bias|quantize\.ema_vocab_hit_SV)$")
+
+
+def _count(state: Mapping, pattern: str) -> int:
+    return len({m[1] for k in state if (m := re.match(pattern, k))})
+
+
+def _shape(state: Mapping, key: str, what: str) -> torch.Size:
+    if key not in state:
+        raise ValueError(f"not a {what} state dict: it has no key {key!r}")
+    return state[key].shape
+
+
+def vqvae_config_from_release(state: Mapping[str, torch.Tensor]) -> VQConfig:
+    """The :class:`VQConfig` of a release VQVAE state dict, read from its shapes."""
+    what = "VAR VQVAE"
+    ch, image_channels = _shape(state, "encoder.conv_in.weight", what)[:2]
+    levels = _count(state, r"^encoder\.down\.(\d+)\.")
+    ch_mult = tuple(_shape(state, f"encoder.down.{i}.block.0.conv1.weight", what)[0] // ch for i in range(levels))
+    latent, z = _shape(state, "quant_conv.weight", what)[:2]
+    coder = LDMConfig(image_channels=image_channels, image_side=SCHEDULE[-1] * 2 ** (levels - 1),
+                      latent_channels=latent, z_channels=z, ch=ch, ch_mult=ch_mult,
+                      res_blocks=_count(state, r"^encoder\.down\.0\.block\.(\d+)\."),
+                      encoder_level_attn=any(k.startswith(f"encoder.down.{levels - 1}.attn.") for k in state),
+                      decoder_level_attn=any(k.startswith(f"decoder.up.{levels - 1}.attn.") for k in state),
+                      quant_kernel=_shape(state, "quant_conv.weight", what)[-1])
+    phis = _count(state, r"^quantize\.quant_resi\.qresi_ls\.(\d+)\.")
+    if not phis:
+        raise ValueError("the VQVAE's phi convs must be partially shared (quantize.quant_resi.qresi_ls.*, the "
+                         "release's share_quant_resi=4); this file has none")
+    return VQConfig(ae=coder, schedule=SCHEDULE, vocab_size=_shape(state, "quantize.embedding.weight", what)[0],
+                    phi_convs=phis, phi_residual_ratio=0.5, upsample="bicubic")
+
+
+_VQVAE_RENAMES = [(r"^quant_conv\.", "encoder.quant_conv."), (r"^post_quant_conv\.", "decoder.post_quant_conv."),
+                  (r"^quantize\.embedding\.", "codebook."), (r"^quantize\.quant_resi\.qresi_ls\.", "phis.")]
+
+
+def vqvae_state_from_release(state: Mapping[str, torch.Tensor]) -> Renamed:
+    """Release VQVAE names -> :class:`MultiScaleVQVAE` names (values unchanged)."""
+    out = Renamed()
+    for k, v in state.items():
+        if not _IGNORED.match(k):
+            new = k
+            for pat, rep in _VQVAE_RENAMES:
+                new = re.sub(pat, rep, new)
+            out.put(new, v, k)
+    return out
+
+
+def var_config_from_release(state: Mapping[str, torch.Tensor], vq: VQConfig) -> VARConfig:
+    """The :class:`VARConfig` of a release VAR state dict on the tokenizer ``vq``, read from its shapes."""
+    what = "VAR"
+    classes, width = _shape(state, "class_emb.weight", what)
+    depth = _count(state, r"^blocks\.(\d+)\.")
+    qk_norm = "blocks.0.attn.scale_mul_1H11" in state
+    heads = state["blocks.0.attn.scale_mul_1H11"].shape[1] if qk_norm else width // 64  # the release: d heads of 64
+    bb = BackboneConfig(schedule=SCHEDULE, in_dim=_shape(state, "word_embed.weight", what)[1],
+                        num_classes=classes - 1, width=width, depth=depth, heads=heads, qk_norm=qk_norm,
+                        drop_path=0.1 * depth / 24)
+    return VARConfig(backbone=bb, vocab_size=_shape(state, "head.weight", what)[0])
+
+
+_VAR_RENAMES = [
+    (r"^(class_emb|pos_start)\b", r"backbone.\1"), (r"^pos_1LC$", "backbone.pos_emb"),
+    (r"^lvl_embed\.", "backbone.level_emb."), (r"^word_embed\.", "backbone.word_emb."),
+    (r"^blocks\.(\d+)\.attn\.mat_qkv\.", r"backbone.blocks.\1.qkv."),
+    (r"^blocks\.(\d+)\.attn\.scale_mul_1H11$", r"backbone.blocks.\1.qk_log_scale"),
+    (r"^blocks\.(\d+)\.attn\.proj\.", r"backbone.blocks.\1.proj."),
+    (r"^blocks\.(\d+)\.ffn\.fc1\.", r"backbone.blocks.\1.mlp.0."), (r"^blocks\.(\d+)\.ffn\.fc2\.", r"backbone.blocks.\1.mlp.2."),
+    (r"^blocks\.(\d+)\.ada_lin\.1\.", r"backbone.blocks.\1.ada.1."),
+    (r"^head_nm\.ada_lin\.1\.", "backbone.ada_out.1."), (r"^head\.", "head."),
+]
+_ADA_ORDER = (4, 2, 0, 5, 3, 1)  # ours (shift1, scale1, gate1, shift2, scale2, gate2) from the release's chunks
+_HEAD_ORDER = (1, 0)             # ours (shift, scale) from the release's (scale, shift)
+
+
+def var_state_from_release(state: Mapping[str, torch.Tensor]) -> Renamed:
+    """Release VAR names -> :class:`VAR` names (backbone and head; the tokenizer comes from the VQVAE file)."""
+    out, qkv_bias = Renamed(), {}
+    for k, v in state.items():
+        if _IGNORED.match(k):
+            continue
+        if m := re.match(r"^blocks\.(\d+)\.attn\.([qv])_bias$", k):
+            qkv_bias.setdefault(m[1], {})[m[2]] = v
+            continue
+        for pat, rep in _VAR_RENAMES:
+            if re.match(pat, k):
+                new = re.sub(pat, rep, k)
+                if ".ada.1." in new:
+                    v = permute_rows(v, _ADA_ORDER)
+                elif ".ada_out.1." in new:
+                    v = permute_rows(v, _HEAD_ORDER)
+                out.put(new, v, k)
+                break
+        else:
+            out.put(k, v, k)  # no place here: check_state names it
+    for i, b in qkv_bias.items():
+        if set(b) != {"q", "v"}:
+            raise ValueError(f"blocks.{i}.attn needs both q_bias and v_bias, got {sorted(b)}")
+        out.put(f"backbone.blocks.{i}.qkv.bias", torch.cat([b["q"], torch.zeros_like(b["q"]), b["v"]]),
+                f"blocks.{i}.attn.q_bias")
+    return out
+
+
+def from_release_states(vae_state: Mapping, var_state: Mapping) -> VAR:
+    """A :class:`VAR` (with its tokenizer) holding the release's weights, sized from their shapes."""
+    vq_cfg = vqvae_config_from_release(vae_state)
+    tok = MultiScaleVQVAE(vq_cfg)
+    check_state(tok, vqvae_state_from_release(vae_state), "the VQVAE file",
+                keep=("hits_since_restart", "train_steps"))
+    model = VAR(var_config_from_release(var_state, vq_cfg), tok)
+    state = var_state_from_release(var_state)
+    for k, v in tok.state_dict().items():
+        state.put(f"tokenizer.{k}", v, f"tokenizer.{k}")
+    check_state(model, state, "the VAR file")
+    return model.eval()
+
+
+def load(vae_path: str | Path, var_path: str | Path, map_location="cpu") -> VAR:
+    """VAR-d16/20/24/30 from the release's files (``vae_ch160v4096z32.pth``, ``var_d{16,20,24,30}.pth``).
+    A file that does not fit is refused with a ``ValueError`` naming its first mismatching key and shape."""
+    return from_release_states(load_state_file(vae_path, "vae_path", map_location),
+                               load_state_file(var_path, "var_path", map_location))
