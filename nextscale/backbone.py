@@ -4,6 +4,8 @@ A decoder-only transformer over the concatenated token maps of all scales, with 
 attention (scale k sees scales <= k), class conditioning by adaptive layer norm and a KV cache
 for scale-by-scale sampling. Two options of the VAR release, both off by default: query/key L2
 normalisation with a learnable per-head scale (``qk_norm``) and stochastic depth (``drop_path``).
+:meth:`BackboneConfig.flowar_release` switches on the options of FlowAR's released AR transformer (Ren et
+al. 2025): RMSNorm, GEGLU, 2-D RoPE, class token, input RMSNorm, encoder + decoder stacks, no final adaLN.
 
 Inputs, as in VAR: scale 1 is the start token (the class embedding, broadcast over the first
 map's positions); scale k > 1 is an ``in_dim``-channel map the head provides (VAR: the running
@@ -20,8 +22,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import KINDS, attention, check_options
-from .config import check_choice, check_float, check_int
+from .config import check_bool, check_choice, check_float, check_int
+from .layers import GEGLU, RMSNorm, apply_rope, rope_2d
 from .scales import default_schedule, latent_side_of, level_ids, num_tokens, scale_slices, validate_schedule
+
+
+NORMS, MLPS, STARTS = ("layer", "rms"), ("gelu", "geglu"), ("pos_start", "class_token")
+# the options of FlowAR's released AR transformer (its mlp_ratio is 4 and its label drop 0.1, our defaults)
+FLOWAR_RELEASE = dict(norm="rms", mlp="geglu", rope=True, level_emb=False, start="class_token", in_norm=True,
+                      stacks=2, final_adaln=False)
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,15 @@ class BackboneConfig:
     attn_kind: str = "exact"
     qk_norm: bool = False       # VAR's attn_l2_norm: L2-normalised q, k with a learnable per-head scale
     drop_path: float = 0.0      # stochastic depth, rate rising linearly over the blocks to this value (VAR)
+    # Options of FlowAR's release (see flowar_release); the defaults are VAR's design.
+    norm: str = "layer"         # the blocks' (and the final adaLN's) norm, no parameters: "layer" or "rms"
+    mlp: str = "gelu"           # "gelu": Linear, GELU (tanh), Linear; "geglu": GELU-gated, hidden 2/3 as wide
+    rope: bool = False          # 2-D rotary embedding on q and k, each scale on the final grid's frame
+    level_emb: bool = True      # a learned embedding of each position's scale index, added to the input
+    start: str = "pos_start"    # scale 1: "pos_start" the class embedding + learned positions; "class_token"
+    in_norm: bool = False       # RMSNorm (with weight) of the embedded input, before the first block
+    stacks: int = 1             # the blocks in this many equal stacks; between two: RMSNorm, Linear, + positions
+    final_adaln: bool = True    # output adaLN from the class; False: the output is RMSNorm (with weight)
 
     def __post_init__(self):
         object.__setattr__(self, "schedule", validate_schedule(self.schedule))
@@ -55,6 +73,19 @@ class BackboneConfig:
         if not isinstance(self.qk_norm, bool):
             raise ValueError(f"qk_norm must be True or False, got {self.qk_norm!r}")
         check_float("drop_path", self.drop_path, 0, 1, hi_open=True)
+        check_choice("norm", self.norm, NORMS)
+        check_choice("mlp", self.mlp, MLPS)
+        check_choice("start", self.start, STARTS)
+        for name in ("rope", "level_emb", "in_norm", "final_adaln"):
+            check_bool(name, getattr(self, name))
+        if self.rope and (self.width // self.heads) % 4:
+            raise ValueError(f"rope needs a head dimension (width / heads) divisible by 4, "
+                             f"got {self.width // self.heads}")
+        if self.start == "class_token" and self.schedule[0] != 1:
+            raise ValueError(f"start='class_token' needs a schedule starting at side 1, got {self.schedule}")
+        check_int("stacks", self.stacks, 1)
+        if self.depth % self.stacks:
+            raise ValueError(f"depth ({self.depth}) must be divisible by stacks ({self.stacks})")
 
     @classmethod
     def for_images(cls, image_side: int, num_classes: int, latent_channels: int, **kw) -> "BackboneConfig":
@@ -62,6 +93,17 @@ class BackboneConfig:
         its latent (side ``image_side / 2``, ``latent_channels`` channels); ``kw``: width, depth, heads ..."""
         return cls(schedule=default_schedule(latent_side_of(image_side)), in_dim=latent_channels,
                    num_classes=num_classes, **kw)
+
+    @classmethod
+    def flowar_release(cls, schedule: tuple[int, ...], in_dim: int, width: int, depth: int, heads: int,
+                       num_classes: int = 1000, **kw) -> "BackboneConfig":
+        """The design of FlowAR's released AR transformer (``models/flowar.py``, ``FlowAR``): the class
+        embedding is the first token, then z_proj(x) + learned positions, RMSNorm with weight; ``depth``
+        blocks (RMSNorm, GEGLU, qkv bias, 2-D RoPE, adaLN from the class) in an encoder and a decoder stack
+        of depth / 2 each; the output is the decoder's RMSNorm. Release S: width 768, depth 6 + 6, 12 heads;
+        L: 1024, 8 + 8, 16; H: 1536, 15 + 15, 16. ``kw``: other fields (class_dropout ...)."""
+        return cls(schedule=schedule, in_dim=in_dim, num_classes=num_classes, width=width, depth=depth,
+                   heads=heads, **{**FLOWAR_RELEASE, **kw})
 
     @property
     def seq_len(self) -> int:
@@ -130,6 +172,11 @@ def drop_path(x_BLC: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 QK_SCALE_INIT, QK_SCALE_MAX = 4.0, 100.0
 
 
+def make_norm(kind: str, width: int) -> nn.Module:
+    """A norm without parameters: LayerNorm (VAR) or RMSNorm (FlowAR's release), eps 1e-6 both."""
+    return nn.LayerNorm(width, elementwise_affine=False, eps=1e-6) if kind == "layer" else RMSNorm(width)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block with adaLN-Zero conditioning (DiT)."""
 
@@ -138,21 +185,25 @@ class Block(nn.Module):
         C = cfg.width
         self.heads, self.attn_kind, self.dropout, self.drop_path = cfg.heads, cfg.attn_kind, cfg.dropout, drop_path
         self.attn_opts: dict = {}  # options of an approximate kind, see Backbone.set_attention
-        self.norm1 = nn.LayerNorm(C, elementwise_affine=False, eps=1e-6)
+        self.norm1 = make_norm(cfg.norm, C)
         self.qkv = nn.Linear(C, 3 * C)
         self.proj = nn.Linear(C, C)
-        self.norm2 = nn.LayerNorm(C, elementwise_affine=False, eps=1e-6)
-        hidden = int(C * cfg.mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(C, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, C))
+        self.norm2 = make_norm(cfg.norm, C)
+        if cfg.mlp == "geglu":
+            self.mlp = GEGLU(C, cfg.mlp_ratio)
+        else:
+            hidden = int(C * cfg.mlp_ratio)
+            self.mlp = nn.Sequential(nn.Linear(C, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, C))
         self.drop = nn.Dropout(cfg.dropout)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
         if cfg.qk_norm:  # log of the per-head logit scale
             self.qk_log_scale = nn.Parameter(torch.full((1, cfg.heads, 1, 1), math.log(QK_SCALE_INIT)))
 
     def forward(self, x_BLC, ada: tuple[torch.Tensor, ...], q_level, k_level, cache: KVCache | None = None,
-                layer: int = 0):
+                layer: int = 0, rope: tuple[torch.Tensor, torch.Tensor] | None = None):
         """``ada`` is ``ada_terms(self.ada(cond), 6)``: the block's adaLN shifts, 1 + scales and gates (the
-        backbone projects the class embedding once per pass or, with a cache, once per pyramid)."""
+        backbone projects the class embedding once per pass or, with a cache, once per pyramid). ``rope``:
+        (cos, sin) of the positions of ``x``, each (L, 1, d / 2), or None (no rotary embedding)."""
         sh1, sc1, g1, sh2, sc2, g2 = ada
         B, L, C = x_BLC.shape
         qkv_BL3Hd = self.qkv(modulate(self.norm1(x_BLC), sh1, sc1)).view(B, L, 3, self.heads, -1)
@@ -161,6 +212,9 @@ class Block(nn.Module):
             q, k, v = qkv_BL3Hd.unbind(2)
             q, k = F.normalize(q, dim=-1) * scale_1H11.transpose(1, 2), F.normalize(k, dim=-1)
             qkv_BL3Hd = torch.stack([q, k, v], 2)
+        if rope is not None:  # rotated before caching: a cached key keeps the rotation of its own position
+            q, k, v = qkv_BL3Hd.unbind(2)
+            qkv_BL3Hd = torch.stack([apply_rope(q, *rope), apply_rope(k, *rope), v], 2)
         q = qkv_BL3Hd[:, :, 0].transpose(1, 2)  # (B, H, L, d) views, no copies
         if cache is not None:
             k, v = cache.append(layer, qkv_BL3Hd[:, :, 1:])
@@ -175,21 +229,37 @@ class Block(nn.Module):
 
 
 class Backbone(nn.Module):
+    """The transformer over the pyramid. Parameters are created only for the options switched on, so a
+    default config has VAR's parameter names; ``blocks`` holds the blocks of every stack, in order (the
+    KV cache has one buffer per block)."""
+
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
         self.cfg = cfg
-        C = cfg.width
+        C, L = cfg.width, cfg.seq_len
         self.class_emb = nn.Embedding(cfg.num_classes + 1, C)  # last row: the null class
-        self.pos_start = nn.Parameter(torch.zeros(1, cfg.first_len, C))
+        if cfg.start == "pos_start":
+            self.pos_start = nn.Parameter(torch.zeros(1, cfg.first_len, C))
         self.word_emb = nn.Linear(cfg.in_dim, C)
-        self.pos_emb = nn.Parameter(torch.zeros(1, cfg.seq_len, C))
-        self.level_emb = nn.Embedding(len(cfg.schedule), C)
+        self.pos_emb = nn.Parameter(torch.zeros(1, L, C))
+        if cfg.level_emb:
+            self.level_emb = nn.Embedding(len(cfg.schedule), C)
+        if cfg.in_norm:
+            self.in_norm = RMSNorm(C, weight=True)
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
-        self.norm_out = nn.LayerNorm(C, elementwise_affine=False, eps=1e-6)
-        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))
+        if cfg.stacks > 1:  # what joins stack j to stack j + 1 (the release: encoder_norm, decoder_embed, its pos)
+            self.stack_norm = nn.ModuleList(RMSNorm(C, weight=True) for _ in range(cfg.stacks - 1))
+            self.stack_join = nn.ModuleList(nn.Linear(C, C) for _ in range(cfg.stacks - 1))
+            self.stack_pos = nn.ParameterList(nn.Parameter(torch.zeros(1, L, C)) for _ in range(cfg.stacks - 1))
+        if cfg.final_adaln:
+            self.norm_out = make_norm(cfg.norm, C)
+            self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))
+        else:
+            self.norm_out = RMSNorm(C, weight=True)
         self.register_buffer("levels", level_ids(cfg.schedule), persistent=False)
         self.slices = scale_slices(cfg.schedule)
+        self._rope: dict = {}  # device -> (cos, sin) of every position, built once
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -199,9 +269,11 @@ class Backbone(nn.Module):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Embedding):
                 nn.init.trunc_normal_(m.weight, std=0.02)
-        for p in (self.pos_start, self.pos_emb):
-            nn.init.trunc_normal_(p, std=0.02)
-        for ada in [b.ada for b in self.blocks] + [self.ada_out]:  # adaLN-Zero: blocks start as identity
+        for name, p in self.named_parameters():
+            if name in ("pos_start", "pos_emb") or name.startswith("stack_pos."):
+                nn.init.trunc_normal_(p, std=0.02)
+        ada_out = [self.ada_out] if self.cfg.final_adaln else []
+        for ada in [b.ada for b in self.blocks] + ada_out:  # adaLN-Zero: blocks start as identity
             nn.init.zeros_(ada[-1].weight)
             nn.init.zeros_(ada[-1].bias)
 
@@ -239,18 +311,49 @@ class Backbone(nn.Module):
 
     def embed(self, x_in_BlI: torch.Tensor | None, cond_BC: torch.Tensor, scale: int | None = None):
         """Token embeddings of the whole sequence (scale=None) or of one scale."""
-        B = cond_BC.shape[0]
+        cfg, B = self.cfg, cond_BC.shape[0]
         parts = []
         if scale in (None, 0):
-            parts.append(cond_BC[:, None] + self.pos_start.expand(B, -1, -1))
+            start = cond_BC[:, None]
+            parts.append(start + self.pos_start.expand(B, -1, -1) if cfg.start == "pos_start" else start)
         if scale != 0:
             parts.append(self.word_emb(x_in_BlI))
         x_BlC = torch.cat(parts, 1)
-        sl = slice(0, self.cfg.seq_len) if scale is None else self.slices[scale]
-        return x_BlC + self.pos_emb[:, sl] + self.level_emb(self.levels[sl])
+        sl = slice(0, cfg.seq_len) if scale is None else self.slices[scale]
+        x_BlC = x_BlC + self.pos_emb[:, sl]
+        if cfg.level_emb:
+            x_BlC = x_BlC + self.level_emb(self.levels[sl])
+        return self.in_norm(x_BlC) if cfg.in_norm else x_BlC
+
+    def rope_tables(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (L, 1, head_dim / 2): every scale's grid on the final grid's frame (positions
+        i * last side / side, as the release's), concatenated like the scales."""
+        key = str(device)
+        if key not in self._rope:
+            cfg = self.cfg
+            per_scale = [rope_2d(s, cfg.width // cfg.heads, frame=cfg.schedule[-1], device=device)
+                         for s in cfg.schedule]
+            self._rope[key] = tuple(torch.cat(t)[:, None] for t in zip(*per_scale))
+        return self._rope[key]
+
+    def trunk(self, x_BlC, ada: list, sl: slice, levels: torch.Tensor | None, cache: KVCache | None = None):
+        """The blocks of every stack on the positions ``sl`` (the whole sequence with its ``levels``, or one
+        scale after those in ``cache``); ``ada``: each block's :func:`ada_terms`."""
+        cfg = self.cfg
+        rope = tuple(t[sl] for t in self.rope_tables(x_BlC.device)) if cfg.rope else None
+        per_stack = cfg.depth // cfg.stacks
+        for i, blk in enumerate(self.blocks):
+            if i and i % per_stack == 0:  # into the next stack
+                j = i // per_stack - 1
+                x_BlC = self.stack_join[j](self.stack_norm[j](x_BlC)) + self.stack_pos[j][:, sl]
+            x_BlC = blk(x_BlC, ada[i], levels, levels, cache=cache, layer=i, rope=rope)
+        return x_BlC
 
     def head_out(self, x_BLC, cond_BC, ada_out: tuple[torch.Tensor, torch.Tensor] | None = None):
-        """Final adaLN; ``ada_out`` is ``ada_terms(self.ada_out(cond_BC), 2)`` if already computed."""
+        """Final adaLN; ``ada_out`` is ``ada_terms(self.ada_out(cond_BC), 2)`` if already computed. Without
+        ``final_adaln``: the RMSNorm (with weight) alone."""
+        if not self.cfg.final_adaln:
+            return self.norm_out(x_BLC)
         shift, scale1p = ada_terms(self.ada_out(cond_BC), 2) if ada_out is None else ada_out
         return modulate(self.norm_out(x_BLC), shift, scale1p)
 
@@ -263,8 +366,7 @@ class Backbone(nn.Module):
                              f"got {tuple(x_in_BlI.shape)}")
         cond = self.condition(y_B)
         x = self.embed(x_in_BlI, cond)
-        for blk in self.blocks:
-            x = blk(x, ada_terms(blk.ada(cond), 6), self.levels, self.levels)
+        x = self.trunk(x, [ada_terms(blk.ada(cond), 6) for blk in self.blocks], slice(0, cfg.seq_len), self.levels)
         return self.head_out(x, cond)
 
     def new_cache(self) -> KVCache:
@@ -284,9 +386,8 @@ class Backbone(nn.Module):
                              f"{self.cfg.in_dim}), got {tuple(x_in_BlI.shape)}")
         if cache.cond is not cond_BC:  # the class embedding is projected once per pyramid, not per scale
             cache.cond = cond_BC
-            cache.ada = [ada_terms(blk.ada(cond_BC), 6) for blk in self.blocks] + [ada_terms(self.ada_out(cond_BC), 2)]
-        x = self.embed(x_in_BlI, cond_BC, scale=k)
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, cache.ada[i], None, None, cache=cache, layer=i)
+            out = ada_terms(self.ada_out(cond_BC), 2) if self.cfg.final_adaln else None
+            cache.ada = [ada_terms(blk.ada(cond_BC), 6) for blk in self.blocks] + [out]
+        x = self.trunk(self.embed(x_in_BlI, cond_BC, scale=k), cache.ada, self.slices[k], None, cache)
         cache.next_scale = k + 1
         return self.head_out(x, cond_BC, cache.ada[-1])

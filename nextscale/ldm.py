@@ -18,6 +18,7 @@ quant conv and the decoder starts with the post-quant conv, so each maps image <
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 import torch.nn as nn
@@ -84,6 +85,33 @@ def mar_kl16_coder(ch: int = 128, latent_channels: int = 16, image_side: int = 2
     """The coder of MAR's KL-16 VAE (``kl16.ckpt``), FlowAR's tokenizer (build it with a Gaussian posterior)."""
     return LDMConfig(image_side=image_side, latent_channels=latent_channels, z_channels=latent_channels, ch=ch,
                      ch_mult=ch_mult, decoder_level_attn=False, quant_kernel=1)
+
+
+def ldm_config_from_state(state: Mapping[str, torch.Tensor], latent_side: int, gaussian: bool,
+                          what: str) -> LDMConfig:
+    """The :class:`LDMConfig` of an ldm-style state dict (``encoder.*``, ``decoder.*``, ``quant_conv``),
+    read from its shapes; ``gaussian``: the quant conv carries a mean and a log-variance (MAR's KL VAE).
+    ``latent_side`` fixes the image side (it is not in the shapes). ``ValueError`` naming ``what`` if a
+    key the reading needs is absent."""
+    def shape(key):
+        if key not in state:
+            raise ValueError(f"not a {what} state dict: it has no key {key!r}")
+        return state[key].shape
+
+    def count(prefix):
+        return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
+
+    ch, image_channels = shape("encoder.conv_in.weight")[:2]
+    levels = count("encoder.down.")
+    out, z = shape("quant_conv.weight")[:2]
+    mult = 2 if gaussian else 1
+    return LDMConfig(image_channels=image_channels, image_side=latent_side * 2 ** (levels - 1),
+                     latent_channels=out // mult, z_channels=z // mult, ch=ch,
+                     ch_mult=tuple(shape(f"encoder.down.{i}.block.0.conv1.weight")[0] // ch for i in range(levels)),
+                     res_blocks=count("encoder.down.0.block."),
+                     encoder_level_attn=count(f"encoder.down.{levels - 1}.attn.") > 0,
+                     decoder_level_attn=count(f"decoder.up.{levels - 1}.attn.") > 0,
+                     quant_kernel=shape("quant_conv.weight")[-1])
 
 
 def _norm(channels: int) -> nn.GroupNorm:

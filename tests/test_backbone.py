@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nextscale.backbone import Backbone, BackboneConfig
+from nextscale.backbone import FLOWAR_RELEASE, Backbone, BackboneConfig
 from nextscale.cost import count_flops, count_params
 
 
@@ -15,6 +15,14 @@ def randomized(cfg: BackboneConfig, seed=0) -> Backbone:
         for p in m.parameters():
             p.normal_(0, 0.2)
     return m
+
+
+# FlowAR's release options in three stacks; a class token needs a schedule that starts at side 1
+RELEASE_OPTIONS = dict(FLOWAR_RELEASE, stacks=3)
+
+
+def release_options(schedule):
+    return RELEASE_OPTIONS if schedule[0] == 1 else dict(RELEASE_OPTIONS, start="pos_start")
 
 
 def inputs(cfg, B=3, seed=1):
@@ -34,8 +42,10 @@ def test_config_validation(bad, field):
 
 
 @pytest.mark.parametrize("schedule", [(1, 2, 3, 4, 6, 8), (1, 2, 4, 8, 16), (2, 3, 5)])
-def test_block_causal_no_leak_from_later_scales(schedule):
-    cfg = BackboneConfig(schedule=schedule, in_dim=3, width=32, depth=2, heads=2)
+@pytest.mark.parametrize("release", [False, True])
+def test_block_causal_no_leak_from_later_scales(schedule, release):
+    options = dict(release_options(schedule), stacks=2) if release else {}
+    cfg = BackboneConfig(schedule=schedule, in_dim=3, width=32, depth=2, heads=2, **options)
     m = randomized(cfg)
     x, y = inputs(cfg), torch.tensor([0, 3, 10])
     h = m(x, y)
@@ -51,8 +61,11 @@ def test_block_causal_no_leak_from_later_scales(schedule):
 
 
 @pytest.mark.parametrize("schedule", [(1, 2, 3, 4, 6, 8), (1, 2, 4, 8, 16), (2, 3, 5)])
-@pytest.mark.parametrize("options", [dict(), dict(qk_norm=True, drop_path=0.3)])
+@pytest.mark.parametrize("options", [dict(), dict(qk_norm=True, drop_path=0.3), "release"])
 def test_kv_cache_matches_teacher_forced_pass(schedule, options):
+    """Also with FlowAR's release options (RoPE rotates each scale's keys before they are cached; the
+    cache holds the blocks of every stack)."""
+    options = release_options(schedule) if options == "release" else options
     cfg = BackboneConfig(schedule=schedule, in_dim=4, width=64, depth=3, heads=4, **options)
     m = randomized(cfg)
     x, y = inputs(cfg), torch.tensor([1, 7, 10])

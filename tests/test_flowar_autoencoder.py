@@ -73,8 +73,11 @@ def test_validation():
         AEConfig(TINY, kind="vqvae")
     with pytest.raises(ValueError, match=r"kl_weight must lie in \[0, inf\)"):
         AEConfig(TINY, kl_weight=-1.0)
-    with pytest.raises(ValueError, match="ConvAEConfig"):
-        AEConfig(ae={"latent_channels": 4})
+    with pytest.raises(ValueError, match="ae must be one of ConvAEConfig, LDMConfig, got int"):
+        AEConfig(ae=4)
+    with pytest.raises(ValueError, match=r"ae fits no coder family \(ConvAEConfig, LDMConfig\): fields \['width'\]"):
+        AEConfig(ae={"width": 4})  # plain data (a checkpoint's) rebuilds the family whose fields it has
+    assert AEConfig(ae={"latent_channels": 4}).ae == ConvAEConfig(latent_channels=4)
     ae = ContinuousAE(AEConfig(TINY))
     with pytest.raises(ValueError, match=r"images must have shape \(B, 1, 8, 8\)"):
         ae.encode(torch.zeros(2, 1, 16, 16))

@@ -32,7 +32,7 @@ from typing import Mapping
 import torch
 
 from nextscale.backbone import BackboneConfig
-from nextscale.ldm import LDMConfig
+from nextscale.ldm import ldm_config_from_state
 from nextscale.release import Renamed, check_state, load_state_file, permute_rows
 
 from .model import VAR, VARConfig, VARSampling
@@ -56,22 +56,12 @@ def _shape(state: Mapping, key: str, what: str) -> torch.Size:
 
 def vqvae_config_from_release(state: Mapping[str, torch.Tensor]) -> VQConfig:
     """The :class:`VQConfig` of a release VQVAE state dict, read from its shapes."""
-    what = "VAR VQVAE"
-    ch, image_channels = _shape(state, "encoder.conv_in.weight", what)[:2]
-    levels = _count(state, r"^encoder\.down\.(\d+)\.")
-    ch_mult = tuple(_shape(state, f"encoder.down.{i}.block.0.conv1.weight", what)[0] // ch for i in range(levels))
-    latent, z = _shape(state, "quant_conv.weight", what)[:2]
-    coder = LDMConfig(image_channels=image_channels, image_side=SCHEDULE[-1] * 2 ** (levels - 1),
-                      latent_channels=latent, z_channels=z, ch=ch, ch_mult=ch_mult,
-                      res_blocks=_count(state, r"^encoder\.down\.0\.block\.(\d+)\."),
-                      encoder_level_attn=any(k.startswith(f"encoder.down.{levels - 1}.attn.") for k in state),
-                      decoder_level_attn=any(k.startswith(f"decoder.up.{levels - 1}.attn.") for k in state),
-                      quant_kernel=_shape(state, "quant_conv.weight", what)[-1])
+    coder = ldm_config_from_state(state, SCHEDULE[-1], gaussian=False, what="VAR VQVAE")
     phis = _count(state, r"^quantize\.quant_resi\.qresi_ls\.(\d+)\.")
     if not phis:
         raise ValueError("the VQVAE's phi convs must be partially shared (quantize.quant_resi.qresi_ls.*, the "
                          "release's share_quant_resi=4); this file has none")
-    return VQConfig(ae=coder, schedule=SCHEDULE, vocab_size=_shape(state, "quantize.embedding.weight", what)[0],
+    return VQConfig(ae=coder, schedule=SCHEDULE, vocab_size=_shape(state, "quantize.embedding.weight", "VAR VQVAE")[0],
                     phi_convs=phis, phi_residual_ratio=0.5, upsample="bicubic")
 
 

@@ -1,0 +1,107 @@
+"""FlowAR's released model (AR transformer, flow head) and MAR's KL VAE load through ``flowar.release.load``
+and compute what the release computes.
+
+``tests/data/flowar_model_golden.pt`` was made by ``tools/flowar_model_golden.py`` from the release's own
+code at a tiny size with random weights: MAR's ``AutoencoderKL`` and the release's ``FlowAR`` run through
+its training pass, the loss replaced by a recorder of the head's velocity at fixed inputs at every scale.
+Tolerances, relative to the largest magnitude where it exceeds 1: latents and velocities within 1e-5,
+images within 1e-4.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from flowar.release import RELEASE_SAMPLING, SCALE_FACTOR, from_release_states, load, release_size, sampling_for
+from nextscale.scales import pyramid, scale_slices
+
+GOLDEN = torch.load(Path(__file__).parent / "data" / "flowar_model_golden.pt", weights_only=True)
+
+
+def release_state(entry: dict) -> dict[str, torch.Tensor]:
+    """Weights stored as int8 grid values (q, e) -> q * 2^-e; large buffers stored as a shape -> zeros."""
+    out = {}
+    for k, v in entry.items():
+        if isinstance(v, torch.Size):
+            out[k] = torch.zeros(v)
+        elif isinstance(v, (tuple, list)):
+            out[k] = v[0].float() * 2.0 ** -v[1]
+        else:
+            out[k] = v
+    return out
+
+
+def flowar_state():
+    state = release_state(GOLDEN["flowar"])
+    state.pop("mask")  # stored as its shape only; the loader checks a real one (tests/test_backbone_release.py)
+    return state
+
+
+@pytest.fixture(scope="module")
+def model():
+    return from_release_states(flowar_state(), release_state(GOLDEN["vae"]["model"]), heads=GOLDEN["heads"])
+
+
+def close(a, b, atol):
+    torch.testing.assert_close(a, b, rtol=0, atol=atol * max(1.0, float(b.abs().max())))
+
+
+def test_sizes_are_read_from_the_shapes(model):
+    c = model.config
+    assert (c.ae.ae.ch, c.ae.ae.ch_mult, c.ae.ae.latent_channels, c.ae.kind) == (32, (1, 2), GOLDEN["channels"], "vae")
+    assert (c.ae.ae.encoder_level_attn, c.ae.ae.decoder_level_attn, c.ae.ae.quant_kernel) == (True, False, 1)
+    assert (c.backbone.width, c.backbone.depth, c.backbone.schedule) == (GOLDEN["width"], 2, GOLDEN["schedule"])
+    assert (c.head, c.head_depth, c.head_width, c.head_time) == ("transformer", 1, 64, "index")
+    assert float(model.ae.scale_factor) == pytest.approx(SCALE_FACTOR) and SCALE_FACTOR == GOLDEN["scale_factor"]
+    assert release_size(model) is None and sampling_for(model) == RELEASE_SAMPLING["S"]
+
+
+def test_vae_equals_the_release(model):
+    with torch.no_grad():
+        close(model.ae.encode(GOLDEN["x"]), GOLDEN["latent"], 1e-5)  # the posterior mean x 0.2325
+        close(model.ae.decode(GOLDEN["latent"]), GOLDEN["decoded"], 1e-4)
+
+
+def test_velocities_of_the_teacher_forced_pass_equal_the_release(model):
+    """The release's training pass over the latent: its pyramid, next-scale inputs, AR transformer and head."""
+    maps = pyramid(GOLDEN["latent"], model.schedule)
+    ups = [model.next_input(m, k + 1) for k, m in enumerate(maps[:-1])]
+    with torch.no_grad():
+        h = model.backbone(torch.cat(ups, 1), GOLDEN["labels"])
+        for k, (case, sl) in enumerate(zip(GOLDEN["cases"], scale_slices(model.schedule))):
+            assert case["side"] == model.schedule[k]
+            close(h[:, sl] + model.head.pos_emb[:, sl], case["cond_release"], 1e-5)
+            t = (1 - case["t_release"].double()).float()[:, None]  # t = 0 is noise here, data there
+            close(model.head(case["x_release"], t, h[:, sl], k), -case["v_release"], 1e-5)
+
+
+def test_release_preset_samples(model):
+    images, stats = model.sample(GOLDEN["labels"], seed=0, **sampling_for(model))
+    assert images.shape == GOLDEN["x"].shape and torch.isfinite(images).all()
+    assert stats["head_nfe"] > 24 * len(model.schedule)  # 24 steps a scale, guided at most steps
+
+
+def _write(tmp_path, name, state):
+    torch.save(state, tmp_path / name)
+    return tmp_path / name
+
+
+def test_load_reads_release_files_and_refuses_ones_that_do_not_fit(tmp_path):
+    fl, vae = flowar_state(), release_state(GOLDEN["vae"]["model"])
+    fl_path, vae_path = _write(tmp_path, "flowar.pth", fl), _write(tmp_path, "kl16.ckpt", {"model": vae})
+    m = load(fl_path, vae_path, heads=2)
+    torch.testing.assert_close(m.backbone.class_emb.weight, fl["class_emb.weight"])
+    bad = dict(vae, **{"encoder.mid.attn_1.k.weight": vae["encoder.mid.attn_1.k.weight"][:-1]})
+    with pytest.raises(ValueError, match=r"VAE file does not fit: .*attn_1\.q\.weight.* has shape"):
+        load(fl_path, _write(tmp_path, "bad_vae.ckpt", {"model": bad}), heads=2)
+    with pytest.raises(ValueError, match=r"the VAE file does not fit: key 'quantize\.embedding\.weight'"):
+        load(fl_path, _write(tmp_path, "vq.ckpt", dict(vae, **{"quantize.embedding.weight": torch.zeros(8, 4)})), heads=2)
+    short = {k: v for k, v in fl.items() if k != "decoder_blocks.0.mlp.fc2.bias"}
+    with pytest.raises(ValueError, match=r"'decoder_blocks\.0\.mlp\.fc2\.bias' is missing"):
+        load(_write(tmp_path, "short.pth", short), vae_path, heads=2)
+    with pytest.raises(ValueError, match="not a MAR KL VAE state dict: it has no key 'encoder.conv_in.weight'"):
+        load(fl_path, fl_path, heads=2)
+    with pytest.raises(ValueError, match="flowar_path: no file at"):
+        load(tmp_path / "nowhere.pth", vae_path, heads=2)
