@@ -1,0 +1,278 @@
+"""``python -m compare.released``: the released VAR and FlowAR checkpoints, sampled with their releases'
+settings, scored with the harness's metrics and costed on this machine.
+
+    python -m compare.released --var VAE.pth,VAR.pth --flowar FLOWAR.pth,KL16.ckpt \\
+        --reference REF --inception pt_inception-2015-12-05-6726825d.pth --n 50000 --out runs/released
+
+Each model draws ``--n`` class-balanced images (label i mod classes) with its preset (VAR: cfg 1.5 ramped,
+top-k 900, top-p 0.96; FlowAR: its size's evaluation command), in batches of ``--batch``, batch i seeded
+``--seed`` + i. Batches are written to ``OUT/samples-<model>-<key>/`` as they finish, the key covering the
+files' contents, the preset, the seed, n, the batch and the precision, so a killed run resumes where it
+stopped and never reuses batches made otherwise. Under ``torchrun`` batch i is made by rank i mod world
+and rank 0 scores. Metrics: :func:`compare.evaluate.score_sets` in every feature network given (FID,
+FID_inf, KID, precision/recall, density/coverage, IS) against REF (images, or statistics for FID alone).
+Cost: ms/img at batch 1 and 64 (``--cost-batches``), images/s, NFE, GFLOPs per image, peak memory, device
+and dtype named.
+``--save-samples`` also writes ``OUT/<model>_samples.npz`` in the ADM evaluator's layout (``arr_0`` uint8
+(N, H, W, 3), ``arr_1`` labels). Results: ``OUT/results.json`` and ``OUT/report.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import platform
+import sys
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from nextscale.checkpoint import atomic_path, write_text
+from nextscale.cli import out_lock, run_or_exit
+from nextscale.config import check_int, check_seed
+from nextscale.train import pick_device, setup_distributed
+
+from .cost import measure_cost
+from .distributed import rank, world
+from .evaluate import NETWORKS, Protocol, load_networks, protocol_line, score_sets
+from .sample_files import read_set
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class Release:
+    """A released model: its flag's two files, the loader taking them (and the parsed flags), and its preset
+    sampling settings."""
+    files: tuple[str, str]
+    load: Callable  # (file, file, map_location, args) -> model
+    preset: Callable  # model -> the sampler's keyword arguments
+
+
+def _var_preset(model) -> dict:
+    from var.release import RELEASE_SAMPLING
+    return asdict(RELEASE_SAMPLING)
+
+
+def _flowar_preset(model) -> dict:
+    from flowar.release import sampling_for
+    return sampling_for(model)
+
+
+def _var_load(vae, var, map_location, a):
+    from var.release import load
+    return load(vae, var, map_location)
+
+
+def _flowar_load(flowar, vae, map_location, a):
+    from flowar.release import load
+    return load(flowar, vae, map_location, heads=a.flowar_heads)
+
+
+RELEASES = {"var": Release(("VAE.pth", "VAR.pth"), _var_load, _var_preset),
+            "flowar": Release(("FLOWAR.pth", "KL16.ckpt"), _flowar_load, _flowar_preset)}
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def to_uint8(images_BCHW: torch.Tensor) -> np.ndarray:
+    """Images in [-1, 1] as uint8 (B, H, W, C): the 8-bit levels a saved PNG holds."""
+    x = ((images_BCHW.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _autocast(precision: str, dev: torch.device):
+    return torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+
+def _save_array(path: Path, **arrays) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def draw_samples(name: str, model, files: list[Path], kw: dict, a, dev) -> tuple[np.ndarray, np.ndarray]:
+    """``a.n`` class-balanced samples (uint8 NHWC) and their labels, batch by batch, resumable (see the module
+    doc); every rank makes its batches, rank 0 returns the whole set (other ranks: empty arrays). With
+    ``a.clean`` the batch files are deleted once read."""
+    from tqdm import tqdm
+
+    classes = model.backbone.cfg.num_classes
+    labels = torch.arange(a.n) % classes
+    key_src = json.dumps([[file_digest(f) for f in files], kw, a.seed, a.n, a.batch, a.precision], default=str)
+    folder = Path(a.out) / f"samples-{name}-{hashlib.sha256(key_src.encode()).hexdigest()[:12]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    batches = list(enumerate(torch.split(labels, a.batch)))
+    mine = [(i, y) for i, y in batches if i % world() == rank() and not (folder / f"{i:06d}.npz").is_file()]
+    for i, y in tqdm(mine, desc=f"sampling {name}", leave=False, disable=not sys.stderr.isatty() or rank() > 0):
+        with torch.no_grad(), _autocast(a.precision, dev):
+            images, _ = model.sample(y.to(dev), seed=a.seed + i, **kw)
+        _save_array(folder / f"{i:06d}.npz", x=to_uint8(images), y=y.numpy())
+    if world() > 1:
+        torch.distributed.barrier()
+    if rank() > 0:
+        return np.zeros((0,), np.uint8), np.zeros((0,), np.int64)
+    xs, ys = [], []
+    for i, _ in batches:
+        with np.load(folder / f"{i:06d}.npz") as z:
+            xs.append(z["x"])
+            ys.append(z["y"])
+    if a.clean:
+        for i, _ in batches:
+            (folder / f"{i:06d}.npz").unlink()
+        folder.rmdir()
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def cost(model, kw: dict, a, dev) -> dict:
+    """Per image at each batch of ``a.cost_batches``: ms (median of 3 at batch 1, else one timed call after a
+    warm-up), images/s and peak memory; GFLOPs, head NFE and backbone forwards (at the first batch), at the
+    run's precision."""
+    def sample(b):
+        y = torch.arange(b, device=dev) % model.backbone.cfg.num_classes
+        with _autocast(a.precision, dev):
+            return model.sample(y, seed=a.seed, **kw)
+    out = {"batches": {}}
+    for i, b in enumerate(a.cost_batches):
+        m = measure_cost(sample, batch_size=b, repeats=3 if b == 1 else 1, warmup=1, device=dev, seed=a.seed,
+                         flops=i == 0)
+        out["batches"][b] = {"ms_per_image": m["ms_per_image"], "images_per_s": 1000 / m["ms_per_image"],
+                             "peak_mem_mb": m["peak_mem_bytes"] / 2**20, "peak_mem_method": m["peak_mem_method"]}
+        if i == 0:
+            out.update(gflops_per_image=m["flops_per_image"] / 1e9, head_nfe=m["head_nfe"],
+                       backbone_forwards=m["backbone_forwards"])
+    return out
+
+
+def device_line(dev: torch.device, precision: str) -> str:
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else \
+        f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return f"{name}, {precision}, torch {torch.__version__}"
+
+
+def check_args(a) -> dict[str, list[Path]]:
+    """The models asked for (name -> its two files) after every check that needs no model loaded."""
+    check_int("--n", a.n, 2)
+    check_int("--batch", a.batch, 1)
+    check_seed("--seed", a.seed)
+    try:
+        a.cost_batches = tuple(int(b) for b in str(a.cost_batches).split(","))
+    except ValueError:
+        raise ValueError(f"--cost-batches must be comma-separated batch sizes, got {a.cost_batches!r}") from None
+    for b in a.cost_batches:
+        check_int("--cost-batches", b, 1)
+    if a.precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {PRECISIONS}, got {a.precision!r}")
+    models = {}
+    for name, rel in RELEASES.items():
+        given = getattr(a, name)
+        if given is None:
+            continue
+        parts = [p for p in given.split(",") if p]
+        if len(parts) != 2:
+            raise ValueError(f"--{name} takes two files, {','.join(rel.files)}; got {given!r}")
+        for p, what in zip(parts, rel.files):
+            if not Path(p).is_file():
+                raise ValueError(f"--{name}: no file at {p} (its {what})")
+        models[name] = [Path(p) for p in parts]
+    if not models:
+        raise ValueError("give at least one released model: " + " and/or ".join(
+            f"--{n} {','.join(r.files)}" for n, r in RELEASES.items()))
+    if not any(getattr(a, n) for n in NETWORKS):
+        raise ValueError("give the weights of a feature network: " + " and/or ".join(f"--{n} PATH" for n in NETWORKS))
+    if Path(a.out).is_file():
+        raise ValueError(f"--out {a.out} is a file; give a folder")
+    return models
+
+
+def run(a: argparse.Namespace) -> dict:
+    models = check_args(a)
+    dev = pick_device(a.device)
+    nets = load_networks(a, dev)
+    reference = read_set(a.reference, "--reference")
+    if isinstance(reference, tuple) and len(nets) != 1:
+        raise ValueError("--reference statistics hold one network's features: give exactly one feature network")
+    loaded = {name: RELEASES[name].load(*files, "cpu", a) for name, files in models.items()}  # refuse first
+    setup_distributed(dev)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"device": device_line(dev, a.precision), "n": a.n, "seed": a.seed, "reference": str(a.reference),
+              "models": {}}
+    with out_lock(out) if rank() == 0 else nullcontext():
+        for name, model in loaded.items():
+            model = model.to(dev).eval()
+            kw = RELEASES[name].preset(model)
+            samples, labels = draw_samples(name, model, models[name], kw, a, dev)
+            if rank() > 0:
+                continue
+            if a.save_samples:
+                _save_array(out / f"{name}_samples.npz", arr_0=samples, arr_1=labels)
+            files = {n: getattr(a, n) for n in nets}
+            result["models"][name] = {"files": [str(f) for f in models[name]], "sampling": kw,
+                                      "metrics": score_sets(samples, reference, nets, a.seed, Protocol()),
+                                      "protocol": protocol_line(files, samples, reference, Protocol()),
+                                      "cost": cost(model, kw, a, dev)}
+        if rank() == 0:
+            write_text(out / "results.json", json.dumps(result, indent=2, default=str))
+            write_text(out / "report.md", report(result))
+    return result
+
+
+def report(result: dict) -> str:
+    metrics = sorted({k for m in result["models"].values() for k in m["metrics"] if k != "skipped"})
+    lines = [f"# Released models\n\n{result['n']} samples per model, seed {result['seed']}, reference "
+             f"{result['reference']}; {result['device']}.\n", "| model | " + " | ".join(metrics) + " |",
+             "|---" * (len(metrics) + 1) + "|"]
+    for name, m in result["models"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{m['metrics'].get(k, float('nan')):.4g}" for k in metrics) + " |")
+    batches = next(iter(result["models"].values()))["cost"]["batches"]
+    lines += ["", "| model | " + " | ".join(f"ms/img, images/s, peak MB at batch {b}" for b in batches)
+              + " | head NFE | backbone forwards | GFLOPs/img |", "|---" * (len(batches) + 4) + "|"]
+    for name, m in result["models"].items():
+        c = m["cost"]
+        per = " | ".join(f"{v['ms_per_image']:.2f}, {v['images_per_s']:.1f}, {v['peak_mem_mb']:.0f}"
+                         for v in c["batches"].values())
+        lines.append(f"| {name} | {per} | {c['head_nfe']} | {c['backbone_forwards']} | {c['gflops_per_image']:.2f} |")
+    lines += [""] + [f"- {name}: sampling {m['sampling']}; {m['protocol']}" for name, m in result["models"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m compare.released", description=__doc__.split("\n\n")[0])
+    for name, rel in RELEASES.items():
+        p.add_argument(f"--{name}", metavar=",".join(rel.files), help=f"the released {name} files, comma-separated")
+    p.add_argument("--flowar-heads", type=int, default=None, help="the FlowAR AR transformer's heads, for a width "
+                   "the release does not have (S, L, H: read from the width)")
+    p.add_argument("--reference", required=True, help="real images (a folder or an .npz) or statistics (mu, sigma)")
+    p.add_argument("--inception", metavar="PATH", help="pytorch-fid's InceptionV3 weights")
+    p.add_argument("--dinov2", metavar="PATH", help="DINOv2 ViT-L/14 weights (FD-DINOv2)")
+    p.add_argument("--n", type=int, default=50_000, help="samples per model (default 50000)")
+    p.add_argument("--batch", type=int, default=64, help="sampling batch (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cost-batches", default="1,64", help="batches to time sampling at (default 1,64)")
+    p.add_argument("--precision", default="fp32", help=f"one of {PRECISIONS}")
+    p.add_argument("--device", default=None, help="default: cuda if available")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--save-samples", action="store_true", help="also write each model's samples in the ADM layout")
+    p.add_argument("--clean", action="store_true", help="delete the per-batch sample files once scored")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run_or_exit(run, parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
