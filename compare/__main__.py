@@ -13,7 +13,7 @@ from pathlib import Path
 from nextscale.cli import run_or_exit
 
 from .arms import ARMS, DESIGNS
-from .config import PRECISIONS, PRESET_DATA_KEYS, PRESETS, REFERENCES, CompareConfig, describe
+from .config import CODER_NAMES, PRECISIONS, PRESET_DATA_KEYS, PRESETS, REFERENCES, CompareConfig, describe
 from .harness import run
 
 
@@ -48,6 +48,7 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     opt("--samples", type=int, extra="; --quick: 100")
     add("--steps", type=int, help=f"training steps of each generator, autoencoders get half (default: {d.var_steps})")
     opt("--side", type=int)
+    opt("--coder", choices=CODER_NAMES)
     opt("--inception", metavar="PATH")
     opt("--dinov2", metavar="PATH")
     opt("--reference", choices=REFERENCES)
@@ -57,8 +58,9 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     opt("--sample-batch", type=int)
     opt("--device")
     add("--preset", choices=sorted(PRESETS),
-        help="named settings for common data: cifar32 = 32x32 RGB folders such as CIFAR-10, sized for a GPU "
-             "(with --quick only its data settings apply; default: none)")
+        help="named settings for common data, sized for a GPU: cifar32 = 32x32 RGB folders such as CIFAR-10; "
+             "imagenet256 = 256x256 RGB class folders on the releases' ldm coder (with --quick only its data "
+             "settings apply; default: none)")
     add("--config", metavar="TOML", help="run spec: data, arms (overrides, sampler sweeps), budgets, seeds, "
         "feature networks, device ... (default: none; see --print-config)")
     add("--print-config", action="store_true", default=False,

@@ -23,6 +23,7 @@ from flowar.autoencoder import ContinuousAE
 from flowar.model import FlowAR, FlowARConfig
 from flowar.sampling import FlowSampling
 from flowar.pipeline import PAPER_SAMPLING, flowar_paper_configs, train_autoencoder, train_flowar
+from nextscale.autoencoder import ldm_coder_for, with_coder
 from nextscale.config import config_as
 from nextscale.scales import default_schedule, doubling_schedule
 from var.hybrid import HybridConfig, HybridSampling, HybridVAR
@@ -261,12 +262,17 @@ DESIGNS = {"published": DEFAULT_ARMS, "attribution": CHAIN + ("hart",)}
 ANCHOR = "var"
 
 
+# The autoencoders' coder family (--coder): this project's small conv coder, or the ldm coder the releases
+# use (nextscale.ldm), with the same image and latent shapes.
+CODERS = {"conv": lambda c: c, "ldm": ldm_coder_for}
+
+
 def arm_configs(name: str, data, backbone, cfg):
-    """(autoencoder config, generator config) of arm ``name`` for ``data`` on ``backbone``, with the run's
-    ``head_width`` (where the generator has one) and ``cfg.arm_overrides[name]`` applied; raises
+    """(autoencoder config, generator config) of arm ``name`` for ``data`` on ``backbone`` with the run's
+    coder family (``CODERS[cfg.coder]``), ``head_width`` (where the generator has one) and ``cfg.arm_overrides[name]`` applied; raises
     ``ValueError`` on a bad combination or an unknown override field."""
     arm = ARMS[name]
-    ae_cfg, gen_cfg = arm.configs(data, backbone)
+    ae_cfg, gen_cfg = (with_coder(c, CODERS[cfg.coder]) for c in arm.configs(data, backbone))
     names = {f.name for f in fields(gen_cfg)}
     if cfg.head_width is not None and "head_width" in names:
         gen_cfg = replace(gen_cfg, head_width=cfg.head_width)

@@ -6,23 +6,30 @@ from dataclasses import dataclass, field, fields
 from nextscale.config import SEED_MAX, check_bool, check_choice, check_float, check_int, check_seed
 from nextscale.train import pick_device
 
-from .arms import ARMS, DEFAULT_ARMS
+from .arms import ARMS, CODERS, DEFAULT_ARMS
 from .prdc import PR_K
 
 REFERENCES = ("test", "train")
 PRECISIONS = ("fp32", "bf16")
+CODER_NAMES = tuple(CODERS)
 
 
 # Named settings for common data (``--preset``). cifar32: 32x32 RGB (e.g. a CIFAR-10 image folder): latent
 # 16x16x16, VAR's schedule (1, 2, 3, 4, 6, 8, 12, 16) (L = 530) and FlowAR's (1, 2, 4, 8, 16) (L = 341), a
 # 384-wide depth-8 backbone, samples scored against the train split as CIFAR-10 papers do. Sized for one
 # GPU (see the README's "Your own data"); with --quick only its data keys (PRESET_DATA_KEYS) apply.
+# imagenet256: 256x256 RGB class folders (ImageNet's layout) on the releases' ldm coder (stride 16, latent
+# 16x16x16 as MAR's KL-16), a 768-wide depth-12 backbone (VAR-d12, FlowAR-S's width); give --inception.
 PRESETS = {
     "cifar32": dict(side=32, latent_channels=16, width=384, depth=8, heads=6, batch_size=64, ae_batch_size=64,
                     tokenizer_steps=5000, ae_steps=5000, var_steps=20000, flowar_steps=20000,
                     classifier_steps=3000, samples=10000, sample_batch=500, cost_batch=64, reference="train"),
+    "imagenet256": dict(side=256, latent_channels=16, coder="ldm", width=768, depth=12, heads=12, batch_size=64,
+                        ae_batch_size=32, tokenizer_steps=50000, ae_steps=50000, var_steps=200000,
+                        flowar_steps=200000, classifier_steps=5000, samples=50000, sample_batch=250, cost_batch=64,
+                        reference="train"),
 }
-PRESET_DATA_KEYS = ("side", "latent_channels", "reference")
+PRESET_DATA_KEYS = ("side", "latent_channels", "coder", "reference")
 
 
 def option(default, help: str):
@@ -63,6 +70,8 @@ class CompareConfig:
     heads: int = option(4, "backbone attention heads")
     latent_channels: int = option(8, "channels of the latent every autoencoder / tokenizer makes (the "
                                   "backbone's input width)")
+    coder: str = option("conv", "the autoencoders' coder: 'conv' (small, this project's) or 'ldm' (the "
+                        "latent-diffusion coder of the VAR and FlowAR releases: ResNet blocks, GroupNorm, attention)")
     side: int | None = option(None, "image side to resize to (none: 16 for digits, 32 for folders, native for "
                               ".npz)")
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (none: CUDA when available)")
@@ -111,6 +120,7 @@ class CompareConfig:
                                  f"(samples_<arm>_{slugs[labels.index(same[0])]}.png); make them differ in a "
                                  f"letter or digit")
         check_choice("precision", self.precision, PRECISIONS)
+        check_choice("coder", self.coder, CODER_NAMES)
         check_bool("compile", self.compile)
         check_bool("quantize", self.quantize)
         if self.kid_subset_size is not None:

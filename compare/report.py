@@ -204,7 +204,8 @@ def _intro(results: dict) -> list[str]:
         f"{results['versions']['nextscale']}.",
         "",
         f"Shared backbone config: width {bb['width']}, depth {bb['depth']}, heads {bb['heads']}, latent channels "
-        f"{bb['in_dim']}; each arm keeps its paper's scale schedule: " + "; ".join(
+        f"{bb['in_dim']}, {cfg.get('coder', 'conv')} coder for every autoencoder; each arm keeps its paper's scale "
+        "schedule: " + "; ".join(
             f"{n} {tuple(i['schedule'])} (L = {sum(s * s for s in i['schedule'])})" for n, i in m.items()) + ". "
         "Arms: " + "; ".join(f"`{n}` ({ARMS[n].doc})" for n in m if n in ARMS) + ". FlowAR rows use FlowAR's "
         f"guidance: w = {cfg['flowar_cfg']} (FlowAR's cfg {1 + cfg['flowar_cfg']:g}) ramped linearly from 0 at "

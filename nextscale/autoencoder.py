@@ -148,3 +148,26 @@ def make_coder(cfg, out_channels: int | None = None) -> tuple[nn.Module, nn.Modu
     Gaussian posterior)."""
     enc, dec = coder_families()[type(cfg)]
     return enc(cfg, out_channels), dec(cfg)
+
+
+def ldm_coder_for(cfg: ConvAEConfig, ch: int = 128) -> LDMConfig:
+    """The ldm coder (VAR's VQVAE design: ch_mult (1, 1, 2, 2, 4) cut to the stride, 2 blocks per level,
+    attention at the lowest resolution, 3x3 quant convs) with ``cfg``'s image and latent shapes."""
+    mult = (1, 1, 2, 2, 4)[:cfg.down + 1]
+    return LDMConfig(image_channels=cfg.image_channels, image_side=cfg.image_side,
+                     latent_channels=cfg.latent_channels, z_channels=cfg.latent_channels, ch=ch, ch_mult=mult)
+
+
+def with_coder(cfg, swap):
+    """``cfg`` (a dataclass config) with every :class:`ConvAEConfig` inside it, at any depth, replaced by
+    ``swap(it)``; rebuilt in one step per level, so checks that tie fields together (a latent quantizer's
+    ``ae`` equals its ``frozen_ae.ae``) see the new values together."""
+    from dataclasses import is_dataclass, replace
+
+    changes = {}
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        new = swap(v) if isinstance(v, ConvAEConfig) else with_coder(v, swap) if is_dataclass(v) else v
+        if new is not v:
+            changes[f.name] = new
+    return replace(cfg, **changes) if changes else cfg
