@@ -55,7 +55,7 @@ import torch
 
 from nextscale.backbone import Backbone, BackboneConfig
 from nextscale.ldm import ldm_config_from_state
-from nextscale.release import Renamed, check_state, load_state_file
+from nextscale.release import ADA_ROWS, Renamed, check_state, load_state_file, permute_rows
 from nextscale.scales import block_causal_mask, num_tokens
 
 from .autoencoder import AEConfig, ContinuousAE
@@ -165,7 +165,6 @@ _BACKBONE_BLOCK = {  # inside encoder_blocks.i / decoder_blocks.i -> inside bloc
     "mlp.fc1_x.weight": "mlp.gate_up.weight", "mlp.fc1_x.bias": "mlp.gate_up.bias",
     "mlp.fc2.weight": "mlp.down.weight", "mlp.fc2.bias": "mlp.down.bias",
     "ada_lin.1.weight": "ada.1.weight", "ada_lin.1.bias": "ada.1.bias"}
-_ADA_ROWS = (4, 2, 0, 5, 3, 1)  # ours (shift1, scale1, g1, shift2, scale2, g2) from the release's row blocks
 _SKIPPED = re.compile(r"^(flownet\.|diffusion_pos_embed_learned$|mask$)")
 _AR_ROPE = re.compile(r"^(encoder|decoder)_blocks\.\d+\.attn\.rope\.freqs$")
 _AR_BLOCK = re.compile(r"^(encoder|decoder)_blocks\.(\d+)\.")
@@ -217,8 +216,7 @@ def backbone_state_from_release(state: Mapping[str, torch.Tensor]) -> dict[str, 
         if ".fc1_g." in name:  # gate rows first, then the up projection's
             value = torch.cat([value, kept[name.replace(".fc1_g.", ".fc1_x.")]])
         elif ".ada_lin.1." in name:
-            rows = value.chunk(6)
-            value = torch.cat([rows[i] for i in _ADA_ROWS]) if len(rows) == 6 else value  # shape checked later
+            value = permute_rows(value, ADA_ROWS) if len(value) % 6 == 0 else value  # shape checked later
         out[names[name]] = value
     return out
 

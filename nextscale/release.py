@@ -10,6 +10,11 @@ import torch
 import torch.nn as nn
 
 
+# VAR's AdaLNSelfAttn (and FlowAR's AR blocks, built like it) lay their adaLN projection's rows out as (gamma1,
+# gamma2, scale1, scale2, shift1, shift2); ours are (shift1, scale1, gate1, shift2, scale2, gate2): ours from theirs.
+ADA_ROWS = (4, 2, 0, 5, 3, 1)
+
+
 class Renamed(dict):
     """A state dict in this project's names that remembers each entry's name in the release (``origin``)."""
 

@@ -15,22 +15,13 @@ import torch
 
 from flowar.release import RELEASE_SIZES, backbone_config_from_release, backbone_state_from_release
 from nextscale.backbone import FLOWAR_RELEASE, Backbone, BackboneConfig
+from golden import release_state
 
 GOLDEN = torch.load(Path(__file__).parent / "data" / "flowar_ar_golden.pt", weights_only=True)
 
 
-def release_state() -> dict[str, torch.Tensor]:
-    """The fixture's weights in the release's names: int8 grid values q * 2^-e; the mask stored as its bool
-    ``== 0`` (it holds 0 and -inf); RoPE frequencies as they are."""
-    def value(v):
-        if isinstance(v, (tuple, list)):
-            return v[0].float() * 2.0 ** -v[1]
-        return torch.zeros(v.shape).masked_fill(~v, float("-inf")) if v.dtype == torch.bool else v
-    return {k: value(v) for k, v in GOLDEN["state"].items()}
-
-
 def ported(state=None) -> Backbone:
-    state = release_state() if state is None else state
+    state = release_state(GOLDEN["state"]) if state is None else state
     m = Backbone(backbone_config_from_release(state, GOLDEN["schedule"], heads=GOLDEN["heads"]))
     m.load_state_dict(backbone_state_from_release(state))  # strict: every parameter placed, none left over
     return m.eval()
@@ -44,7 +35,7 @@ def stepped(m: Backbone, x_in, y) -> torch.Tensor:
 
 
 def test_config_read_from_the_release():
-    cfg = backbone_config_from_release(release_state(), GOLDEN["schedule"], heads=GOLDEN["heads"])
+    cfg = backbone_config_from_release(release_state(GOLDEN["state"]), GOLDEN["schedule"], heads=GOLDEN["heads"])
     assert (cfg.width, cfg.depth, cfg.heads, cfg.in_dim, cfg.num_classes) == \
         (GOLDEN["width"], 2 * GOLDEN["depth_per_stack"], GOLDEN["heads"], GOLDEN["channels"], 1000)
     assert cfg == BackboneConfig.flowar_release(GOLDEN["schedule"], GOLDEN["channels"], GOLDEN["width"],
@@ -53,7 +44,7 @@ def test_config_read_from_the_release():
     # the release's heads per size: they cannot be read from shapes
     assert [RELEASE_SIZES[s]["backbone_heads"] for s in "SLH"] == [12, 16, 16]
     with pytest.raises(ValueError, match="heads: a width of 32 is none of the release's sizes"):
-        backbone_config_from_release(release_state(), GOLDEN["schedule"])
+        backbone_config_from_release(release_state(GOLDEN["state"]), GOLDEN["schedule"])
 
 
 def test_backbone_equals_the_release_teacher_forced():
@@ -73,7 +64,7 @@ def test_backbone_equals_the_release_scale_by_scale():
 
 
 def test_name_map_refuses_what_it_cannot_place():
-    state, schedule = release_state(), GOLDEN["schedule"]
+    state, schedule = release_state(GOLDEN["state"]), GOLDEN["schedule"]
     renamed = {k.replace("decoder_blocks.1.attn.qkv.", "decoder_blocks.1.attn.qkv_w."): v for k, v in state.items()}
     with pytest.raises(ValueError, match=r"'decoder_blocks.1.attn.qkv_w.weight' \(shape \(96, 32\)\) has no place"):
         backbone_state_from_release(renamed)

@@ -16,18 +16,14 @@ from flowar.heads import TransformerHead
 from flowar.release import RELEASE_SAMPLING, head_config_from_release, head_state_from_release
 from flowar.solvers import SolverConfig, solve, time_grid
 from nextscale.guidance import guide
+from golden import release_state
 
 GOLDEN = torch.load(Path(__file__).parent / "data" / "flowar_release_golden.pt", weights_only=True)
 
 
-def release_state(entry) -> dict[str, torch.Tensor]:
-    """The fixture's weights in the release's names (stored as int8 grid values q * 2^-e)."""
-    return {k: (v[0].float() * 2.0 ** -v[1] if isinstance(v, (tuple, list)) else v) for k, v in entry["state"].items()}
-
-
 def ported(name: str, time_input: str = "index") -> TransformerHead:
     entry = GOLDEN[name]
-    state = release_state(entry)
+    state = release_state(entry["state"])
     cfg = head_config_from_release(state)
     assert (cfg["head_width"], cfg["head_depth"], cfg["head"] == "transformer_cross") == (entry["width"], 1, entry["cross"])
     head = TransformerHead(GOLDEN["channels"], GOLDEN["cond_width"], cfg["head_width"], cfg["head_depth"],
@@ -84,7 +80,7 @@ def test_release_sampler_grid_and_guidance_equal_ours():
 
 
 def test_name_map_refuses_what_it_cannot_place():
-    state = release_state(GOLDEN["s"])
+    state = release_state(GOLDEN["s"]["state"])
     with pytest.raises(ValueError, match="diffusion_pos_embed_learned"):
         head_state_from_release({k: v for k, v in state.items() if k != "diffusion_pos_embed_learned"})
     with pytest.raises(ValueError, match="no place in the head: \\['res_blocks.0.extra.weight'\\]"):

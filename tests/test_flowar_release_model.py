@@ -16,21 +16,9 @@ import torch
 
 from flowar.release import RELEASE_SAMPLING, SCALE_FACTOR, from_release_states, load, release_size, sampling_for
 from nextscale.scales import pyramid, scale_slices
+from golden import close, release_state
 
 GOLDEN = torch.load(Path(__file__).parent / "data" / "flowar_model_golden.pt", weights_only=True)
-
-
-def release_state(entry: dict) -> dict[str, torch.Tensor]:
-    """Weights stored as int8 grid values (q, e) -> q * 2^-e; large buffers stored as a shape -> zeros."""
-    out = {}
-    for k, v in entry.items():
-        if isinstance(v, torch.Size):
-            out[k] = torch.zeros(v)
-        elif isinstance(v, (tuple, list)):
-            out[k] = v[0].float() * 2.0 ** -v[1]
-        else:
-            out[k] = v
-    return out
 
 
 def flowar_state():
@@ -42,10 +30,6 @@ def flowar_state():
 @pytest.fixture(scope="module")
 def model():
     return from_release_states(flowar_state(), release_state(GOLDEN["vae"]["model"]), heads=GOLDEN["heads"])
-
-
-def close(a, b, atol):
-    torch.testing.assert_close(a, b, rtol=0, atol=atol * max(1.0, float(b.abs().max())))
 
 
 def test_sizes_are_read_from_the_shapes(model):

@@ -15,33 +15,14 @@ import torch
 
 from var.release import RELEASE_SAMPLING, SCHEDULE, from_release_states, load
 from var.tokenizer import phi_index
+from golden import close, release_state
 
 GOLDEN = torch.load(Path(__file__).parent / "data" / "var_release_golden.pt", weights_only=True)
-
-
-def release_state(entry: dict) -> dict[str, torch.Tensor]:
-    """The fixture's weights in the release's names: int8 grid values q * 2^-e; large derived buffers were
-    stored as their shape (the release's attention mask) and come back as zeros the loader ignores."""
-    out = {}
-    for k, v in entry.items():
-        if isinstance(v, torch.Size):
-            out[k] = torch.zeros(v)
-        elif isinstance(v, (tuple, list)):
-            out[k] = v[0].float() * 2.0 ** -v[1]
-        else:
-            out[k] = v
-    return out
 
 
 @pytest.fixture(scope="module")
 def model():
     return from_release_states(release_state(GOLDEN["vae"]), release_state(GOLDEN["var"]))
-
-
-def close(a, b, atol):
-    """Within ``atol`` of the release's values, scaled by their largest magnitude where it exceeds 1 (random
-    weights give latents up to ~20, where float32's ulp is 2e-6)."""
-    torch.testing.assert_close(a, b, rtol=0, atol=atol * max(1.0, float(b.abs().max())))
 
 
 def test_sizes_are_read_from_the_shapes(model):

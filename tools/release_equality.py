@@ -22,7 +22,8 @@ def row(what: str, ours: torch.Tensor, release: torch.Tensor) -> None:
 
 @torch.no_grad()
 def var_rows() -> None:
-    from test_var_release import GOLDEN as G, release_state
+    from golden import release_state
+    from test_var_release import GOLDEN as G
     from var.release import SCHEDULE, from_release_states
     m = from_release_states(release_state(G["vae"]), release_state(G["var"]))
     tok, x = m.tokenizer, G["x"]
@@ -44,7 +45,8 @@ def var_rows() -> None:
 @torch.no_grad()
 def flowar_rows() -> None:
     from test_backbone_release import GOLDEN as A, ported, stepped
-    from test_flowar_release_model import GOLDEN as G, flowar_state, release_state
+    from golden import release_state
+    from test_flowar_release_model import GOLDEN as G, flowar_state
     from flowar.release import from_release_states
     from nextscale.scales import pyramid, scale_slices
     bb = ported()

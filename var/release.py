@@ -33,7 +33,7 @@ import torch
 
 from nextscale.backbone import BackboneConfig
 from nextscale.ldm import ldm_config_from_state
-from nextscale.release import Renamed, check_state, load_state_file, permute_rows
+from nextscale.release import ADA_ROWS, Renamed, check_state, load_state_file, permute_rows
 
 from .model import VAR, VARConfig, VARSampling
 from .tokenizer import MultiScaleVQVAE, VQConfig
@@ -104,7 +104,6 @@ _VAR_RENAMES = [
     (r"^blocks\.(\d+)\.ada_lin\.1\.", r"backbone.blocks.\1.ada.1."),
     (r"^head_nm\.ada_lin\.1\.", "backbone.ada_out.1."), (r"^head\.", "head."),
 ]
-_ADA_ORDER = (4, 2, 0, 5, 3, 1)  # ours (shift1, scale1, gate1, shift2, scale2, gate2) from the release's chunks
 _HEAD_ORDER = (1, 0)             # ours (shift, scale) from the release's (scale, shift)
 
 
@@ -121,7 +120,7 @@ def var_state_from_release(state: Mapping[str, torch.Tensor]) -> Renamed:
             if re.match(pat, k):
                 new = re.sub(pat, rep, k)
                 if ".ada.1." in new:
-                    v = permute_rows(v, _ADA_ORDER)
+                    v = permute_rows(v, ADA_ROWS)
                 elif ".ada_out.1." in new:
                     v = permute_rows(v, _HEAD_ORDER)
                 out.put(new, v, k)
