@@ -2,12 +2,12 @@
 settings, scored with the harness's metrics and costed on this machine.
 
     python -m compare.released --var VAE.pth,VAR.pth --flowar FLOWAR.pth,KL16.ckpt \\
-        --reference REF --inception pt_inception-2015-12-05-6726825d.pth --n 50000 --out runs/released
+        --reference REF --inception pt_inception-2015-12-05-6726825d.pth --samples 50000 --out runs/released
 
-Each model draws ``--n`` class-balanced images (label i mod classes) with its preset (VAR: cfg 1.5 ramped,
+Each model draws ``--samples`` class-balanced images (label i mod classes) with its preset (VAR: cfg 1.5 ramped,
 top-k 900, top-p 0.96; FlowAR: its size's evaluation command), in batches of ``--batch``, batch i seeded
 ``--seed`` + i. Batches are written to ``OUT/samples-<model>-<key>/`` as they finish, the key covering the
-files' contents, the preset, the seed, n, the batch and the precision, so a killed run resumes where it
+files' contents, the preset, the seed, the sample count, the batch and the precision, so a killed run resumes where it
 stopped and never reuses batches made otherwise. Under ``torchrun`` batch i is made by rank i mod world
 and rank 0 scores. Metrics: :func:`compare.evaluate.score_sets` in every feature network given (FID,
 FID_inf, KID, precision/recall, density/coverage, IS) against REF (images, or statistics for FID alone).
@@ -104,14 +104,14 @@ def _save_array(path: Path, **arrays) -> None:
 
 
 def draw_samples(name: str, model, files: list[Path], kw: dict, a, dev) -> tuple[np.ndarray, np.ndarray]:
-    """``a.n`` class-balanced samples (uint8 NHWC) and their labels, batch by batch, resumable (see the module
+    """``a.samples`` class-balanced samples (uint8 NHWC) and their labels, batch by batch, resumable (see the module
     doc); every rank makes its batches, rank 0 returns the whole set (other ranks: empty arrays). With
     ``a.clean`` the batch files are deleted once read."""
     from tqdm import tqdm
 
     classes = model.backbone.cfg.num_classes
-    labels = torch.arange(a.n) % classes
-    key_src = json.dumps([[file_digest(f) for f in files], kw, a.seed, a.n, a.batch, a.precision], default=str)
+    labels = torch.arange(a.samples) % classes
+    key_src = json.dumps([[file_digest(f) for f in files], kw, a.seed, a.samples, a.batch, a.precision], default=str)
     folder = Path(a.out) / f"samples-{name}-{hashlib.sha256(key_src.encode()).hexdigest()[:12]}"
     folder.mkdir(parents=True, exist_ok=True)
     batches = list(enumerate(torch.split(labels, a.batch)))
@@ -164,7 +164,7 @@ def device_line(dev: torch.device, precision: str) -> str:
 
 def check_args(a) -> dict[str, list[Path]]:
     """The models asked for (name -> its two files) after every check that needs no model loaded."""
-    check_int("--n", a.n, 2)
+    check_int("--samples", a.samples, 2)
     check_int("--batch", a.batch, 1)
     check_seed("--seed", a.seed)
     try:
@@ -208,7 +208,7 @@ def run(a: argparse.Namespace) -> dict:
     setup_distributed(dev)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"device": device_line(dev, a.precision), "n": a.n, "seed": a.seed, "reference": str(a.reference),
+    result = {"device": device_line(dev, a.precision), "samples": a.samples, "seed": a.seed, "reference": str(a.reference),
               "models": {}}
     with out_lock(out) if rank() == 0 else nullcontext():
         for name, model in loaded.items():
@@ -232,7 +232,7 @@ def run(a: argparse.Namespace) -> dict:
 
 def report(result: dict) -> str:
     metrics = sorted({k for m in result["models"].values() for k in m["metrics"] if k != "skipped"})
-    lines = [f"# Released models\n\n{result['n']} samples per model, seed {result['seed']}, reference "
+    lines = [f"# Released models\n\n{result['samples']} samples per model, seed {result['seed']}, reference "
              f"{result['reference']}; {result['device']}.\n", "| model | " + " | ".join(metrics) + " |",
              "|---" * (len(metrics) + 1) + "|"]
     for name, m in result["models"].items():
@@ -258,7 +258,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help="real images (a folder or an .npz) or statistics (mu, sigma)")
     p.add_argument("--inception", metavar="PATH", help="pytorch-fid's InceptionV3 weights")
     p.add_argument("--dinov2", metavar="PATH", help="DINOv2 ViT-L/14 weights (FD-DINOv2)")
-    p.add_argument("--n", type=int, default=50_000, help="samples per model (default 50000)")
+    p.add_argument("--samples", type=int, default=50_000, help="samples per model (default 50000; not --n, "
+                   "which torchrun's own flags would take for theirs)")
     p.add_argument("--batch", type=int, default=64, help="sampling batch (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cost-batches", default="1,64", help="batches to time sampling at (default 1,64)")

@@ -34,7 +34,7 @@ def files(tmp_path, monkeypatch):
 def argv(d, *extra, models=("var", "flowar")):
     files = {"var": f"{d}/vae.pth,{d}/var.pth", "flowar": f"{d}/flowar.pth,{d}/kl16.ckpt"}
     return [a for m in models for a in (f"--{m}", files[m])] + [
-        "--flowar-heads", "2", "--reference", f"{d}/ref.npz", "--dinov2", f"{d}/dinov2.pth", "--n", "6",
+        "--flowar-heads", "2", "--reference", f"{d}/ref.npz", "--dinov2", f"{d}/dinov2.pth", "--samples", "6",
         "--batch", "4", "--cost-batches", "1,3", "--device", "cpu", "--out", f"{d}/out", *extra]
 
 
@@ -75,7 +75,7 @@ def test_a_killed_run_resumes_from_its_batches(files):
 @pytest.mark.parametrize("change, message", [
     (["--var", "nowhere.pth,x.pth"], "error: --var: no file at nowhere.pth (its VAE.pth)"),
     (["--var", "a.pth"], "error: --var takes two files, VAE.pth,VAR.pth"),
-    (["--n", "1"], "error: --n must lie in [2, inf), got 1"),
+    (["--samples", "1"], "error: --samples must lie in [2, inf), got 1"),
     (["--precision", "fp8"], "error: --precision must be one of ('fp32', 'bf16')"),
     (["--cost-batches", "1,x"], "error: --cost-batches must be comma-separated batch sizes"),
     (["--flowar-heads", "3"], "error: width (64) must be divisible by heads (3)"),
@@ -92,3 +92,22 @@ def test_bad_input_is_one_line_and_exit_2(files, capsys, change, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith(message), err
     assert not (files / "out" / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_split_the_batches_and_draw_the_same_samples(files):
+    """Two gloo processes make the batches (batch i on rank i mod 2) and rank 0 scores: the samples equal one
+    process's."""
+    from pathlib import Path
+
+    from launch import torchrun
+
+    one = argv(files, "--save-samples", "--cost-batches", "1", "--batch", "2", models=("flowar",))
+    main(one)
+    with np.load(files / "out" / "flowar_samples.npz") as z:
+        alone = z["arr_0"]
+    two = [a if a != f"{files}/out" else f"{files}/out2" for a in one]
+    torchrun([str(Path(__file__).parent / "released_worker.py"), *two])
+    with np.load(files / "out2" / "flowar_samples.npz") as z:
+        assert np.array_equal(z["arr_0"], alone)
+    assert json.loads((files / "out2" / "results.json").read_text())["models"]["flowar"]["metrics"]["fid_dinov2"] > 0
