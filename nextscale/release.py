@@ -57,7 +57,10 @@ def check_state(module: nn.Module, state: Mapping[str, torch.Tensor], what: str,
     names end in one of ``keep`` (buffers the release has no counterpart of) keep their own values."""
     own = module.state_dict()
     origin = getattr(state, "origin", {})
-    named = lambda k: f"{origin[k]!r} (here {k!r})" if k in origin and origin[k] != k else repr(k)  # noqa: E731
+
+    def named(k: str) -> str:
+        return f"{origin[k]!r} (here {k!r})" if origin.get(k, k) != k else repr(k)
+
     for k, v in state.items():
         if k not in own:
             raise ValueError(f"{what} does not fit: key {named(k)} of shape {tuple(v.shape)} has no place here")
@@ -67,7 +70,7 @@ def check_state(module: nn.Module, state: Mapping[str, torch.Tensor], what: str,
     full = dict(state)
     for k, v in own.items():
         if k not in full:
-            if not k.endswith(keep) or not keep:
+            if not (keep and k.endswith(keep)):
                 raise ValueError(f"{what} does not fit: it lacks key {k!r} (shape {tuple(v.shape)})")
             full[k] = v
     module.load_state_dict(full)
