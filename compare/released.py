@@ -208,7 +208,8 @@ def run(a: argparse.Namespace) -> dict:
     setup_distributed(dev)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"device": device_line(dev, a.precision), "samples": a.samples, "seed": a.seed, "reference": str(a.reference),
+    result = {"device": device_line(dev, a.precision), "samples": a.samples, "seed": a.seed,
+              "reference": str(a.reference),
               "models": {}}
     with out_lock(out) if rank() == 0 else nullcontext():
         for name, model in loaded.items():

@@ -15,7 +15,7 @@ release's code). The name map:
 | ``res_blocks.i.mlp.fc1_g`` and ``fc1_x`` / ``fc2`` | ``blocks.i.mlp.gate_up`` (stacked, gate first) / ``down`` |
 | ``res_blocks.i.ada_lin`` (S) | ``blocks.i.ada.1`` |
 | ``res_blocks.i.ada_lin_attn`` / ``ada_lin_mlp`` (L/H) | ``blocks.i.ada_attn.1`` / ``ada_mlp.1`` |
-| ``res_blocks.i.crossattn.{q,kv,proj}`` / ``norm2_1`` / ``norm2_2`` (L/H) | ``blocks.i.cross.{q,kv,proj}`` / ``norm_x`` / ``norm_z`` |
+| ``res_blocks.i.crossattn.*`` / ``norm2_1`` / ``norm2_2`` (L/H) | ``blocks.i.cross.*`` / ``norm_x`` / ``norm_z`` |
 | ``final_layer.adaLN_modulation.1`` | ``ada_out.1`` |
 | ``final_layer.linear`` | ``out``, negated (the release's velocity points from data to noise) |
 | ``res_blocks.i.{attn,crossattn}.rope.freqs`` | not stored: checked equal to the frequencies computed here |
@@ -116,7 +116,8 @@ def head_state_from_release(state: Mapping[str, torch.Tensor]) -> dict[str, torc
     unknown = []
     for name, value in head.items():
         if m := _ROPE.match(name):
-            if not torch.allclose(value.float(), rope_freqs(4 * len(value)), rtol=1e-6, atol=0):
+            want = rope_freqs(4 * len(value), device=value.device)
+            if not torch.allclose(value.float(), want, rtol=1e-6, atol=0):
                 raise ValueError(f"{name}: RoPE frequencies differ from 10000^(-i/(d/4)) (a changed rotary base?)")
             continue
         if m := _GLU.match(name):
@@ -177,7 +178,8 @@ def _backbone_names(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, str], 
         raise ValueError(f"state must be a FlowAR state dict, got {type(state).__name__}")
     counts = {"encoder": 0, "decoder": 0}
     for name, value in state.items():
-        if _AR_ROPE.match(name) and not torch.allclose(value.float(), rope_freqs(4 * len(value)), rtol=1e-6, atol=0):
+        want = rope_freqs(4 * len(value), device=value.device) if _AR_ROPE.match(name) else None
+        if want is not None and not torch.allclose(value.float(), want, rtol=1e-6, atol=0):
             raise ValueError(f"{name}: RoPE frequencies differ from 10000^(-i/(d/4)) (a changed rotary base?)")
         if m := _AR_BLOCK.match(name):
             counts[m[1]] = max(counts[m[1]], int(m[2]) + 1)
@@ -243,8 +245,9 @@ def backbone_config_from_release(state: Mapping[str, torch.Tensor], schedule: tu
     cfg = BackboneConfig.flowar_release(schedule, in_dim=state["z_proj.weight"].shape[1], width=width,
                                         depth=2 * per_stack, heads=heads, num_classes=rows - 1, **kw)
     if "mask" in state:  # (1, 1, L, L): 0 where attention is allowed, -inf elsewhere
-        want = torch.zeros(1, 1, cfg.seq_len, cfg.seq_len).masked_fill(~block_causal_mask(cfg.schedule), float("-inf"))
-        if state["mask"].shape != want.shape or not torch.equal(state["mask"].float(), want):
+        allowed = block_causal_mask(cfg.schedule, device="cpu")
+        want = torch.zeros(1, 1, cfg.seq_len, cfg.seq_len, device="cpu").masked_fill(~allowed, float("-inf"))
+        if state["mask"].shape != want.shape or not torch.equal(state["mask"].float().cpu(), want):
             raise ValueError(f"release key 'mask' (shape {tuple(state['mask'].shape)}) is not the block-causal mask "
                              f"of schedule {cfg.schedule} with buffer_size 0")
     with torch.device("meta"):  # shapes only, no memory

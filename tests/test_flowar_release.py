@@ -25,7 +25,8 @@ def ported(name: str, time_input: str = "index") -> TransformerHead:
     entry = GOLDEN[name]
     state = release_state(entry["state"])
     cfg = head_config_from_release(state)
-    assert (cfg["head_width"], cfg["head_depth"], cfg["head"] == "transformer_cross") == (entry["width"], 1, entry["cross"])
+    assert (cfg["head_width"], cfg["head_depth"], cfg["head"] == "transformer_cross") == \
+        (entry["width"], 1, entry["cross"])
     head = TransformerHead(GOLDEN["channels"], GOLDEN["cond_width"], cfg["head_width"], cfg["head_depth"],
                            cfg["head_heads"], GOLDEN["schedule"], cross=entry["cross"], time_input=time_input)
     head.load_state_dict(head_state_from_release(state))  # strict: every parameter placed, none left over

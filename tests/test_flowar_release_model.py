@@ -81,7 +81,8 @@ def test_load_reads_release_files_and_refuses_ones_that_do_not_fit(tmp_path):
     with pytest.raises(ValueError, match=r"VAE file does not fit: .*attn_1\.q\.weight.* has shape"):
         load(fl_path, _write(tmp_path, "bad_vae.ckpt", {"model": bad}), heads=2)
     with pytest.raises(ValueError, match=r"the VAE file does not fit: key 'quantize\.embedding\.weight'"):
-        load(fl_path, _write(tmp_path, "vq.ckpt", dict(vae, **{"quantize.embedding.weight": torch.zeros(8, 4)})), heads=2)
+        vq = dict(vae, **{"quantize.embedding.weight": torch.zeros(8, 4)})
+        load(fl_path, _write(tmp_path, "vq.ckpt", vq), heads=2)
     short = {k: v for k, v in fl.items() if k != "decoder_blocks.0.mlp.fc2.bias"}
     with pytest.raises(ValueError, match=r"'decoder_blocks\.0\.mlp\.fc2\.bias' is missing"):
         load(_write(tmp_path, "short.pth", short), vae_path, heads=2)

@@ -1,4 +1,5 @@
-"""Print how far this project's ports are from the releases' outputs on the fixtures in tests/data/.
+"""Print how far this project's ports are from the releases' outputs on the fixtures in tests/data/, and the
+parameter counts of the released sizes as loaded here.
 
     python tools/release_equality.py
 
@@ -63,6 +64,26 @@ def flowar_rows() -> None:
     print(f"{'FlowAR velocities of its training pass':<46} {worst:.2e}   (all five scales)")
 
 
+def size_rows() -> None:
+    """The real sizes, built on the meta device from the releases' key/shape listings (tools/release_shapes.py)."""
+    from test_release_shapes import meta_state, params
+    from flowar.release import from_release_states as flowar_from
+    from var.release import from_release_states as var_from
+    for depth in (16, 20, 24, 30):
+        vae, var = meta_state("vae"), meta_state(f"var_d{depth}")
+        with torch.device("meta"):
+            m = var_from(vae, var)
+        print(f"{f'VAR-d{depth} parameters (VQVAE apart)':<46} {params(m, 'tokenizer.') / 1e6:.1f}M")
+    print(f"{'VAR VQVAE parameters':<46} {params(m.tokenizer) / 1e6:.1f}M")
+    for size in "SLH":
+        fl, vae = meta_state(f"flowar_{size}"), meta_state("kl16")
+        with torch.device("meta"):
+            m = flowar_from(fl, vae)
+        print(f"{f'FlowAR-{size} parameters (VAE apart)':<46} {params(m, 'ae.') / 1e6:.1f}M")
+    print(f"{'MAR KL-16 VAE parameters':<46} {params(m.ae) / 1e6:.1f}M")
+
+
 if __name__ == "__main__":
     var_rows()
     flowar_rows()
+    size_rows()

@@ -13,10 +13,12 @@ maps and decoded images equal the release's (``tests/test_var_release.py``, fixt
 | ``encoder.*`` / ``decoder.*`` (ldm names) | the same |
 | ``quant_conv`` / ``post_quant_conv`` | ``encoder.quant_conv`` / ``decoder.post_quant_conv`` |
 | ``quantize.embedding`` / ``quantize.quant_resi.qresi_ls.i`` | ``codebook`` / ``phis.i`` |
-| ``class_emb``, ``pos_start``, ``pos_1LC``, ``lvl_embed``, ``word_embed`` | ``backbone.{class_emb, pos_start, pos_emb, level_emb, word_emb}`` |
+| ``class_emb``, ``pos_start`` / ``pos_1LC`` | ``backbone.class_emb``, ``pos_start`` / ``pos_emb`` |
+| ``lvl_embed`` / ``word_embed`` | ``backbone.level_emb`` / ``word_emb`` |
 | ``blocks.i.attn.mat_qkv`` + ``q_bias``, ``v_bias`` (k bias 0) | ``backbone.blocks.i.qkv`` |
-| ``blocks.i.attn.scale_mul_1H11`` / ``proj`` / ``ffn.fc1``, ``fc2`` | ``...qk_log_scale`` / ``proj`` / ``mlp.0``, ``mlp.2`` |
-| ``blocks.i.ada_lin.1`` rows (gamma1, gamma2, scale1, scale2, shift1, shift2) | ``...ada.1`` rows (shift1, scale1, gamma1, shift2, scale2, gamma2) |
+| ``blocks.i.attn.scale_mul_1H11`` / ``proj`` | ``backbone.blocks.i.qk_log_scale`` / ``proj`` |
+| ``blocks.i.ffn.fc1``, ``fc2`` | ``backbone.blocks.i.mlp.0``, ``mlp.2`` |
+| ``blocks.i.ada_lin.1`` rows (g1, g2, sc1, sc2, sh1, sh2) | ``backbone.blocks.i.ada.1`` rows (sh1, sc1, g1, sh2, sc2, g2) |
 | ``head_nm.ada_lin.1`` rows (scale, shift) / ``head`` | ``backbone.ada_out.1`` rows (shift, scale) / ``head`` |
 
 Not read from the files (the release's constants): phi's residual ratio 0.5, bicubic upsampling,
@@ -100,7 +102,8 @@ _VAR_RENAMES = [
     (r"^blocks\.(\d+)\.attn\.mat_qkv\.", r"backbone.blocks.\1.qkv."),
     (r"^blocks\.(\d+)\.attn\.scale_mul_1H11$", r"backbone.blocks.\1.qk_log_scale"),
     (r"^blocks\.(\d+)\.attn\.proj\.", r"backbone.blocks.\1.proj."),
-    (r"^blocks\.(\d+)\.ffn\.fc1\.", r"backbone.blocks.\1.mlp.0."), (r"^blocks\.(\d+)\.ffn\.fc2\.", r"backbone.blocks.\1.mlp.2."),
+    (r"^blocks\.(\d+)\.ffn\.fc1\.", r"backbone.blocks.\1.mlp.0."),
+    (r"^blocks\.(\d+)\.ffn\.fc2\.", r"backbone.blocks.\1.mlp.2."),
     (r"^blocks\.(\d+)\.ada_lin\.1\.", r"backbone.blocks.\1.ada.1."),
     (r"^head_nm\.ada_lin\.1\.", "backbone.ada_out.1."), (r"^head\.", "head."),
 ]
