@@ -18,7 +18,7 @@ maps and decoded images equal the release's (``tests/test_var_release.py``, fixt
 | ``blocks.i.attn.mat_qkv`` + ``q_bias``, ``v_bias`` (k bias 0) | ``backbone.blocks.i.qkv`` |
 | ``blocks.i.attn.scale_mul_1H11`` / ``proj`` | ``backbone.blocks.i.qk_log_scale`` / ``proj`` |
 | ``blocks.i.ffn.fc1``, ``fc2`` | ``backbone.blocks.i.mlp.0``, ``mlp.2`` |
-| ``blocks.i.ada_lin.1`` rows (g1, g2, sc1, sc2, sh1, sh2) | ``backbone.blocks.i.ada.1`` rows (sh1, sc1, g1, sh2, sc2, g2) |
+| ``blocks.i.ada_lin.1`` (g1, g2, sc1, sc2, sh1, sh2) | ``backbone.blocks.i.ada.1`` (sh1, sc1, g1, sh2, sc2, g2) |
 | ``head_nm.ada_lin.1`` rows (scale, shift) / ``head`` | ``backbone.ada_out.1`` rows (shift, scale) / ``head`` |
 
 Not read from the files (the release's constants): phi's residual ratio 0.5, bicubic upsampling,
