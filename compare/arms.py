@@ -23,7 +23,7 @@ from flowar.autoencoder import ContinuousAE
 from flowar.model import FlowAR, FlowARConfig
 from flowar.sampling import FlowSampling
 from flowar.pipeline import PAPER_SAMPLING, flowar_paper_configs, train_autoencoder, train_flowar
-from nextscale.autoencoder import ldm_coder_for, with_coder
+from nextscale.autoencoder import CODERS, with_coder
 from nextscale.config import config_as
 from nextscale.scales import default_schedule, doubling_schedule
 from var.hybrid import HybridConfig, HybridSampling, HybridVAR
@@ -260,11 +260,6 @@ DESIGNS = {"published": DEFAULT_ARMS, "attribution": CHAIN + ("hart",)}
 # The arm whose best row every other arm's rows are matched against (in head NFE and ms/img) in the
 # paired comparisons: the discrete-token baseline.
 ANCHOR = "var"
-
-
-# The autoencoders' coder family (--coder): this project's small conv coder, or the ldm coder the releases
-# use (nextscale.ldm), with the same image and latent shapes.
-CODERS = {"conv": lambda c: c, "ldm": ldm_coder_for}
 
 
 def arm_configs(name: str, data, backbone, cfg):

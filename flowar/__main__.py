@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 import nextscale
+from nextscale.autoencoder import CODERS, with_coder
 from nextscale.checkpoint import keyed_stage_paths, write_text
 from nextscale.cli import add_run_args, at_least, data_and_backbone, out_folder, out_lock, run_or_exit
 from nextscale.train import pick_device, recipe
@@ -90,7 +91,7 @@ def _main_sampling(a: argparse.Namespace) -> dict:
 
 def _run(a: argparse.Namespace, out: Path) -> dict:
     data, backbone = data_and_backbone(a)
-    ae_cfg, fl_cfg = flowar_paper_configs(data, backbone, head=a.head)
+    ae_cfg, fl_cfg = (with_coder(c, CODERS[a.coder]) for c in flowar_paper_configs(data, backbone, head=a.head))
     if a.few_step is not None:
         fl_cfg = replace(fl_cfg, few_step=a.few_step)
     ae_train, fl_train = (c.override(batch_size=a.batch_size) for c in recipe(

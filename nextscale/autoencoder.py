@@ -158,6 +158,11 @@ def ldm_coder_for(cfg: ConvAEConfig, ch: int = 128) -> LDMConfig:
                      latent_channels=cfg.latent_channels, z_channels=cfg.latent_channels, ch=ch, ch_mult=mult)
 
 
+# The autoencoders' coder family by name (the commands' --coder): this module's small conv coder as built, or
+# the ldm coder the releases use with the same image and latent shapes.
+CODERS = {"conv": lambda cfg: cfg, "ldm": ldm_coder_for}
+
+
 def with_coder(cfg, swap):
     """``cfg`` (a dataclass config) with every :class:`ConvAEConfig` inside it, at any depth, replaced by
     ``swap(it)``; rebuilt in one step per level, so checks that tie fields together (a latent quantizer's

@@ -7,6 +7,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from .autoencoder import CODERS
 from .backbone import BackboneConfig
 from .data import ImageData, check_images_fit, load_dataset
 
@@ -20,6 +21,8 @@ def add_run_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--depth", type=int, default=4, help="backbone depth")
     p.add_argument("--heads", type=int, default=4, help="backbone attention heads")
     p.add_argument("--latent-channels", type=int, default=8, help="latent channels (the backbone's in_dim)")
+    p.add_argument("--coder", default="conv", choices=tuple(CODERS), help="the autoencoder's coder: conv (small) or "
+                   "ldm (the releases' latent-diffusion coder; default: conv)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 import nextscale
+from nextscale.autoencoder import CODERS, with_coder
 from nextscale.checkpoint import keyed_stage_paths, write_text
 from nextscale.cli import add_run_args, at_least, data_and_backbone, out_folder, out_lock, run_or_exit
 from nextscale.train import pick_device, recipe
@@ -64,6 +65,7 @@ def _sampling(a: argparse.Namespace) -> dict:
 def _run(a: argparse.Namespace, out: Path) -> dict:
     data, backbone = data_and_backbone(a)
     vq_cfg, var_cfg = default_configs(data, backbone, vocab_size=a.vocab_size)
+    vq_cfg = with_coder(vq_cfg, CODERS[a.coder])  # --coder ldm: VAR's VQVAE design, trained here
     tok_train, var_train = (c.override(batch_size=a.batch_size) for c in recipe(
         seed=a.seed, ae_steps=a.tokenizer_steps, gen_steps=a.steps))
 
