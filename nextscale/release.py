@@ -53,7 +53,7 @@ def permute_rows(w: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
 
 def check_state(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, keep: tuple[str, ...] = ()) -> None:
     """Load ``state`` into ``module`` strictly, or raise one ``ValueError`` naming ``what`` and the first entry
-    that does not fit: an unexpected key, a shape that differs, or a missing key. Entries of the module whose
+    that does not fit: an unexpected key, a shape that differs, NaN or inf values, or a missing key. Entries of the module whose
     names end in one of ``keep`` (buffers the release has no counterpart of) keep their own values."""
     own = module.state_dict()
     origin = getattr(state, "origin", {})
@@ -67,6 +67,8 @@ def check_state(module: nn.Module, state: Mapping[str, torch.Tensor], what: str,
         if v.shape != own[k].shape:
             raise ValueError(f"{what} does not fit: key {named(k)} has shape {tuple(v.shape)}, expected "
                              f"{tuple(own[k].shape)}")
+        if v.is_floating_point() and v.device.type != "meta" and not torch.isfinite(v).all():
+            raise ValueError(f"{what} holds NaN or inf values in key {named(k)}: a corrupt or diverged file")
     full = dict(state)
     for k, v in own.items():
         if k not in full:

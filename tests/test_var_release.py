@@ -86,6 +86,11 @@ def test_load_reads_release_files_and_refuses_ones_that_do_not_fit(tmp_path):
     bad = dict(var, **{"blocks.1.ffn.fc2.weight": var["blocks.1.ffn.fc2.weight"][:, :-1]})
     with pytest.raises(ValueError, match=r"'blocks\.1\.ffn\.fc2\.weight' \(here .*\) has shape \(64, 255\), expected"):
         load(vae_path, _write(tmp_path, "bad.pth", bad))
+    v_bias = var["blocks.0.attn.v_bias"].clone()
+    v_bias[3] = float("nan")
+    nan = dict(var, **{"blocks.0.attn.v_bias": v_bias})
+    with pytest.raises(ValueError, match=r"VAR file holds NaN or inf values in key 'blocks\.0\.attn\.q_bias'"):
+        load(vae_path, _write(tmp_path, "nan.pth", nan))  # the qkv bias is placed from q_bias and v_bias
     extra = dict(var, **{"blocks.0.attn.rope.freqs": torch.ones(4)})
     with pytest.raises(ValueError, match=r"key 'blocks\.0\.attn\.rope\.freqs' of shape \(4,\) has no place"):
         load(vae_path, _write(tmp_path, "extra.pth", extra))
