@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import io
 import json
-import platform
 import sys
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -41,6 +40,7 @@ from .cost import measure_cost
 from .distributed import rank, world
 from .evaluate import NETWORKS, Protocol, load_networks, protocol_line, score_sets
 from .sample_files import read_set
+from .sampling import device_name, precision_context
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -92,10 +92,6 @@ def to_uint8(images_BCHW: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _autocast(precision: str, dev: torch.device):
-    return torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-
-
 def _save_array(path: Path, **arrays) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -104,20 +100,20 @@ def _save_array(path: Path, **arrays) -> None:
 
 
 def draw_samples(name: str, model, files: list[Path], kw: dict, a, dev) -> tuple[np.ndarray, np.ndarray]:
-    """``a.samples`` class-balanced samples (uint8 NHWC) and their labels, batch by batch, resumable (see the module
-    doc); every rank makes its batches, rank 0 returns the whole set (other ranks: empty arrays). With
+    """``a.samples`` class-balanced samples (uint8 NHWC) and their labels, batch by batch, resumable (see the
+    module doc); every rank makes its batches, rank 0 returns the whole set (other ranks: empty arrays). With
     ``a.clean`` the batch files are deleted once read."""
     from tqdm import tqdm
 
     classes = model.backbone.cfg.num_classes
     labels = torch.arange(a.samples) % classes
-    key_src = json.dumps([[file_digest(f) for f in files], kw, a.seed, a.samples, a.batch, a.precision], default=str)
-    folder = Path(a.out) / f"samples-{name}-{hashlib.sha256(key_src.encode()).hexdigest()[:12]}"
+    key = json.dumps([[file_digest(f) for f in files], kw, a.seed, a.samples, a.batch, a.precision], default=str)
+    folder = Path(a.out) / f"samples-{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     folder.mkdir(parents=True, exist_ok=True)
     batches = list(enumerate(torch.split(labels, a.batch)))
     mine = [(i, y) for i, y in batches if i % world() == rank() and not (folder / f"{i:06d}.npz").is_file()]
     for i, y in tqdm(mine, desc=f"sampling {name}", leave=False, disable=not sys.stderr.isatty() or rank() > 0):
-        with torch.no_grad(), _autocast(a.precision, dev):
+        with torch.no_grad(), precision_context(a, dev):
             images, _ = model.sample(y.to(dev), seed=a.seed + i, **kw)
         _save_array(folder / f"{i:06d}.npz", x=to_uint8(images), y=y.numpy())
     if world() > 1:
@@ -142,7 +138,7 @@ def cost(model, kw: dict, a, dev) -> dict:
     run's precision."""
     def sample(b):
         y = torch.arange(b, device=dev) % model.backbone.cfg.num_classes
-        with _autocast(a.precision, dev):
+        with precision_context(a, dev):
             return model.sample(y, seed=a.seed, **kw)
     out = {"batches": {}}
     for i, b in enumerate(a.cost_batches):
@@ -157,9 +153,7 @@ def cost(model, kw: dict, a, dev) -> dict:
 
 
 def device_line(dev: torch.device, precision: str) -> str:
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else \
-        f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-    return f"{name}, {precision}, torch {torch.__version__}"
+    return f"{device_name(dev)}, {precision}, torch {torch.__version__}"
 
 
 def check_args(a) -> dict[str, list[Path]]:
