@@ -55,7 +55,7 @@ import torch
 
 from nextscale.backbone import Backbone, BackboneConfig
 from nextscale.ldm import ldm_config_from_state
-from nextscale.release import ADA_ROWS, Renamed, check_state, load_state_file, permute_rows
+from nextscale.release import ADA_ROWS, Renamed, check_state, load_state_file, permute_rows, rename
 from nextscale.scales import block_causal_mask, num_tokens
 
 from .autoencoder import AEConfig, ContinuousAE
@@ -123,12 +123,11 @@ def head_state_from_release(state: Mapping[str, torch.Tensor]) -> dict[str, torc
         if m := _GLU.match(name):
             glu.setdefault((m[1], m[3]), {})[m[2]] = value
             continue
-        for pat, rep in _RENAMES:
-            if re.match(pat, name):
-                out[re.sub(pat, rep, name)] = value
-                break
-        else:
+        new = rename(name, _RENAMES)
+        if new is None:
             unknown.append(name)
+        else:
+            out[new] = value
     if unknown:
         raise ValueError(f"release keys with no place in the head: {sorted(unknown)[:8]}")
     for (blk, kind), parts in glu.items():

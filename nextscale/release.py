@@ -3,6 +3,7 @@ dict file safely, reordering packed rows, and placing renamed weights with an er
 release's key and shapes (the first that does not fit) instead of ``load_state_dict``'s list."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -44,6 +45,14 @@ def load_state_file(path: str | Path, name: str, map_location="cpu") -> dict[str
     if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
         raise ValueError(f"{name}: {path} holds no state dict (a dict of tensors)")
     return obj
+
+
+def rename(name: str, table: Sequence[tuple[str, str]]) -> str | None:
+    """``name`` under the first (pattern, replacement) of ``table`` whose pattern matches it, else None."""
+    for pattern, replacement in table:
+        if re.match(pattern, name):
+            return re.sub(pattern, replacement, name)
+    return None
 
 
 def permute_rows(w: torch.Tensor, order: Sequence[int]) -> torch.Tensor:

@@ -35,7 +35,7 @@ import torch
 
 from nextscale.backbone import BackboneConfig
 from nextscale.ldm import ldm_config_from_state
-from nextscale.release import ADA_ROWS, Renamed, check_state, load_state_file, permute_rows
+from nextscale.release import ADA_ROWS, Renamed, check_state, load_state_file, permute_rows, rename
 
 from .model import VAR, VARConfig, VARSampling
 from .tokenizer import MultiScaleVQVAE, VQConfig
@@ -119,17 +119,15 @@ def var_state_from_release(state: Mapping[str, torch.Tensor]) -> Renamed:
         if m := re.match(r"^blocks\.(\d+)\.attn\.([qv])_bias$", k):
             qkv_bias.setdefault(m[1], {})[m[2]] = v
             continue
-        for pat, rep in _VAR_RENAMES:
-            if re.match(pat, k):
-                new = re.sub(pat, rep, k)
-                if ".ada.1." in new:
-                    v = permute_rows(v, ADA_ROWS)
-                elif ".ada_out.1." in new:
-                    v = permute_rows(v, _HEAD_ORDER)
-                out.put(new, v, k)
-                break
-        else:
+        new = rename(k, _VAR_RENAMES)
+        if new is None:
             out.put(k, v, k)  # no place here: check_state names it
+            continue
+        if ".ada.1." in new:
+            v = permute_rows(v, ADA_ROWS)
+        elif ".ada_out.1." in new:
+            v = permute_rows(v, _HEAD_ORDER)
+        out.put(new, v, k)
     for i, b in qkv_bias.items():
         if set(b) != {"q", "v"}:
             raise ValueError(f"blocks.{i}.attn needs both q_bias and v_bias, got {sorted(b)}")
