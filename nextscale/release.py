@@ -3,6 +3,7 @@ dict file safely, reordering packed rows, and placing renamed weights with an er
 release's key and shapes (the first that does not fit) instead of ``load_state_dict``'s list."""
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -29,16 +30,19 @@ class Renamed(dict):
 
 
 def load_state_file(path: str | Path, name: str, map_location="cpu") -> dict[str, torch.Tensor]:
-    """The state dict in a release file (plain, or under "model" or "state_dict"), read with
-    ``weights_only`` (no code runs). ``ValueError`` naming ``name`` if the file is missing or is not one."""
+    """The state dict in a release file, read with ``weights_only`` (no code runs; an ``argparse.Namespace``
+    of training flags is allowed): a plain one (the released files), or a training checkpoint's
+    "model_ema" (the weights the releases evaluate), "model" or "state_dict" (MAR's VAE file), in that
+    order. ``ValueError`` naming ``name`` if the file is missing or holds none."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{name}: no file at {path}")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):  # FlowAR's training checkpoints hold args
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickled code
         raise ValueError(f"{name}: {path} is not a readable state dict file: {str(e).splitlines()[0]}") from None
-    for key in ("model", "state_dict"):
+    for key in ("model_ema", "model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break

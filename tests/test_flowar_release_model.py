@@ -9,6 +9,7 @@ images within 1e-4.
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,11 @@ def test_load_reads_release_files_and_refuses_ones_that_do_not_fit(tmp_path):
     fl_path, vae_path = _write(tmp_path, "flowar.pth", fl), _write(tmp_path, "kl16.ckpt", {"model": vae})
     m = load(fl_path, vae_path, heads=2)
     torch.testing.assert_close(m.backbone.class_emb.weight, fl["class_emb.weight"])
+    # a training checkpoint of the release (misc.save_model): its EMA weights, the ones its eval.py samples
+    ema = {k: v + 1 if k == "class_emb.weight" else v for k, v in fl.items()}
+    ck = {"model": fl, "model_ema": ema, "optimizer": {}, "epoch": 3, "args": argparse.Namespace(cfg=4.3)}
+    m = load(_write(tmp_path, "checkpoint-last.pth", ck), vae_path, heads=2)
+    torch.testing.assert_close(m.backbone.class_emb.weight, ema["class_emb.weight"])
     bad = dict(vae, **{"encoder.mid.attn_1.k.weight": vae["encoder.mid.attn_1.k.weight"][:-1]})
     with pytest.raises(ValueError, match=r"VAE file does not fit: .*attn_1\.q\.weight.* has shape"):
         load(fl_path, _write(tmp_path, "bad_vae.ckpt", {"model": bad}), heads=2)
