@@ -68,7 +68,7 @@ KEYS = (
                                    "batch_size", "ae_batch_size")),
     *(Key("eval", f, f) for f in ("sample_batch", "cost_batch", "cost_repeats", "throughput_batch", "quantize")),
     Key("eval", "kid_subset_size", "kid_subset_size", none=0),
-    *(Key("backbone", f, f) for f in ("width", "depth", "heads", "latent_channels")),
+    *(Key("backbone", f, f) for f in ("width", "depth", "heads", "latent_channels", "coder")),
 )
 
 
