@@ -1,5 +1,13 @@
-"""FlowAR's release (Ren et al. 2025, github.com/OliverRensu/FlowAR): its head's and its AR transformer's
-weights in nextscale, its sizes and its sampler settings.
+"""FlowAR's release (Ren et al. 2025, github.com/OliverRensu/FlowAR): its model and MAR's KL-16 VAE (Li et
+al. 2024) in nextscale, its sizes and its sampler settings.
+
+:func:`load` reads a released ``checkpoint-last.pth`` and ``kl16.ckpt`` into a :class:`~flowar.model.FlowAR`
+on a :class:`~flowar.autoencoder.ContinuousAE` (the ldm coder with a Gaussian posterior, latents x 0.2325
+as the release), sizes read from the shapes; its whole training pass gives the release's velocities
+(``tests/test_flowar_release_model.py``, fixture made by ``tools/flowar_model_golden.py``). The VAE's
+names are ldm's, with ``quant_conv`` / ``post_quant_conv`` inside the encoder / decoder and each
+attention's ``q``, ``k``, ``v`` stacked into ``qkv``. Where it differs from the release: ``encode`` takes
+the posterior mean where the release's training draws from the posterior.
 
 :func:`head_state_from_release` maps the release's flow-head weights (``flownet.*`` and
 ``diffusion_pos_embed_learned`` of a FlowAR state dict, as in its ``checkpoint-last.pth``) onto
