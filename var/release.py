@@ -22,8 +22,8 @@ maps and decoded images equal the release's (``tests/test_var_release.py``, fixt
 | ``head_nm.ada_lin.1`` rows (scale, shift) / ``head`` | ``backbone.ada_out.1`` rows (shift, scale) / ``head`` |
 
 Where it differs from the release: the qkv projection here has a key bias, set to zero (the release has
-none; softmax ignores a constant per query). Not read from the files (the release's constants): phi's residual ratio 0.5, bicubic upsampling,
-label dropout 0.1, stochastic depth 0.1 d / 24. Buffers the release derives (``lvl_1L``, the attention
+none; softmax ignores a constant per query). Not read from the files (the release's constants): phi's
+residual ratio 0.5, bicubic upsampling, label dropout 0.1, stochastic depth 0.1 d / 24. Buffers the release derives (``lvl_1L``, the attention
 mask, ``zero_k_bias``, the VQVAE's hit counters) are ignored.
 """
 from __future__ import annotations
