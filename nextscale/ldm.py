@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import check_bool, check_choice, check_float, check_int
+from .release import count_under, state_shape
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,10 @@ def ldm_config_from_state(state: Mapping[str, torch.Tensor], latent_side: int, g
     ``latent_side`` fixes the image side (it is not in the shapes). ``ValueError`` naming ``what`` if a
     key the reading needs is absent."""
     def shape(key):
-        if key not in state:
-            raise ValueError(f"not a {what} state dict: it has no key {key!r}")
-        return state[key].shape
+        return state_shape(state, key, what)
 
     def count(prefix):
-        return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
+        return count_under(state, prefix)
 
     ch, image_channels = shape("encoder.conv_in.weight")[:2]
     levels = count("encoder.down.")

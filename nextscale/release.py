@@ -51,6 +51,19 @@ def load_state_file(path: str | Path, name: str, map_location="cpu") -> dict[str
     return obj
 
 
+def state_shape(state: Mapping[str, torch.Tensor], key: str, what: str) -> torch.Size:
+    """The shape of ``state[key]``; ``ValueError`` saying the file is not a ``what`` state dict if it lacks it."""
+    if key not in state:
+        raise ValueError(f"not a {what} state dict: it has no key {key!r}")
+    return state[key].shape
+
+
+def count_under(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """How many distinct entries (``prefix`` + name + ``.``...) a state dict holds under ``prefix``: the
+    blocks of a ``ModuleList``, the levels of a coder."""
+    return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
+
+
 def rename(name: str, table: Sequence[tuple[str, str]]) -> str | None:
     """``name`` under the first (pattern, replacement) of ``table`` whose pattern matches it, else None."""
     for pattern, replacement in table:
@@ -66,8 +79,9 @@ def permute_rows(w: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
 
 def check_state(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, keep: tuple[str, ...] = ()) -> None:
     """Load ``state`` into ``module`` strictly, or raise one ``ValueError`` naming ``what`` and the first entry
-    that does not fit: an unexpected key, a shape that differs, NaN or inf values, or a missing key. Entries of the module whose
-    names end in one of ``keep`` (buffers the release has no counterpart of) keep their own values."""
+    that does not fit: an unexpected key, a shape that differs, NaN or inf values, or a missing key. Entries of
+    the module whose names end in one of ``keep`` (buffers the release has no counterpart of) keep their own
+    values."""
     own = module.state_dict()
     origin = getattr(state, "origin", {})
 

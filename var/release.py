@@ -23,8 +23,8 @@ maps and decoded images equal the release's (``tests/test_var_release.py``, fixt
 
 Where it differs from the release: the qkv projection here has a key bias, set to zero (the release has
 none; softmax ignores a constant per query). Not read from the files (the release's constants): phi's
-residual ratio 0.5, bicubic upsampling, label dropout 0.1, stochastic depth 0.1 d / 24. Buffers the release derives (``lvl_1L``, the attention
-mask, ``zero_k_bias``, the VQVAE's hit counters) are ignored.
+residual ratio 0.5, bicubic upsampling, label dropout 0.1, stochastic depth 0.1 d / 24. Buffers the release
+derives (``lvl_1L``, the attention mask, ``zero_k_bias``, the VQVAE's hit counters) are ignored.
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ import torch
 
 from nextscale.backbone import BackboneConfig
 from nextscale.ldm import ldm_config_from_state
-from nextscale.release import ADA_ROWS, Renamed, check_state, load_state_file, permute_rows, rename
+from nextscale.release import (ADA_ROWS, Renamed, check_state, count_under, load_state_file, permute_rows, rename,
+                                state_shape)
 
 from .model import VAR, VARConfig, VARSampling
 from .tokenizer import MultiScaleVQVAE, VQConfig
@@ -47,25 +48,16 @@ RELEASE_SAMPLING = VARSampling(cfg_scale=1.5, cfg_schedule="linear", top_k=900, 
 _IGNORED = re.compile(r"^(lvl_1L|attn_bias_for_masking|blocks\.\d+\.attn\.zero_k_bias|quantize\.ema_vocab_hit_SV)$")
 
 
-def _count(state: Mapping, pattern: str) -> int:
-    return len({m[1] for k in state if (m := re.match(pattern, k))})
-
-
-def _shape(state: Mapping, key: str, what: str) -> torch.Size:
-    if key not in state:
-        raise ValueError(f"not a {what} state dict: it has no key {key!r}")
-    return state[key].shape
-
-
 def vqvae_config_from_release(state: Mapping[str, torch.Tensor]) -> VQConfig:
     """The :class:`VQConfig` of a release VQVAE state dict, read from its shapes."""
     coder = ldm_config_from_state(state, SCHEDULE[-1], gaussian=False, what="VAR VQVAE")
-    phis = _count(state, r"^quantize\.quant_resi\.qresi_ls\.(\d+)\.")
+    phis = count_under(state, "quantize.quant_resi.qresi_ls.")
     if not phis:
         raise ValueError("the VQVAE's phi convs must be partially shared (quantize.quant_resi.qresi_ls.*, the "
                          "release's share_quant_resi=4); this file has none")
-    return VQConfig(ae=coder, schedule=SCHEDULE, vocab_size=_shape(state, "quantize.embedding.weight", "VAR VQVAE")[0],
-                    phi_convs=phis, phi_residual_ratio=0.5, upsample="bicubic")
+    vocab = state_shape(state, "quantize.embedding.weight", "VAR VQVAE")[0]
+    return VQConfig(ae=coder, schedule=SCHEDULE, vocab_size=vocab, phi_convs=phis, phi_residual_ratio=0.5,
+                    upsample="bicubic")
 
 
 _VQVAE_RENAMES = [(r"^quant_conv\.", "encoder.quant_conv."), (r"^post_quant_conv\.", "decoder.post_quant_conv."),
@@ -87,14 +79,14 @@ def vqvae_state_from_release(state: Mapping[str, torch.Tensor]) -> Renamed:
 def var_config_from_release(state: Mapping[str, torch.Tensor], vq: VQConfig) -> VARConfig:
     """The :class:`VARConfig` of a release VAR state dict on the tokenizer ``vq``, read from its shapes."""
     what = "VAR"
-    classes, width = _shape(state, "class_emb.weight", what)
-    depth = _count(state, r"^blocks\.(\d+)\.")
+    classes, width = state_shape(state, "class_emb.weight", what)
+    depth = count_under(state, "blocks.")
     qk_norm = "blocks.0.attn.scale_mul_1H11" in state
     heads = state["blocks.0.attn.scale_mul_1H11"].shape[1] if qk_norm else width // 64  # the release: d heads of 64
-    bb = BackboneConfig(schedule=SCHEDULE, in_dim=_shape(state, "word_embed.weight", what)[1],
+    bb = BackboneConfig(schedule=SCHEDULE, in_dim=state_shape(state, "word_embed.weight", what)[1],
                         num_classes=classes - 1, width=width, depth=depth, heads=heads, qk_norm=qk_norm,
                         drop_path=0.1 * depth / 24)
-    return VARConfig(backbone=bb, vocab_size=_shape(state, "head.weight", what)[0])
+    return VARConfig(backbone=bb, vocab_size=state_shape(state, "head.weight", what)[0])
 
 
 _VAR_RENAMES = [
