@@ -264,8 +264,9 @@ ANCHOR = "var"
 
 def arm_configs(name: str, data, backbone, cfg):
     """(autoencoder config, generator config) of arm ``name`` for ``data`` on ``backbone`` with the run's
-    coder family (``CODERS[cfg.coder]``), ``head_width`` (where the generator has one) and ``cfg.arm_overrides[name]`` applied; raises
-    ``ValueError`` on a bad combination or an unknown override field."""
+    coder family (``CODERS[cfg.coder]``), ``head_width`` (where the generator has one) and
+    ``cfg.arm_overrides[name]`` applied; raises ``ValueError`` on a bad combination or an unknown override
+    field."""
     arm = ARMS[name]
     ae_cfg, gen_cfg = (with_coder(c, CODERS[cfg.coder]) for c in arm.configs(data, backbone))
     names = {f.name for f in fields(gen_cfg)}

@@ -1,6 +1,6 @@
 """The conv encoder and decoder both tokenizers share (VAR's VQ-VAE, FlowAR's AE/VAE).
 
-Two coder families, each a config class with one (encoder, decoder) pair in ``CODERS``: this module's
+Two coder families, each a config class with one (encoder, decoder) pair in ``CODER_FAMILIES``: this module's
 small ``ConvAEConfig`` (trained on small data in minutes) and ``nextscale.ldm.LDMConfig`` (the
 latent-diffusion coder the released VAR and FlowAR tokenizers use).
 
@@ -9,7 +9,7 @@ Each head adds only its bottleneck (residual VQ for VAR, identity or KL for Flow
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -122,21 +122,18 @@ def check_images(x_BCHW, channels: int, side: int, name: str = "images", finite:
             raise ValueError(f"{name} must lie in [-1, 1] (the models' pixel range), got [{lo:.4g}, {hi:.4g}]")
 
 
-
-def coder_families() -> dict:
-    """{config class: (encoder class, decoder class)} of the coder families."""
-    return {ConvAEConfig: (Encoder, Decoder), LDMConfig: (LDMEncoder, LDMDecoder)}
+# The coder families: config class -> (encoder class, decoder class).
+CODER_FAMILIES = {ConvAEConfig: (Encoder, Decoder), LDMConfig: (LDMEncoder, LDMDecoder)}
 
 
 def coder_config(value, name: str = "ae"):
     """A coder config as given, or rebuilt from its plain data (a checkpoint's): the family that has all
     the dict's fields. ``ValueError`` naming ``name`` for anything else."""
-    families = coder_families()
-    names = ", ".join(c.__name__ for c in families)
-    if isinstance(value, tuple(families)):
+    names = ", ".join(c.__name__ for c in CODER_FAMILIES)
+    if isinstance(value, tuple(CODER_FAMILIES)):
         return value
     if isinstance(value, dict):
-        for cls in families:
+        for cls in CODER_FAMILIES:
             if set(value) <= {f.name for f in fields(cls)}:
                 return config_from_dict(cls, value)
         raise ValueError(f"{name} fits no coder family ({names}): fields {sorted(value)}")
@@ -146,7 +143,7 @@ def coder_config(value, name: str = "ae"):
 def make_coder(cfg, out_channels: int | None = None) -> tuple[nn.Module, nn.Module]:
     """(encoder, decoder) of a coder config; ``out_channels``: the encoder's (e.g. 2 x latent for a
     Gaussian posterior)."""
-    enc, dec = coder_families()[type(cfg)]
+    enc, dec = CODER_FAMILIES[type(cfg)]
     return enc(cfg, out_channels), dec(cfg)
 
 
@@ -167,8 +164,6 @@ def with_coder(cfg, swap):
     """``cfg`` (a dataclass config) with every :class:`ConvAEConfig` inside it, at any depth, replaced by
     ``swap(it)``; rebuilt in one step per level, so checks that tie fields together (a latent quantizer's
     ``ae`` equals its ``frozen_ae.ae``) see the new values together."""
-    from dataclasses import is_dataclass, replace
-
     changes = {}
     for f in fields(cfg):
         v = getattr(cfg, f.name)

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from flowar.autoencoder import AEConfig, ContinuousAE
-from nextscale.autoencoder import ConvAEConfig
 from nextscale.config import config_as, config_to_dict
 
 from .tokenizer import MultiScaleVQVAE, VQConfig, usage_stats
