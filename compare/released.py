@@ -31,10 +31,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from flowar import release as flowar_release
 from nextscale.checkpoint import atomic_path, write_text
 from nextscale.cli import out_lock, run_or_exit
 from nextscale.config import check_int, check_seed
 from nextscale.train import pick_device, setup_distributed
+from var import release as var_release
 
 from .cost import measure_cost
 from .distributed import rank, world
@@ -54,28 +56,13 @@ class Release:
     preset: Callable  # model -> the sampler's keyword arguments
 
 
-def _var_preset(model) -> dict:
-    from var.release import RELEASE_SAMPLING
-    return asdict(RELEASE_SAMPLING)
-
-
-def _flowar_preset(model) -> dict:
-    from flowar.release import sampling_for
-    return sampling_for(model)
-
-
-def _var_load(vae, var, map_location, a):
-    from var.release import load
-    return load(vae, var, map_location)
-
-
-def _flowar_load(flowar, vae, map_location, a):
-    from flowar.release import load
-    return load(flowar, vae, map_location, heads=a.flowar_heads)
-
-
-RELEASES = {"var": Release(("VAE.pth", "VAR.pth"), _var_load, _var_preset),
-            "flowar": Release(("FLOWAR.pth", "KL16.ckpt"), _flowar_load, _flowar_preset)}
+RELEASES = {
+    "var": Release(("VAE.pth", "VAR.pth"), lambda vae, var, loc, a: var_release.load(vae, var, loc),
+                   lambda model: asdict(var_release.RELEASE_SAMPLING)),
+    "flowar": Release(("FLOWAR.pth", "KL16.ckpt"),
+                      lambda fl, vae, loc, a: flowar_release.load(fl, vae, loc, heads=a.flowar_heads),
+                      flowar_release.sampling_for),
+}
 
 
 def file_digest(path: Path) -> str:
