@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import pytest
 import torch
@@ -154,22 +153,6 @@ def test_param_and_flop_counts():
     mm = 2 * B * ((L - 1) * D * C + 2 * (L * C * 3 * C + L * C * C + 2 * L * C * 4 * C + C * 6 * C
                                         + 2 * L * L * C) + C * 2 * C)
     assert flops == mm
-
-
-def test_options_off_equal_the_original_backbone():
-    """qk_norm=False, drop_path=0 (the defaults): the same parameters and the same outputs (within float32
-    rounding across CPUs) as the backbone before these options existed (a state dict and output saved
-    from that code)."""
-    ref = torch.load(Path(__file__).parent / "data" / "backbone_golden.pt")
-    cfg = BackboneConfig(schedule=(1, 2, 4), in_dim=3, num_classes=5, width=32, depth=2, heads=2, class_dropout=0.0)
-    m = Backbone(cfg)
-    m.load_state_dict(ref["state"])  # strict: no new parameters when the options are off
-    # the golden output was saved on another CPU: float32 kernels (SIMD width, reduction order) differ by
-    # a few ulps across CPUs (4.8e-7 seen on an AMD EPYC), so it is matched within 1e-5, not bit for bit;
-    # a changed block (a missing term, a swapped gate) moves it by orders of magnitude more
-    torch.testing.assert_close(m.eval()(ref["x"], ref["y"]), ref["h"], rtol=0, atol=1e-5)
-    h_train = m.train()(ref["x"], ref["y"])
-    assert torch.equal(h_train, m.eval()(ref["x"], ref["y"]))  # same process: no dropout anywhere, train == eval
 
 
 def test_qk_norm_and_drop_path_do_what_they_say():

@@ -3,16 +3,15 @@ shapes by ``tools/release_shapes.py`` from the releases' own models) is placed a
 device (no weights), and the sizes read from the shapes give the parameter counts the releases publish."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from flowar.release import RELEASE_SAMPLING, from_release_states as flowar_from, release_size, sampling_for
 from nextscale.layers import rope_freqs
 from var.release import from_release_states as var_from
+from golden import fixture
 
-SHAPES = torch.load(Path(__file__).parent / "data" / "release_shapes.pt", weights_only=True)
+SHAPES = fixture("release_shapes")
 
 
 def meta_state(name: str) -> dict[str, torch.Tensor]:
