@@ -2,8 +2,9 @@
 
 A decoder-only transformer over the concatenated token maps of all scales, with block-causal
 attention (scale k sees scales <= k), class conditioning by adaptive layer norm and a KV cache
-for scale-by-scale sampling. Two options of the VAR release, both off by default: query/key L2
-normalisation with a learnable per-head scale (``qk_norm``) and stochastic depth (``drop_path``).
+for scale-by-scale sampling. Options of the VAR release, off by default: query/key L2
+normalisation with a learnable per-head scale (``qk_norm``), stochastic depth (``drop_path``) and, for
+its models without qk_norm, attention logits scaled by 0.25 (``attn_scale``).
 :meth:`BackboneConfig.flowar_release` switches on the options of FlowAR's released AR transformer (Ren et
 al. 2025): RMSNorm, GEGLU, 2-D RoPE, class token, input RMSNorm, encoder + decoder stacks, no final adaLN.
 
@@ -46,6 +47,7 @@ class BackboneConfig:
     class_dropout: float = 0.1  # probability of replacing the label by the null class in training
     attn_kind: str = "exact"
     qk_norm: bool = False       # VAR's attn_l2_norm: L2-normalised q, k with a learnable per-head scale
+    attn_scale: float = 1.0     # times the attention logits' 1/sqrt(d) (VAR's release without qk_norm: 0.25)
     drop_path: float = 0.0      # stochastic depth, rate rising linearly over the blocks to this value (VAR)
     # Options of FlowAR's release (see flowar_release); the defaults are VAR's design.
     norm: str = "layer"         # the blocks' (and the final adaLN's) norm, no parameters: "layer" or "rms"
@@ -72,6 +74,7 @@ class BackboneConfig:
         check_choice("attn_kind", self.attn_kind, KINDS)
         if not isinstance(self.qk_norm, bool):
             raise ValueError(f"qk_norm must be True or False, got {self.qk_norm!r}")
+        check_float("attn_scale", self.attn_scale, 0, lo_open=True)
         check_float("drop_path", self.drop_path, 0, 1, hi_open=True)
         check_choice("norm", self.norm, NORMS)
         check_choice("mlp", self.mlp, MLPS)
@@ -184,6 +187,7 @@ class Block(nn.Module):
         super().__init__()
         C = cfg.width
         self.heads, self.attn_kind, self.dropout, self.drop_path = cfg.heads, cfg.attn_kind, cfg.dropout, drop_path
+        self.attn_scale = cfg.attn_scale
         self.attn_opts: dict = {}  # options of an approximate kind, see Backbone.set_attention
         self.norm1 = make_norm(cfg.norm, C)
         self.qkv = nn.Linear(C, 3 * C)
@@ -216,6 +220,8 @@ class Block(nn.Module):
             q, k, v = qkv_BL3Hd.unbind(2)
             qkv_BL3Hd = torch.stack([apply_rope(q, *rope), apply_rope(k, *rope), v], 2)
         q = qkv_BL3Hd[:, :, 0].transpose(1, 2)  # (B, H, L, d) views, no copies
+        if self.attn_scale != 1.0:
+            q = q * self.attn_scale
         if cache is not None:
             k, v = cache.append(layer, qkv_BL3Hd[:, :, 1:])
         else:
@@ -325,13 +331,13 @@ class Backbone(nn.Module):
             x_BlC = x_BlC + self.level_emb(self.levels[sl])
         return self.in_norm(x_BlC) if cfg.in_norm else x_BlC
 
-    def rope_tables(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def rope_tables(self, device, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin), each (L, 1, head_dim / 2): every scale's grid on the final grid's frame (positions
-        i * last side / side, as the release's), concatenated like the scales."""
-        key = str(device)
+        i * last side / side, as the release's), concatenated like the scales; in ``dtype``."""
+        key = (str(device), dtype)
         if key not in self._rope:
             cfg = self.cfg
-            per_scale = [rope_2d(s, cfg.width // cfg.heads, frame=cfg.schedule[-1], device=device)
+            per_scale = [rope_2d(s, cfg.width // cfg.heads, frame=cfg.schedule[-1], device=device, dtype=dtype)
                          for s in cfg.schedule]
             self._rope[key] = tuple(torch.cat(t)[:, None] for t in zip(*per_scale))
         return self._rope[key]
@@ -340,7 +346,8 @@ class Backbone(nn.Module):
         """The blocks of every stack on the positions ``sl`` (the whole sequence with its ``levels``, or one
         scale after those in ``cache``); ``ada``: each block's :func:`ada_terms`."""
         cfg = self.cfg
-        rope = tuple(t[sl] for t in self.rope_tables(x_BlC.device)) if cfg.rope else None
+        wide = torch.promote_types(x_BlC.dtype, torch.float32)  # float64 tables for a float64 pass
+        rope = tuple(t[sl] for t in self.rope_tables(x_BlC.device, wide)) if cfg.rope else None
         per_stack = cfg.depth // cfg.stacks
         for i, blk in enumerate(self.blocks):
             if i and i % per_stack == 0:  # into the next stack

@@ -1,29 +1,51 @@
-"""Make tests/data/var_release_golden.pt from VAR's released code (run by hand, not by the tests).
+"""Make tests/data/var_release_golden.pt from VAR's released code, in float64 (run by hand, not by the tests).
 
     python tools/var_golden.py --release PATH/TO/VAR [--out tests/data/var_release_golden.pt]
 
-PATH/TO/VAR is a checkout of github.com/FoundationVision/VAR. Run it in a venv with torch, numpy and
-huggingface_hub (the release's ``models/var.py`` imports its ``PyTorchModelHubMixin``).
+PATH/TO/VAR is a checkout of the release, github.com/FoundationVision/VAR at commit
+78b95394fc5896192e3a003e4b295f8ea743c48f (``git clone https://github.com/FoundationVision/VAR && git -C VAR
+checkout 78b9539``). Run it in this project's venv (torch, numpy) with ``huggingface_hub`` added
+(``pip install huggingface_hub``: the release's ``models/var.py`` imports its ``PyTorchModelHubMixin``);
+the VAR release needs nothing else (no timm, no flash-attn, no xformers: without them it takes its plain
+paths). The script imports ``_int8_grid`` and ``_randomize`` from ``tools/flowar_golden.py``.
 
 The script builds the release's VQVAE and VAR at a tiny size on the release's ten-scale schedule: the
 VQVAE's own ``Encoder``/``Decoder`` classes at ch 32, ch_mult (1, 2) and one block per level (the
 release fixes ch_mult (1, 1, 2, 2, 4), which would make the file large; the loader reads both from
-shapes), four shared phi convs, and a 2-block VAR with ``attn_l2_norm``. Every parameter gets random
-values on an int8 grid (stored as those integers and an exponent, see ``tools/flowar_golden.py``), so
-the file is small and the values exact. It records on two fixed images and labels:
+shapes), four shared phi convs, and a 2-block VAR with ``attn_l2_norm`` (width 64, 2 heads). Every
+parameter gets random values on an int8 grid (stored as those integers and an exponent, see
+``tools/flowar_golden.py``), so the file is small and the values exact in float32 and float64; then the
+modules are cast to float64 and run on float64 inputs.
+
+**Everything is computed in float64.** The release casts to float32 in a few places (``VAR.forward``'s
+``x_BLCv_wo_first_l.float()`` and ``x_BLC.float()``, ``VAR.get_logits``' three ``.float()``, and the f_hat
+buffer ``new_zeros(..., dtype=torch.float32)`` of ``VectorQuantizer2.idxBl_to_var_input``, into which
+float64 terms would be added in place, rounding them to float32; ``embed_to_fhat`` has the same buffer but
+is not reached here). While it records, a torch function mode (:class:`Float64`) takes those casts and
+allocations as float64 (it prints how many) and raises if any torch operation still yields a float tensor
+that is not float64; the default dtype is float64 too (the label-dropout draw ``torch.rand(B)``). Nothing
+of the release had to stay in float32.
+
+It records on two fixed images and labels (all floating outputs float64):
 
 - the encoder latent f, the token maps the quantizer draws from it, the teacher-forcing input, the
   decoded f and the reconstruction from the tokens;
 - VAR's teacher-forced logits (label dropout off);
-- ``autoregressive_infer_cfg`` images and token maps at a fixed seed (cfg 1.5, top-k 20, top-p 0.9).
+- ``autoregressive_infer_cfg`` images and token maps at a fixed seed (cfg 1.5, top-k 20, top-p 0.9);
+- ``no_qk_norm``: a second 2-block VAR of width 64 built with ``attn_l2_norm=False`` and 4 heads (not
+  width / 64: the file's shapes do not tell the heads, and the release scales its attention logits by
+  0.25 / sqrt(head_dim)), on the same VQVAE: its weights (``var``), ``heads`` and teacher-forced logits.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flowar_golden import _int8_grid, _randomize  # noqa: E402
@@ -31,15 +53,51 @@ from flowar_golden import _int8_grid, _randomize  # noqa: E402
 SCHEDULE = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 V, CVAE, CH, CH_MULT, CLASSES = 32, 8, 32, (1, 2), 10
 SAMPLING = dict(g_seed=7, cfg=1.5, top_k=20, top_p=0.9)
+NO_QK_NORM = dict(depth=2, embed_dim=64, num_heads=4)  # heads != width / 64
+
+
+class Float64(TorchFunctionMode):
+    """The release's explicit float32 casts (``Tensor.float`` of a float64 tensor) and float32 allocations
+    (``dtype=torch.float32``) taken as float64; any operation whose result holds a float tensor of another
+    dtype raises. ``redirected`` counts what was taken as float64, by operation."""
+
+    def __init__(self):
+        super().__init__()
+        self.redirected: Counter = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__qualname__", getattr(func, "__name__", str(func)))
+        if func is torch.Tensor.float and args[0].dtype == torch.float64:
+            self.redirected[name] += 1
+            return args[0]
+        if kwargs.get("dtype") == torch.float32:
+            self.redirected[f"{name}(dtype=torch.float32)"] += 1
+            kwargs = {**kwargs, "dtype": torch.float64}
+        out = func(*args, **kwargs)
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64:
+                raise TypeError(f"the release computed {name} in {t.dtype}")
+        return out
 
 
 def _release(path: Path):
     sys.path.insert(0, str(path))
-    from models import helpers, var as var_module
+    from models import var as var_module
     from models.basic_vae import Decoder, Encoder
     from models.var import VAR
     from models.vqvae import VQVAE
     return VQVAE, VAR, Encoder, Decoder, var_module
+
+
+def _var(VAR, vae, gen, **size):
+    """A release VAR on ``vae`` with random int8-grid weights, in float64, label dropout off."""
+    var = VAR(vae, num_classes=CLASSES, patch_nums=SCHEDULE, flash_if_available=False, fused_if_available=False,
+              **size)
+    var.eval()
+    _randomize(var, gen)
+    var.cond_drop_rate = 0.0  # the release drops labels even in eval mode
+    return var.double()
 
 
 def _build(VQVAE, VAR, Encoder, Decoder, gen):
@@ -47,18 +105,18 @@ def _build(VQVAE, VAR, Encoder, Decoder, gen):
     vae = VQVAE(vocab_size=V, z_channels=CVAE, ch=CH, share_quant_resi=4, v_patch_nums=SCHEDULE, test_mode=False)
     dd = dict(ch=CH, ch_mult=CH_MULT, num_res_blocks=1, dropout=0.0, z_channels=CVAE, using_sa=True, using_mid_sa=True)
     vae.encoder, vae.decoder = Encoder(double_z=False, **dd), Decoder(**dd)
-    var = VAR(vae, num_classes=CLASSES, depth=2, embed_dim=64, num_heads=2, attn_l2_norm=True, patch_nums=SCHEDULE,
-              flash_if_available=False, fused_if_available=False)
-    for m in (vae, var):
-        m.eval()
-        _randomize(m, gen)
-    var.cond_drop_rate = 0.0  # the release drops labels even in eval mode
-    return vae, var
+    vae.eval()
+    _randomize(vae, gen)
+    var = _var(VAR, vae, gen, depth=2, embed_dim=64, num_heads=2, attn_l2_norm=True)
+    return vae.double(), var
 
 
-def _record(vae, var, var_module, gen) -> dict:
-    x = (torch.rand(2, 3, 16 * 2 ** (len(CH_MULT) - 1), 16 * 2 ** (len(CH_MULT) - 1), generator=gen) * 2 - 1)
-    x = x.half().float()
+def _images(gen) -> torch.Tensor:
+    side = 16 * 2 ** (len(CH_MULT) - 1)
+    return (torch.rand(2, 3, side, side, generator=gen) * 2 - 1).half().double()  # exact in any dtype
+
+
+def _record(vae, var, var_module, x) -> dict:
     labels = torch.tensor([3, 7])
     drawn = []
     release_draw = var_module.sample_with_top_k_top_p_
@@ -77,8 +135,10 @@ def _record(vae, var, var_module, gen) -> dict:
                    reconstruction=vae.img_to_reconstructed_img(x, last_one=True),
                    logits=var(labels, x_in))
         var_module.sample_with_top_k_top_p_ = recording
-        images = var.autoregressive_infer_cfg(2, labels, **SAMPLING)
-        var_module.sample_with_top_k_top_p_ = release_draw
+        try:
+            images = var.autoregressive_infer_cfg(2, labels, **SAMPLING)
+        finally:
+            var_module.sample_with_top_k_top_p_ = release_draw
     out.update(sampling=SAMPLING, sampled_images=images, sampled_tokens=drawn)
     return out
 
@@ -99,8 +159,20 @@ def main() -> None:
     VQVAE, VAR, Encoder, Decoder, var_module = _release(a.release)
     gen = torch.Generator().manual_seed(0)
     vae, var = _build(VQVAE, VAR, Encoder, Decoder, gen)
-    fixture = {"schedule": SCHEDULE, "vocab_size": V, "num_classes": CLASSES, "vae": _grid_state(vae),
-               "var": _grid_state(var), **_record(vae, var, var_module, gen)}
+    x = _images(gen)
+    mode, default = Float64(), torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with mode:
+            fixture = {"schedule": SCHEDULE, "vocab_size": V, "num_classes": CLASSES, "vae": _grid_state(vae),
+                       "var": _grid_state(var), **_record(vae, var, var_module, x)}
+        plain = _var(VAR, vae, gen, attn_l2_norm=False, **NO_QK_NORM)
+        with mode, torch.no_grad():
+            fixture["no_qk_norm"] = {"var": _grid_state(plain), "heads": NO_QK_NORM["num_heads"],
+                                     "logits": plain(fixture["labels"], fixture["teacher_input"])}
+    finally:
+        torch.set_default_dtype(default)
+    print("taken as float64:", dict(mode.redirected))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(fixture, a.out)
     print(f"wrote {a.out} ({a.out.stat().st_size / 1e6:.2f} MB)")

@@ -107,7 +107,8 @@ def sample_tokens(logits_NV: torch.Tensor, generator: torch.Generator, *, top_k:
     from the same seeded generator the same tokens as the release's."""
     if greedy:
         return logits_NV.argmax(-1)
-    logits = logits_NV.float() if temperature == 1.0 else logits_NV.float() / temperature
+    logits = logits_NV if logits_NV.dtype == torch.float64 else logits_NV.float()  # float32 at least
+    logits = logits if temperature == 1.0 else logits / temperature
     logits = filter_logits(logits, top_k, top_p)
     if rng == "release":
         return torch.multinomial(logits.softmax(-1), 1, replacement=True, generator=generator)[:, 0]
@@ -209,7 +210,8 @@ class VAR(nn.Module):
                     known = tok.teacher_inputs(tokens)
                     x_in[:, :known.shape[1]] = known.repeat(2 if guided else 1, 1, 1)
                 h = bb(x_in, y_in)[:, self.slices[k]]
-            logits = self.head(h).float()
+            logits = self.head(h)
+            logits = logits if logits.dtype == torch.float64 else logits.float()
             if guided:
                 c, u = logits.chunk(2)
                 logits = guide(c, u, ws[k])

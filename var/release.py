@@ -4,9 +4,12 @@
 
 :func:`load` reads the sizes from the files' shapes: the VQVAE's coder (an
 :class:`~nextscale.ldm.LDMConfig`), its vocabulary and shared phi convs; VAR's width (64 d), depth d, heads
-(d, from the ``attn_l2_norm`` scales), classes and its ten-scale schedule. Teacher-forced logits, token
-maps and decoded images equal the release's (``tests/test_var_release.py``, fixtures made by
-``tools/var_golden.py`` from the release's code). The name map (release -> here):
+(d, from the shape of the ``attn_l2_norm`` scales ``scale_mul_1H11``), classes and its ten-scale schedule. A
+VAR trained without ``attn_l2_norm`` has no such scales, so its shapes do not tell its heads: it loads only
+with ``heads=`` given, and its attention logits are scaled by 0.25 / sqrt(head_dim) as the release's are.
+Teacher-forced logits, token maps and decoded images equal the release's in float64
+(``tests/test_var_release.py``, fixtures made by ``tools/var_golden.py`` from the release's code). The name
+map (release -> here):
 
 | release | here |
 |---|---|
@@ -35,6 +38,7 @@ from typing import Mapping
 import torch
 
 from nextscale.backbone import BackboneConfig
+from nextscale.config import check_int
 from nextscale.ldm import ldm_config_from_state
 from nextscale.release import (ADA_ROWS, Renamed, check_state, count_under, load_state_file, permute_rows, rename,
                                 state_shape)
@@ -76,16 +80,39 @@ def vqvae_state_from_release(state: Mapping[str, torch.Tensor]) -> Renamed:
     return out
 
 
-def var_config_from_release(state: Mapping[str, torch.Tensor], vq: VQConfig) -> VARConfig:
-    """The :class:`VARConfig` of a release VAR state dict on the tokenizer ``vq``, read from its shapes."""
+def _release_heads(state: Mapping[str, torch.Tensor], heads: int | None) -> tuple[int, bool]:
+    """(heads, qk_norm) as the release's ``SelfAttention`` has them: with ``attn_l2_norm`` the heads are the
+    H of its (1, H, 1, 1) ``scale_mul_1H11``; without, nothing in the file tells them and ``heads`` must."""
+    if heads is not None:
+        check_int("heads", heads, 1)
+    key = "blocks.0.attn.scale_mul_1H11"
+    if key in state:
+        shape = state_shape(state, key, "VAR")
+        if len(shape) != 4 or (shape[0], shape[2], shape[3]) != (1, 1, 1):
+            raise ValueError(f"the VAR file's {key} has shape {tuple(shape)}, expected (1, heads, 1, 1)")
+        found = shape[1]
+        if heads is not None and heads != found:
+            raise ValueError(f"heads={heads} disagrees with the VAR file: its {key} has shape "
+                             f"{tuple(shape)}, {found} heads")
+        return found, True
+    if heads is None:
+        raise ValueError(f"heads: this VAR file was trained without attn_l2_norm (it has no {key}), so its "
+                         "shapes do not tell its number of heads; give heads= (the release's num_heads)")
+    return heads, False
+
+
+def var_config_from_release(state: Mapping[str, torch.Tensor], vq: VQConfig, heads: int | None = None) -> VARConfig:
+    """The :class:`VARConfig` of a release VAR state dict on the tokenizer ``vq``, read from its shapes
+    (``heads``: needed for a file without ``attn_l2_norm``, see :func:`load`)."""
     what = "VAR"
     classes, width = state_shape(state, "class_emb.weight", what)
     depth = count_under(state, "blocks.")
-    qk_norm = "blocks.0.attn.scale_mul_1H11" in state
-    heads = state["blocks.0.attn.scale_mul_1H11"].shape[1] if qk_norm else width // 64  # the release: d heads of 64
+    heads, qk_norm = _release_heads(state, heads)
+    # the release's attention scale: 1 after l2-normalising q, k (ours: the learned scale times sqrt(d) over
+    # SDPA's 1/sqrt(d)), else 0.25 / sqrt(head_dim)
     bb = BackboneConfig(schedule=SCHEDULE, in_dim=state_shape(state, "word_embed.weight", what)[1],
                         num_classes=classes - 1, width=width, depth=depth, heads=heads, qk_norm=qk_norm,
-                        drop_path=0.1 * depth / 24)
+                        attn_scale=1.0 if qk_norm else 0.25, drop_path=0.1 * depth / 24)
     return VARConfig(backbone=bb, vocab_size=state_shape(state, "head.weight", what)[0])
 
 
@@ -129,13 +156,14 @@ def var_state_from_release(state: Mapping[str, torch.Tensor]) -> Renamed:
     return out
 
 
-def from_release_states(vae_state: Mapping, var_state: Mapping) -> VAR:
-    """A :class:`VAR` (with its tokenizer) holding the release's weights, sized from their shapes."""
+def from_release_states(vae_state: Mapping, var_state: Mapping, heads: int | None = None) -> VAR:
+    """A :class:`VAR` (with its tokenizer) holding the release's weights, sized from their shapes (``heads``:
+    see :func:`load`)."""
     vq_cfg = vqvae_config_from_release(vae_state)
     tok = MultiScaleVQVAE(vq_cfg)
     check_state(tok, vqvae_state_from_release(vae_state), "the VQVAE file",
                 keep=("hits_since_restart", "train_steps"))
-    model = VAR(var_config_from_release(var_state, vq_cfg), tok)
+    model = VAR(var_config_from_release(var_state, vq_cfg, heads), tok)
     state = var_state_from_release(var_state)
     for k, v in tok.state_dict().items():
         state.put(f"tokenizer.{k}", v, f"tokenizer.{k}")
@@ -143,8 +171,12 @@ def from_release_states(vae_state: Mapping, var_state: Mapping) -> VAR:
     return model.eval()
 
 
-def load(vae_path: str | Path, var_path: str | Path, map_location="cpu") -> VAR:
+def load(vae_path: str | Path, var_path: str | Path, map_location="cpu", heads: int | None = None) -> VAR:
     """VAR-d16/20/24/30 from the release's files (``vae_ch160v4096z32.pth``, ``var_d{16,20,24,30}.pth``).
-    A file that does not fit is refused with a ``ValueError`` naming its first mismatching key and shape."""
+    A file that does not fit is refused with a ``ValueError`` naming its first mismatching key and shape.
+
+    ``heads``: the released files (and any trained with ``attn_l2_norm``, the release's default for them)
+    give their heads in the shape of ``scale_mul_1H11``, and a ``heads`` that disagrees is refused; a file
+    trained without ``attn_l2_norm`` does not, and loads only with ``heads`` given."""
     return from_release_states(load_state_file(vae_path, "vae_path", map_location),
-                               load_state_file(var_path, "var_path", map_location))
+                               load_state_file(var_path, "var_path", map_location), heads)

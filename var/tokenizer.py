@@ -140,8 +140,9 @@ class MultiScaleVQVAE(nn.Module):
     # ---- the quantizer ------------------------------------------------------------------------
     def nearest(self, z_NC: torch.Tensor) -> torch.Tensor:
         """Index of the closest code (squared L2) for each row."""
-        with torch.autocast(z_NC.device.type, enabled=False):  # full precision for the argmin
-            e_VC, z_NC = self.codebook.weight.float(), z_NC.float()
+        with torch.autocast(z_NC.device.type, enabled=False):  # full precision for the argmin (float32 at least)
+            dt = torch.promote_types(torch.promote_types(z_NC.dtype, self.codebook.weight.dtype), torch.float32)
+            e_VC, z_NC = self.codebook.weight.to(dt), z_NC.to(dt)
             d_NV = z_NC.pow(2).sum(1, keepdim=True) - 2 * z_NC @ e_VC.t() + e_VC.pow(2).sum(1)
             return d_NV.argmin(1)
 
