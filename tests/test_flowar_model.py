@@ -374,3 +374,37 @@ def test_bad_arguments_raise_with_allowed_values(digits):
         model.inpaint(x, torch.ones(2, 1, 8, 8), y)
     with pytest.raises(ValueError, match="one label per image"):
         model.inpaint(x, torch.ones(2, 1, 8, 8, dtype=torch.bool), torch.arange(3))
+
+
+def test_kept_positions_follow_the_known_path(digits):
+    """Inside each solve a kept position is on the known path x_t = t x1 + (1 - t) x0 (its own noise x0),
+    so the head sees it as the training pass would; the other positions are the solver's."""
+    from nextscale.scales import pyramid
+    model = make(x=digits.x_train)
+    x, y = digits.x_test[:2], digits.y_test[:2]
+    known = model.ae.encode(x)
+    keep_lat = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    keep_lat[..., :, :2] = True
+    keeps = [rearrange(m >= 1 - 1e-6, "b c h w -> b (h w) c") for m in pyramid(keep_lat.float(), model.schedule)]
+    knowns = [rearrange(m, "b c h w -> b (h w) c") for m in pyramid(known, model.schedule)]
+    seen, velocity = [], model.head.velocity
+
+    def recording(x_BnC, t, c, k, d=None):
+        seen.append((k, float(t), x_BnC.clone()))
+        return velocity(x_BnC, t, c, k, d)
+
+    model.head.velocity = recording
+    model.generate_latents(y, known_BCHW=known, keep_B1HW=keep_lat, seed=0, solver="euler", steps=4, cfg_scale=0.0)
+    checked = 0
+    for k in range(len(model.schedule)):
+        calls = [(t, xt) for kk, t, xt in seen if kk == k]
+        assert calls[0][0] == 0.0 and len(calls) == 4
+        x0, kp = calls[0][1], keeps[k].expand_as(calls[0][1])
+        if not kp.any():
+            continue
+        assert not torch.allclose(x0[kp], knowns[k][kp], atol=1e-2)  # a kept position starts from its noise
+        for t, xt in calls[1:]:
+            on_path = t * knowns[k] + (1 - t) * x0
+            assert torch.allclose(xt[kp], on_path[kp], atol=1e-6), (k, t)
+            checked += int(kp.sum())
+    assert checked > 0
