@@ -102,8 +102,10 @@ def test_scaling_quick(tmp_path):
         assert len(rows) == 4
         params = [r["params"] for r in rows]
         assert params == sorted(params) and len(set(params)) == 4      # four distinct sizes
-        assert all(math.isfinite(r["test_loss"]) and r["test_loss"] > 0 for r in rows)
-        assert "b" in s["fits"][head]["power_law"]
+        losses = [r["test_loss"] for r in rows]
+        assert all(math.isfinite(v) and v > 0 for v in losses)
+        assert losses == sorted(losses, reverse=True) and losses[0] - losses[-1] > 0.05, losses  # falls with size
+        assert s["fits"][head]["power_law"]["b"] > 0 and s["fits"][head]["power_law"]["r_logN_logL"] < -0.9
     assert list((tmp_path / "checkpoints").glob("var-*.pt")) and list((tmp_path / "checkpoints").glob("flowar-*.pt"))
 
 
@@ -127,3 +129,13 @@ def test_approx_sampling_quick(tmp_path):
             assert "failed" not in row or row["failed"].split(":")[0] in ("FloatingPointError",
                                                                          "ApproximationRefused"), row
         assert (tmp_path / f"samples_{head}_exact.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_power_law_fit_recovers_known_exponents():
+    from experiments.scaling import fit_power_law
+    N = [1e3, 3e3, 1e4, 3e4, 1e5, 1e6]
+    pure = fit_power_law(N, [5.0 * n ** -0.25 for n in N])
+    assert pure["power_law"]["b"] == pytest.approx(0.25) and pure["power_law"]["a"] == pytest.approx(5.0)
+    assert pure["power_law"]["r_logN_logL"] == pytest.approx(-1.0)
+    offset = fit_power_law(N, [2.0 * n ** -0.3 + 0.5 for n in N])["with_offset"]
+    assert offset["b"] == pytest.approx(0.3, rel=1e-3) and offset["c"] == pytest.approx(0.5, rel=1e-3)
