@@ -19,6 +19,8 @@ from typing import Callable
 
 import torch
 
+from crossfamily.hybrid import HybridConfig, HybridSampling, HybridVAR
+from crossfamily.latent import LatentVQ, latent_vq_config, train_latent_tokenizer
 from flowar.autoencoder import ContinuousAE
 from flowar.model import FlowAR, FlowARConfig
 from flowar.sampling import FlowSampling
@@ -26,10 +28,8 @@ from flowar.pipeline import PAPER_SAMPLING, flowar_paper_configs, train_autoenco
 from nextscale.autoencoder import CODERS, with_coder
 from nextscale.config import config_as
 from nextscale.scales import default_schedule, doubling_schedule
-from var.hybrid import HybridConfig, HybridSampling, HybridVAR
-from var.latent import LatentVQ, latent_vq_config
 from var.model import VAR, VARConfig, VARSampling
-from var.pipeline import default_configs as var_configs, train_latent_tokenizer, train_tokenizer, train_var
+from var.pipeline import default_configs as var_configs, train_tokenizer, train_var
 from var.tokenizer import MultiScaleVQVAE
 
 

@@ -7,7 +7,7 @@ from nextscale.config import SEED_MAX, check_bool, check_choice, check_float, ch
 from nextscale.train import pick_device
 
 from .arms import ARMS, CODERS, DEFAULT_ARMS
-from .prdc import PR_K
+from .metrics.prdc import PR_K
 
 REFERENCES = ("test", "train")
 PRECISIONS = ("fp32", "bf16")

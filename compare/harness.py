@@ -27,18 +27,18 @@ from nextscale.cli import out_folder, out_lock
 from nextscale.config import config_to_dict
 from nextscale.cost import count_params
 from nextscale.data import ImageData, check_images_fit, load_dataset
+from nextscale.distributed import rank, world
 from nextscale.train import pick_device, recipe, setup_distributed
 from nextscale.viz import save_grid
 
 from .arms import ANCHOR, ARMS, FACTORS, TOTAL, arm_configs, build_arm, sampler_rows
-from .classifier import class_accuracy, train_classifier
 from .config import CompareConfig, slug
 from .cost import measure_cost
-from .distributed import rank, world
-from .evaluate import (KID_SUBSETS, FeatureSpace, evaluate_samples, feature_spaces, load_networks, metric_names,
-                       protocol_of)
-from .fid import load_stats
-from .prdc import DC_K, PR_K
+from .metrics.classifier import class_accuracy, train_classifier
+from .metrics.evaluate import (KID_SUBSETS, FeatureSpace, evaluate_samples, feature_spaces, load_networks,
+                               metric_names, protocol_of)
+from .metrics.fid import load_stats
+from .metrics.prdc import DC_K, PR_K
 from .progress import Progress, note
 from .sampling import (backbone_flops_per_scale, check_samplers, compile_arm, device_name, generate,
                        latency_and_throughput, model_device, precision_context, sample_fn, train_flops_per_image)

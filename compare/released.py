@@ -9,7 +9,7 @@ top-k 900, top-p 0.96; FlowAR: its size's evaluation command), in batches of ``-
 ``--seed`` + i. Batches are written to ``OUT/samples-<model>-<key>/`` as they finish, the key covering the
 files' contents, the preset, the seed, the sample count, the batch and the precision, so a killed run resumes where it
 stopped and never reuses batches made otherwise. Under ``torchrun`` batch i is made by rank i mod world
-and rank 0 scores. Metrics: :func:`compare.evaluate.score_sets` in every feature network given (FID,
+and rank 0 scores. Metrics: :func:`compare.metrics.evaluate.score_sets` in every feature network given (FID,
 FID_inf, KID, precision/recall, density/coverage, IS) against REF (images, or statistics for FID alone).
 Cost: ms/img at batch 1 and 64 (``--cost-batches``), images/s, NFE, GFLOPs per image, peak memory, device
 and dtype named.
@@ -35,13 +35,13 @@ from flowar import release as flowar_release
 from nextscale.checkpoint import atomic_path, write_text
 from nextscale.cli import out_lock, run_or_exit
 from nextscale.config import check_int, check_seed
+from nextscale.distributed import rank, world
 from nextscale.train import pick_device, setup_distributed
 from var import release as var_release
 
 from .cost import measure_cost
-from .distributed import rank, world
-from .evaluate import NETWORKS, Protocol, load_networks, protocol_line, score_sets
-from .sample_files import read_set
+from .metrics.evaluate import NETWORKS, Protocol, load_networks, protocol_line, score_sets
+from .metrics.sample_files import read_set
 from .sampling import device_name, precision_context
 
 PRECISIONS = ("fp32", "bf16")

@@ -10,10 +10,10 @@ import torch
 
 from nextscale.cost import count_flops, count_train_flops
 from nextscale.data import ImageData
+from nextscale.distributed import rank, shard_map, world
 
 from .arms import ARMS, arm_configs, build_arm, sampler_rows
 from .cost import measure_cost
-from .distributed import rank, shard_map, world
 
 
 def precision_context(cfg, dev: torch.device):

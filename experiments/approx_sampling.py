@@ -56,8 +56,8 @@ def bound_summary(model, data, n: int, seed: int) -> dict:
 
 
 def evaluate_setting(model, head: str, opts: dict, data, labels, classifier, real_feats, ref_images, args) -> dict:
-    from compare.classifier import class_accuracy
-    from compare.fid import fid_from_features
+    from compare.metrics.classifier import class_accuracy
+    from compare.metrics.fid import fid_from_features
 
     model.backbone.set_attention(**opts)
     row: dict = {}
@@ -92,7 +92,7 @@ def run(args) -> dict:
     bb = BackboneConfig(num_classes=data.num_classes, width=args.width, depth=args.depth, heads=args.heads)
     d = args.width // args.heads
     t0 = time.perf_counter()
-    from compare.classifier import train_classifier
+    from compare.metrics.classifier import train_classifier
 
     classifier = train_classifier(data, seed=args.seed, cache_dir=ckpt_dir, steps=args.classifier_steps,
                                   device="cpu", progress=False)

@@ -2,8 +2,8 @@
 made here), for launching under torchrun: ``torchrun ... tests/released_worker.py ARGS``."""
 import sys
 
-from compare import evaluate
-from compare.dinov2 import load_dinov2
+from compare.metrics import evaluate
+from compare.metrics.dinov2 import load_dinov2
 from compare.released import main
 
 evaluate.NETWORKS["dinov2"] = lambda path, device: load_dinov2(path, device, dim=32, depth=2, heads=2, grid=4)

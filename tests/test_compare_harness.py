@@ -213,8 +213,8 @@ def _untrained_fids(res: dict, out) -> dict:
     test set in the same (cached) classifier features as the run."""
     import torch
 
-    from compare.classifier import train_classifier
-    from compare.fid import fid_from_features
+    from compare.metrics.classifier import train_classifier
+    from compare.metrics.fid import fid_from_features
     from compare.arms import arm_configs, build_arm
     from nextscale.backbone import BackboneConfig
     from nextscale.data import load_dataset

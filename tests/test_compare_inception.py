@@ -21,7 +21,7 @@ def test_inception_space_and_reference_statistics(tmp_path, capsys, monkeypatch)
     import numpy as np
     import torch
 
-    from compare.inception import InceptionV3FID
+    from compare.metrics.inception import InceptionV3FID
 
     from nextscale.data import load_digits
 
@@ -42,8 +42,8 @@ def test_inception_space_and_reference_statistics(tmp_path, capsys, monkeypatch)
             main(argv + bad)
         assert e.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].startswith(msg)
         assert not (out / "checkpoints").exists()
-    from compare import evaluate
-    from compare.dinov2 import DINOv2, load_dinov2
+    from compare.metrics import evaluate
+    from compare.metrics.dinov2 import DINOv2, load_dinov2
 
     torch.save(DINOv2(dim=32, depth=2, heads=2, grid=4).state_dict(), tmp_path / "dinov2.pth")
     monkeypatch.setitem(evaluate.NETWORKS, "dinov2", lambda path, device: load_dinov2(

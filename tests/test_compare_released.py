@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from compare import evaluate
-from compare.dinov2 import DINOv2, load_dinov2
+from compare.metrics import evaluate
+from compare.metrics.dinov2 import DINOv2, load_dinov2
 from compare.released import main
 from test_flowar_release_model import GOLDEN as FLOWAR, flowar_state, release_state
 from test_var_release import GOLDEN as VAR

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from compare import arms
-from compare.evaluate import FeatureSpace, Protocol, space_metrics
-from compare.fid import gaussian_stats
+from compare.metrics.evaluate import FeatureSpace, Protocol, space_metrics
+from compare.metrics.fid import gaussian_stats
 from compare.report import pareto
 from compare.stats import attribution, best_row, nearest_row, paired_comparisons
 

@@ -1,10 +1,10 @@
-"""compare.dinov2 equals DINOv2's released ViT (tests/data/dinov2_golden.pt, made by tools/dinov2_golden.py
+"""compare.metrics.dinov2 equals DINOv2's released ViT (tests/data/dinov2_golden.pt, made by tools/dinov2_golden.py
 from the release's code at a tiny size): same names, same outputs with the release's weights, on the
 stored position grid and interpolated to another; the ViT-L/14 names and shapes; loading refusals."""
 import pytest
 import torch
 
-from compare.dinov2 import VIT_L14, DINOv2, load_dinov2
+from compare.metrics.dinov2 import VIT_L14, DINOv2, load_dinov2
 from golden import close, fixture
 
 

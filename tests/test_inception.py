@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from compare.inception import FID_WEIGHTS_URL, InceptionV3FID, _avg_pool_3x3, load_inception
+from compare.metrics.inception import FID_WEIGHTS_URL, InceptionV3FID, _avg_pool_3x3, load_inception
 from nextscale.cost import count_params
 
 

@@ -8,13 +8,13 @@ import torch
 
 from compare.arms import arm_configs
 from compare.config import CompareConfig
+from crossfamily.latent import latent_vq_config
 from flowar.autoencoder import AEConfig, ContinuousAE
 from nextscale.autoencoder import ConvAEConfig, coder_config, ldm_coder_for, make_coder, with_coder
 from nextscale.backbone import BackboneConfig
 from nextscale.config import config_from_dict, config_to_dict
 from nextscale.ldm import LDMConfig, mar_kl16_coder, var_vqvae_coder
 from nextscale.train import TrainConfig, train
-from var.latent import latent_vq_config
 from var.tokenizer import MultiScaleVQVAE, VQConfig
 
 TINY = LDMConfig(image_channels=1, image_side=16, latent_channels=4, z_channels=4, ch=32, ch_mult=(1, 2), res_blocks=1)

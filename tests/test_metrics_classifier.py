@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from compare.classifier import ClassifierConfig, DomainClassifier, class_accuracy, train_classifier
-from compare.features import FeatureNet
+from compare.metrics.classifier import ClassifierConfig, DomainClassifier, class_accuracy, train_classifier
+from compare.metrics.features import FeatureNet
 from nextscale.data import load_digits
 
 

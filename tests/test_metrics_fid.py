@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import linalg
 
-from compare.fid import fid_from_features, frechet_distance, gaussian_stats
+from compare.metrics.fid import fid_from_features, frechet_distance, gaussian_stats
 
 
 def reference_fd(mu1, s1, mu2, s2):
@@ -117,7 +117,7 @@ def test_bad_input_raises_clearly():
 
 
 def test_stats_files_round_trip_in_pytorch_fid_format(tmp_path):
-    from compare.fid import load_stats, save_stats
+    from compare.metrics.fid import load_stats, save_stats
 
     f = np.random.default_rng(0).normal(size=(200, 6))
     mu, sigma = gaussian_stats(f)
@@ -145,7 +145,7 @@ def test_stats_files_round_trip_in_pytorch_fid_format(tmp_path):
 def test_stats_files_that_are_not_covariances_are_refused(tmp_path):
     """A negative-definite or asymmetric sigma would give a negative FID (-2e5 for -100 I): refused, with
     the file named; a real sample covariance of any rank (round-off included) is accepted."""
-    from compare.fid import load_stats
+    from compare.metrics.fid import load_stats
 
     rng = np.random.default_rng(1)
     mu = np.zeros(8)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-import compare.kid as kid_mod
-from compare.kid import kid, mmd2_polynomial
+import compare.metrics.kid as kid_mod
+from compare.metrics.kid import kid, mmd2_polynomial
 
 
 def slow_mmd2(x, y):

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from compare.evaluate import Protocol, evaluate_samples, metric_names
-from compare.features import to_8bit
-from compare.fid import fid_infinity, frechet_distance, gaussian_stats
-from compare.inception import inception_score
-from compare.kid import kid
-from compare.prdc import density_coverage, precision_recall
+from compare.metrics.evaluate import Protocol, evaluate_samples, metric_names
+from compare.metrics.features import to_8bit
+from compare.metrics.fid import fid_infinity, frechet_distance, gaussian_stats
+from compare.metrics.inception import inception_score
+from compare.metrics.kid import kid
+from compare.metrics.prdc import density_coverage, precision_recall
 from nextscale.viz import save_grid
 
 
@@ -108,7 +108,7 @@ class _Flat(torch.nn.Module):
 
 
 def test_real_and_generated_images_go_through_the_same_rounding():
-    from compare.evaluate import FeatureSpace
+    from compare.metrics.evaluate import FeatureSpace
 
     x = torch.rand(40, 1, 8, 8) * 2 - 1
     real = to_8bit(torch.rand(60, 1, 8, 8) * 2 - 1).flatten(1)
@@ -138,8 +138,8 @@ def _images(n, seed, side=16):
 
 @pytest.mark.slow
 def test_standalone_evaluator_scores_folders_and_adm_npz(tmp_path, inception_file):
-    from compare.inception import load_inception
-    from compare.evaluate import main, score_sets as score
+    from compare.metrics.inception import load_inception
+    from compare.metrics.evaluate import main, score_sets as score
 
     fake, real = _images(12, 0), _images(14, 1)
     (tmp_path / "samples" / "sub").mkdir(parents=True)
@@ -175,7 +175,7 @@ def test_standalone_evaluator_scores_folders_and_adm_npz(tmp_path, inception_fil
     ("nonet", "error: give the weights of a feature network: --inception PATH and/or --dinov2 PATH"),
 ])
 def test_standalone_evaluator_refuses_bad_inputs_in_one_line(tmp_path, capsys, inception_file, case, message):
-    from compare.evaluate import main
+    from compare.metrics.evaluate import main
 
     d = tmp_path
     np.savez(d / "ref.npz", arr_0=_images(12, 1))

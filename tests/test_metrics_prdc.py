@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-import compare.prdc as prdc
-from compare.prdc import knn_radii, precision_recall
+import compare.metrics.prdc as prdc
+from compare.metrics.prdc import knn_radii, precision_recall
 
 
 def clusters(rng, centers, n_per, scale=0.3):

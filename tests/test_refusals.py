@@ -147,7 +147,7 @@ def test_flowar_noise_and_steps_have_bounds():
 
 
 def test_an_inception_file_with_a_nan_weight_is_refused_naming_it(tmp_path):
-    from compare.inception import load_inception
+    from compare.metrics.inception import load_inception
     from test_inception import randomized
 
     state = {k: v for k, v in randomized().state_dict().items() if not k.endswith("num_batches_tracked")}

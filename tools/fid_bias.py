@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compare.fid import fid_from_features, fid_infinity, gaussian_stats  # noqa: E402
+from compare.metrics.fid import fid_from_features, fid_infinity, gaussian_stats  # noqa: E402
 
 
 def main() -> None:

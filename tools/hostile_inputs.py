@@ -66,7 +66,7 @@ def files(d: Path) -> dict:
             for p in (root / "b").iterdir():
                 p.unlink()
         f[name] = root
-    from compare.inception import InceptionV3FID
+    from compare.metrics.inception import InceptionV3FID
     state = InceptionV3FID().state_dict()
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     torch.save(state, d / "inception.pth")

@@ -230,7 +230,7 @@ class VAR(nn.Module):
 
     def _finish(self, f_hat_BCSS, h_BnW, w: float, sp: VARSampling, g: torch.Generator):
         """The image from the final latent, and the head evaluations that took beyond the last scale's
-        logits (none here; :class:`var.hybrid.HybridVAR` draws a residual). ``h``: the last scale's
+        logits (none here; :class:`crossfamily.hybrid.HybridVAR` draws a residual). ``h``: the last scale's
         backbone output (conditional rows, then unconditional ones when guided), ``w`` its guidance."""
         return self.tokenizer.decode_latent(f_hat_BCSS).clamp(-1, 1), 0
 

@@ -5,14 +5,12 @@ from pathlib import Path
 
 import torch
 
-from flowar.autoencoder import ContinuousAE
 from nextscale.autoencoder import conv_ae_config
 from nextscale.backbone import BackboneConfig
 from nextscale.config import check_int
 from nextscale.data import ImageData
 from nextscale.train import TrainConfig, train
 
-from .latent import LatentVQ, LatentVQConfig
 from .model import VAR, VARConfig
 from .tokenizer import MultiScaleVQVAE, VQConfig, usage_from_hits
 
@@ -36,25 +34,12 @@ def train_tokenizer(data: ImageData, cfg: VQConfig, train_cfg: TrainConfig, ckpt
     return res.best.eval()
 
 
-def train_latent_tokenizer(data: ImageData, cfg: LatentVQConfig, train_cfg: TrainConfig,
-                           ckpt_path: str | Path | None = None, device: str | torch.device | None = None,
-                           base: ContinuousAE | None = None) -> LatentVQ:
-    """Train (or reload) VAR's quantizer on the frozen latent of ``base``, a trained autoencoder of
-    ``cfg.frozen_ae`` (:mod:`var.latent`); returns it in eval mode. The checkpoint holds the autoencoder."""
-    if base is None:
-        raise ValueError("train_latent_tokenizer needs base: the trained autoencoder whose latent it quantizes")
-    torch.manual_seed(train_cfg.seed)
-    model = LatentVQ(cfg).load_autoencoder(base)
-    res = train(model, data.x_train, data.y_train, train_cfg, ckpt_path=ckpt_path, device=device, desc="latent vq")
-    return res.best.eval()
-
-
 def train_var(data: ImageData, tokenizer: MultiScaleVQVAE, cfg: VARConfig, train_cfg: TrainConfig,
               ckpt_path: str | Path | None = None, device: str | torch.device | None = None,
               model_cls: type = VAR) -> VAR:
-    """Train (or reload) VAR (or ``model_cls``, e.g. :class:`var.hybrid.HybridVAR`) on top of the frozen
-    ``tokenizer``; returns it in eval mode (EMA when kept). The checkpoint holds the tokenizer too, so a
-    reloaded VAR decodes with the tokenizer it learned."""
+    """Train (or reload) VAR (or ``model_cls``, e.g. :class:`crossfamily.hybrid.HybridVAR`) on top of the
+    frozen ``tokenizer``; returns it in eval mode (EMA when kept). The checkpoint holds the tokenizer too, so
+    a reloaded VAR decodes with the tokenizer it learned."""
     torch.manual_seed(train_cfg.seed + 1)
     model = model_cls(cfg, tokenizer)
     res = train(model, data.x_train, data.y_train, train_cfg, ckpt_path=ckpt_path, device=device, desc="var")
@@ -113,4 +98,4 @@ def _token_mean(per_scale: list[float], model: VAR) -> float:
     return sum(c * n for c, n in zip(per_scale, sizes)) / sum(sizes)
 
 
-__all__ = ["default_configs", "train_tokenizer", "train_latent_tokenizer", "train_var", "measure", "evaluate"]
+__all__ = ["default_configs", "train_tokenizer", "train_var", "measure", "evaluate"]

@@ -115,7 +115,7 @@ class MultiScaleVQVAE(nn.Module):
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
 
     def build_coder(self, config: VQConfig) -> None:
-        """The encoder and decoder around the quantizer (trained with it; :mod:`var.latent`: a frozen one)."""
+        """The encoder and decoder around the quantizer (trained with it; :mod:`crossfamily.latent`: a frozen one)."""
         self.encoder, self.decoder = make_coder(config.ae)
 
     # ---- checks -------------------------------------------------------------------------------

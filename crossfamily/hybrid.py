@@ -4,7 +4,7 @@ and a small per-token flow head generates the continuous residual they leave, ``
 continuous latent, z_hat the tokens' sum), conditioned on the backbone's output at the last scale and
 on the tokens drawn there.
 
-Here: :class:`var.model.VAR` on a :class:`var.latent.LatentVQ` (VAR's quantizer on FlowAR's frozen
+Here: :class:`var.model.VAR` on a :class:`crossfamily.latent.LatentVQ` (VAR's quantizer on FlowAR's frozen
 autoencoder), plus MAR's per-token MLP head (:class:`flowar.heads.MLPHead`) trained by flow matching
 from noise (t = 0) to r (t = 1) on the condition ``h_K + Linear(z_hat)``. Loss: VAR's token CE +
 ``residual_weight`` x the residual's flow-matching MSE. Sampling: the tokens as VAR, then
@@ -23,9 +23,9 @@ from flowar.heads import MLPHead
 from flowar.solvers import SolverConfig, path_sample, solve
 from nextscale.config import check_float, check_int
 from nextscale.guidance import guide
+from var.model import VAR, VARConfig, VARSampling
 
 from .latent import LatentVQ
-from .model import VAR, VARConfig, VARSampling
 
 
 @dataclass(frozen=True)

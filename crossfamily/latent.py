@@ -7,19 +7,22 @@ latent from the head (FlowAR's paper ablates its tokenizer the same way; HART's 
 Tang et al. 2025, quantizes a continuous autoencoder's latent with VAR's quantizer too). Training is
 VAR's VQ loss alone (codebook + commitment, averaged over scales): the encoder and decoder are frozen,
 so VAR's reconstruction and straight-through terms have nothing to train. The quantizer reads the
-autoencoder's normalised latent (unit variance, as FlowAR's generator sees it).
+autoencoder's normalised latent (unit variance, as FlowAR's generator sees it); :func:`train_latent_tokenizer`
+trains it through the shared loop.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from flowar.autoencoder import AEConfig, ContinuousAE
 from nextscale.config import config_as, config_to_dict
-
-from .tokenizer import MultiScaleVQVAE, VQConfig, usage_stats
+from nextscale.data import ImageData
+from nextscale.train import TrainConfig, train
+from var.tokenizer import MultiScaleVQVAE, VQConfig, usage_stats
 
 
 @dataclass(frozen=True)
@@ -86,3 +89,16 @@ class LatentVQ(MultiScaleVQVAE):
             self._update_codebook(tokens, rests)
         return {"loss": vq_loss, "vq_loss": vq_loss.detach(), "latent_mse": F.mse_loss(f_hat, f).detach(),
                 "recon_mse": recon, "usage": usage, "perplexity": ppl}
+
+
+def train_latent_tokenizer(data: ImageData, cfg: LatentVQConfig, train_cfg: TrainConfig,
+                           ckpt_path: str | Path | None = None, device: str | torch.device | None = None,
+                           base: ContinuousAE | None = None) -> LatentVQ:
+    """Train (or reload) VAR's quantizer on the frozen latent of ``base``, a trained autoencoder of
+    ``cfg.frozen_ae``; returns it in eval mode. The checkpoint holds the autoencoder."""
+    if base is None:
+        raise ValueError("train_latent_tokenizer needs base: the trained autoencoder whose latent it quantizes")
+    torch.manual_seed(train_cfg.seed)
+    model = LatentVQ(cfg).load_autoencoder(base)
+    res = train(model, data.x_train, data.y_train, train_cfg, ckpt_path=ckpt_path, device=device, desc="latent vq")
+    return res.best.eval()

@@ -1,7 +1,7 @@
 """One interface for the networks whose features the metrics compare (FID, KID, precision/recall).
 
 A :class:`FeatureNet` maps images in [-1, 1] of shape (B, C, H, W) to feature vectors (B, dim):
-the domain classifier (:mod:`compare.classifier`) and the FID InceptionV3 (:mod:`compare.inception`).
+the domain classifier (:mod:`compare.metrics.classifier`) and the FID InceptionV3 (:mod:`compare.metrics.inception`).
 """
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
-"""VAR's quantizer on FlowAR's frozen autoencoder (var.latent) and the HART hybrid (var.hybrid)."""
+"""VAR's quantizer on FlowAR's frozen autoencoder (crossfamily.latent) and the HART hybrid (crossfamily.hybrid)."""
 from dataclasses import replace
 
 import pytest
 import torch
 
+from crossfamily.hybrid import HybridConfig, HybridSampling, HybridVAR
+from crossfamily.latent import LatentVQ, LatentVQConfig, latent_vq_config, train_latent_tokenizer
 from flowar.autoencoder import AEConfig, ContinuousAE
 from flowar.pipeline import flowar_paper_configs, train_autoencoder
 from nextscale.autoencoder import ConvAEConfig
@@ -12,10 +14,8 @@ from nextscale.config import config_as
 from nextscale.data import load_dataset
 from nextscale.scales import resize
 from nextscale.train import TrainConfig
-from var.hybrid import HybridConfig, HybridSampling, HybridVAR
-from var.latent import LatentVQ, LatentVQConfig, latent_vq_config
 from var.model import VAR, VARConfig
-from var.pipeline import default_configs, train_latent_tokenizer, train_var
+from var.pipeline import default_configs, train_var
 from var.tokenizer import MultiScaleVQVAE, VQConfig
 
 
