@@ -27,9 +27,14 @@ side-s scale are i * S / s on the final S x S grid's frame; every Linear starts 
 zero bias (the release re-initialises the whole model so; no adaLN-Zero); the position embedding has
 the backbone's width and is added before the condition projection. The time embedding reads the
 release's clock s = 1 - t (it runs from noise, s = 1, to data): ``time_input="index"`` embeds the
-integer floor(1000 s) as the release does (its first sampling step embeds 1000, which training never
-draws); ``"continuous"`` (this project's default) embeds 1000 s. The release's velocity points from
-data to noise; here it points from noise to data (t = 0 noise), so a ported output layer is negated.
+integer index as the release computes it, ``(s * 1000).long()`` with s and the product in float32 (its
+training draws s in float32, its sampler casts its float64 grid to its float32 model first), so a time
+just below i / 1000 gets i - 1 as there, a grid time i / 1000 gets i (its first sampling step embeds
+1000, which training never draws); ``"continuous"`` (this project's default) embeds 1000 s. s is read
+from t in float64: exactly for the float32 times training draws, and for the float64 grid times the
+model hands the head (:func:`flowar.solvers.grid_times`) to within the rounding of t = 1 - s, which
+float32 absorbs. The release's velocity points from data to noise; here it points from noise to data
+(t = 0 noise), so a ported output layer is negated.
 
 ``"mlp"`` (:class:`MLPHead`) is MAR's diffusion head design (Li et al. 2024, "Autoregressive Image
 Generation without Vector Quantization"): a residual MLP with adaLN-Zero and LayerNorm applied to
@@ -55,10 +60,17 @@ TIME_INPUTS = ("continuous", "index")
 
 
 def sinusoid_angles(v, freq_dim: int):
-    """(..., freq_dim / 2) angles v f_i of the sinusoidal features of v (v = 1000 t, as DiT)."""
-    half = freq_dim // 2
-    freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=v.device, dtype=torch.float32) / half)
-    return v.float()[..., None] * freqs
+    """(..., freq_dim / 2) angles v f_i of the sinusoidal features of v (v = 1000 t, as DiT), in v's dtype
+    (float32 at least: the release's)."""
+    half, dtype = freq_dim // 2, torch.promote_types(v.dtype, torch.float32)
+    freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=v.device, dtype=dtype) / half)
+    return v.to(dtype)[..., None] * freqs
+
+
+def release_index(t: torch.Tensor) -> torch.Tensor:
+    """The release's integer time index of our time t: ``(s * 1000).long()`` with s = 1 - t, s and the
+    product in float32 as the release computes them (returned as int64)."""
+    return (1000 * (1 - t.double()).float()).long()
 
 
 CLOCKS = ("t", "continuous", "index")
@@ -66,7 +78,8 @@ CLOCKS = ("t", "continuous", "index")
 
 class TimeEmbedding(nn.Module):
     """Sinusoidal features of a time value followed by an MLP. ``clock`` says which value: ``"t"`` 1000 t
-    (MAR's head here); ``"continuous"`` 1000 s and ``"index"`` floor(1000 s) (the release), s = 1 - t."""
+    (MAR's head here); ``"continuous"`` 1000 s and ``"index"`` the release's integer index of s
+    (:func:`release_index`), s = 1 - t; computed in the MLP's dtype (index: s in float32, as the release)."""
 
     def __init__(self, width: int, clock: str = "t", freq_dim: int = 256):
         super().__init__()
@@ -76,12 +89,12 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
 
     def value(self, t: torch.Tensor) -> torch.Tensor:
+        dtype = self.mlp[0].weight.dtype
         if self.clock == "t":
-            return 1000 * t.float()
+            return 1000 * t.to(dtype)
         if self.clock == "continuous":
-            return 1000 * (1 - t.float())
-        # the release truncates 1000 s; the 1e-3 keeps a grid time s = i/1000 at i whichever way 1 - t rounded
-        return torch.floor(1000 * (1 - t.double()) + 1e-3).float()
+            return 1000 * (1 - t.to(dtype))
+        return release_index(t).to(dtype)
 
     def forward(self, t):  # (...) -> (..., width)
         arg = sinusoid_angles(self.value(t), self.freq_dim)
@@ -98,7 +111,8 @@ class StepEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width, bias=False), nn.SiLU(), nn.Linear(width, width, bias=False))
 
     def forward(self, d):  # (...) -> (..., width)
-        arg = sinusoid_angles(1000 * torch.where(d.float() >= self.min_step, d.float(), 0.0), self.freq_dim)
+        d = d.to(self.mlp[0].weight.dtype)
+        arg = sinusoid_angles(1000 * torch.where(d >= self.min_step, d, 0.0), self.freq_dim)
         return self.mlp(torch.cat([torch.cos(arg) - 1, torch.sin(arg)], dim=-1))
 
 
@@ -247,12 +261,13 @@ class TransformerHead(_Head):
         self.norm_out = RMSNorm(width)
         _init(self, [])  # the release re-initialises every Linear so: nothing starts at zero
         nn.init.normal_(self.pos_emb, std=0.02)
-        self._rope: dict = {}  # (scale, device) -> (cos, sin): tables are built once per scale
+        self._rope: dict = {}  # (scale, device, dtype) -> (cos, sin): tables are built once per scale
 
-    def rope(self, k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (k, str(device))
+    def rope(self, k: int, device, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (k, str(device), dtype)
         if key not in self._rope:
-            self._rope[key] = rope_2d(self.schedule[k], self.head_dim, frame=self.schedule[-1], device=device)
+            self._rope[key] = rope_2d(self.schedule[k], self.head_dim, frame=self.schedule[-1], device=device,
+                                      dtype=dtype)
         return self._rope[key]
 
     def condition(self, h_BnW: torch.Tensor, k: int) -> torch.Tensor:
@@ -260,7 +275,8 @@ class TransformerHead(_Head):
         return torch.cat([self.c_in(z), z], dim=-1) if self.cross else self.c_in(z)
 
     def trunk(self, x_BnW, ct_BnW, te, cond, k: int):
-        rope, z = self.rope(k, x_BnW.device), cond[..., self.width:]
+        rope = self.rope(k, x_BnW.device, torch.promote_types(x_BnW.dtype, torch.float32))
+        z = cond[..., self.width:]
         for blk in self.blocks:
             x_BnW = blk(x_BnW, ct_BnW, te, z, rope)
         return x_BnW

@@ -52,7 +52,7 @@ from nextscale.scales import pyramid, resize, scale_slices
 from .autoencoder import AEConfig, ContinuousAE
 from .heads import HEADS, TIME_INPUTS, TRANSFORMER_HEADS, make_head
 from .sampling import FlowSampling
-from .solvers import path_sample, sample_t, shortcut_target, solve
+from .solvers import grid_times, path_sample, sample_t, shortcut_target, solve
 
 PATHS = ("noise", "prev_noise")
 T_PER = ("scale", "token")
@@ -171,6 +171,11 @@ class FlowAR(nn.Module):
     def device(self) -> torch.device:
         return self.scale_weights.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights (sampling draws its noise and integrates in it)."""
+        return self.scale_weights.dtype
+
     # ------------------------------------------------------------------ training
 
     def latent_pyramid(self, x_BCHW: torch.Tensor) -> list[torch.Tensor]:
@@ -270,14 +275,14 @@ class FlowAR(nn.Module):
     def _generate(self, y_B, known_BCHW, keep_B1HW, sampling: FlowSampling, seed: int | None):
         y_B = self._check_y(y_B)
         solvers, ws = sampling.plan(len(self.schedule), self.config.few_step)
-        (t_lo, t_hi), use_cache = sampling.cfg_interval, sampling.use_cache
+        use_cache = sampling.use_cache
         if seed is not None:
             check_seed("seed", seed)
         base = int(torch.randint(0, 2**31, (1,))) if seed is None else seed
-        sch, B, C, dev = self.schedule, len(y_B), self.config.ae.latent_channels, self.device
+        sch, B, C, dev, dt = self.schedule, len(y_B), self.config.ae.latent_channels, self.device, self.dtype
         known = keep = None
         if known_BCHW is not None:
-            known, keep = pyramid(known_BCHW.to(dev), sch), pyramid(keep_B1HW.to(dev).float(), sch)
+            known, keep = pyramid(known_BCHW.to(dev, dt), sch), pyramid(keep_B1HW.to(dev).float(), sch)
             keep = [_seq(m >= 1 - 1e-6) for m in keep]  # (B, n_k, 1) bool
             known = [_seq(m) for m in known]
 
@@ -292,10 +297,11 @@ class FlowAR(nn.Module):
         # depend on the batch size or on its neighbours
         L = self.config.backbone.seq_len
         gens = [torch.Generator(dev).manual_seed((base * 1_000_003 + i) % 2**63) for i in range(B)]
-        noise_BLC = torch.stack([torch.randn(L, C, device=dev, generator=g) for g in gens])
+        noise_BLC = torch.stack([torch.randn(L, C, device=dev, dtype=dt, generator=g) for g in gens])
 
         def draw_noise(rows: slice, n: int) -> torch.Tensor:  # drawn after the start noise, per image
-            return torch.stack([torch.randn(n, C, device=dev, generator=gens[i]) for i in range(B)[rows]])
+            return torch.stack([torch.randn(n, C, device=dev, dtype=dt, generator=gens[i])
+                                for i in range(B)[rows]])
 
         prev = None
         for k, (side, sl) in enumerate(zip(sch, scale_slices(sch))):
@@ -311,11 +317,14 @@ class FlowAR(nn.Module):
             hc = self.head.condition(h, k)                                         # fixed during the solve
             x0 = self._source(noise_BLC[:, sl], up)
 
-            def guided_at(t: float, d: float = 0.0) -> bool:  # a step [t, t + d] is guided where it meets the interval
-                return w > 0 and (t_lo <= t <= t_hi if d == 0 else t < t_hi and t + d > t_lo)
+            exact = grid_times(solvers[k], dt)  # a grid time in float64, as the release's sampler has it
 
-            def velocity(t, x, rows, d=None, hc=hc, w=w, ks=ks, x0=x0, k=k):
-                t_11 = t.to(x.dtype).reshape(1, 1)
+            def guided_at(t: float, d: float = 0.0, exact=exact, w=w) -> bool:
+                # a step [t, t + d] is guided where it meets the interval; tested on the float64 grid time
+                return w > 0 and sampling.guided_at(exact.get(t, t), d)
+
+            def velocity(t, x, rows, d=None, hc=hc, w=w, ks=ks, x0=x0, k=k, exact=exact):
+                t_11 = torch.full((1, 1), exact.get(float(t), float(t)), dtype=torch.float64, device=x.device)
                 d_11 = None if d is None else d.to(x.dtype).reshape(1, 1)
                 if ks is not None:  # kept positions follow the known path exactly
                     kp, x1k = ks[0][rows], ks[1][rows]
@@ -348,8 +357,9 @@ class FlowAR(nn.Module):
     def _uncached_h(self, inputs: list[torch.Tensor], y_in: torch.Tensor, k: int) -> torch.Tensor:
         """h of scale k from a full teacher-forced pass (later scales zero-padded: block-causal, unseen)."""
         cfg = self.config.backbone
-        fed = torch.cat(inputs, 1) if inputs else torch.zeros(len(y_in), 0, cfg.in_dim, device=self.device)
-        pad = torch.zeros(len(y_in), cfg.seq_len - cfg.first_len - fed.shape[1], cfg.in_dim, device=self.device)
+        dev, dt = self.device, self.dtype
+        fed = torch.cat(inputs, 1) if inputs else torch.zeros(len(y_in), 0, cfg.in_dim, device=dev, dtype=dt)
+        pad = fed.new_zeros(len(y_in), cfg.seq_len - cfg.first_len - fed.shape[1], cfg.in_dim)
         return self.backbone(torch.cat([fed, pad], 1), y_in)[:, scale_slices(cfg.schedule)[k]]
 
     @torch.no_grad()
@@ -387,7 +397,7 @@ class FlowAR(nn.Module):
                              f"{tuple(getattr(mask_B1HW, 'shape', ()))}")
         if len(y_B) != B:
             raise ValueError(f"need one label per image, got {len(y_B)} labels for {B} images")
-        x = x_BCHW.to(self.device, torch.float32)  # float64 / half inputs: the weights are float32
+        x = x_BCHW.to(self.device, self.dtype)  # the weights' dtype
         s = self.config.ae.latent_side
         keep_lat = resize(mask_B1HW.to(self.device).float(), s) >= 1 - 1e-6
         z, stats = self.generate_latents(y_B, known_BCHW=self.ae.encode(x), keep_B1HW=keep_lat, **sampling)

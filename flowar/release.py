@@ -314,13 +314,15 @@ def flowar_config_from_release(state: Mapping[str, torch.Tensor], ae: AEConfig,
                         loss_weight="tokens")
 
 
-def from_release_states(flowar_state: Mapping, vae_state: Mapping, heads: int | None = None) -> FlowAR:
+def from_release_states(flowar_state: Mapping, vae_state: Mapping, heads: int | None = None,
+                        dtype: torch.dtype = torch.float32) -> FlowAR:
     """A :class:`FlowAR` holding the release's weights and MAR's VAE, sized from their shapes (``heads``: of
-    the AR transformer, needed for a width the release does not have)."""
-    ae = ContinuousAE(vae_config_from_release(vae_state))
+    the AR transformer, needed for a width the release does not have), in ``dtype`` (float64: the scale
+    factor is then 0.2325 exactly, as the release multiplies by it)."""
+    ae = ContinuousAE(vae_config_from_release(vae_state)).to(dtype)
     check_state(ae, vae_state_from_release(vae_state), "the VAE file", keep=("scale_factor",))
     ae.scale_factor.fill_(SCALE_FACTOR)
-    model = FlowAR(flowar_config_from_release(flowar_state, ae.config, heads), ae)
+    model = FlowAR(flowar_config_from_release(flowar_state, ae.config, heads), ae).to(dtype)
     state = Renamed()
     for prefix, part in (("backbone.", backbone_state_from_release(flowar_state)),
                          ("head.", head_state_from_release(flowar_state)), ("ae.", ae.state_dict())):
@@ -330,11 +332,12 @@ def from_release_states(flowar_state: Mapping, vae_state: Mapping, heads: int | 
     return model.eval()
 
 
-def load(flowar_path: str | Path, vae_path: str | Path, map_location="cpu", heads: int | None = None) -> FlowAR:
-    """FlowAR-S/L/H from the release's ``checkpoint-last.pth`` and MAR's ``kl16.ckpt``. A file that does not
-    fit is refused with a ``ValueError`` naming its first mismatching key and shape."""
+def load(flowar_path: str | Path, vae_path: str | Path, map_location="cpu", heads: int | None = None,
+         dtype: torch.dtype = torch.float32) -> FlowAR:
+    """FlowAR-S/L/H from the release's ``checkpoint-last.pth`` and MAR's ``kl16.ckpt``, in ``dtype``. A file
+    that does not fit is refused with a ``ValueError`` naming its first mismatching key and shape."""
     return from_release_states(load_state_file(flowar_path, "flowar_path", map_location),
-                               load_state_file(vae_path, "vae_path", map_location), heads)
+                               load_state_file(vae_path, "vae_path", map_location), heads, dtype)
 
 
 def release_size(model: FlowAR) -> str | None:

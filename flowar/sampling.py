@@ -68,6 +68,13 @@ class FlowSampling:
         check_bool("per_sample", self.per_sample)
         check_bool("use_cache", self.use_cache)
 
+    def guided_at(self, t: float, d: float = 0.0) -> bool:
+        """Whether guidance is on at time t (a step [t, t + d] of a few-step head: where it meets the
+        interval). FlowAR's release tests its s <= g on its float64 grid: with ``t`` from
+        :func:`flowar.solvers.time_grid` in float64 this is that test (t = 1 - s >= 1 - g)."""
+        t_lo, t_hi = self.cfg_interval
+        return t_lo <= t <= t_hi if d == 0 else t < t_hi and t + d > t_lo
+
     def _steps(self) -> tuple[int, ...]:
         return self.steps if isinstance(self.steps, tuple) else (self.steps,)
 

@@ -50,8 +50,10 @@ from torchdiffeq import odeint
 from nextscale.config import check_choice, check_float, check_int
 
 TIME_GRIDS = ("uniform", "two_segment")
-# FlowAR's two-segment grid (mirrored to t = 0 noise): half the steps on [0, 0.7], the rest on [0.75, 1].
+# FlowAR's two-segment grid (mirrored to t = 0 noise): half the steps on [0, 0.7], the rest on [0.75, 1];
+# built on the release's clock s = 1 - t from its own literals (s from 1 to 0.3, then from 0.25 to 0).
 TWO_SEGMENT_KNEE = (0.7, 0.75)
+_TWO_SEGMENT_KNEE_S = (0.3, 0.25)
 
 
 # ----------------------------------------------------------------------------- the path
@@ -92,17 +94,33 @@ def time_grid(steps: int, kind: str = "uniform", dtype=torch.float32, device=Non
     """``steps + 1`` increasing times from 0 to 1 (exactly) for a fixed-step solver.
 
     ``two_segment`` is FlowAR's grid: ``steps // 2`` points spread over [0, 0.7] (coarse, near the
-    noise) then ``steps - steps // 2 + 1`` points over [0.75, 1] (fine, near the data); steps >= 2."""
+    noise) then ``steps - steps // 2 + 1`` points over [0.75, 1] (fine, near the data); steps >= 2.
+    Built as the FlowAR release builds its grids (``models/sampler.py``): in float64 on its clock
+    s = 1 - t (``linspace(1, 0, steps + 1)``; ``linspace(1, 0.3, n1)`` then ``linspace(0.25, 0, ...)``),
+    then t = 1 - s cast to ``dtype``: a grid time of its (s = 0.7 of FlowAR-H's 50 steps) is t =
+    0.30000000000000004 here, not the float32 linspace's 0.29999998 (its guidance interval starts there)."""
     check_int("steps", steps, 1)
     check_choice("time_grid", kind, TIME_GRIDS)
+    f64 = torch.float64
     if kind == "uniform":
-        return torch.linspace(0, 1, steps + 1, dtype=dtype, device=device)
-    if steps < 2:
-        raise ValueError(f"the two_segment time grid needs steps >= 2, got {steps}")
-    a, b = TWO_SEGMENT_KNEE
-    n1 = steps // 2
-    return torch.cat([torch.linspace(0, a, n1, dtype=dtype, device=device),
-                      torch.linspace(b, 1, steps - n1 + 1, dtype=dtype, device=device)])
+        s = torch.linspace(1, 0, steps + 1, dtype=f64)
+    else:
+        if steps < 2:
+            raise ValueError(f"the two_segment time grid needs steps >= 2, got {steps}")
+        a, b = _TWO_SEGMENT_KNEE_S
+        n1 = steps // 2
+        s = torch.cat([torch.linspace(1, a, n1, dtype=f64), torch.linspace(b, 0, steps - n1 + 1, dtype=f64)])
+    return (1 - s).to(device=device, dtype=dtype)
+
+
+def grid_times(cfg: SolverConfig, dtype: torch.dtype) -> dict[float, float]:
+    """A fixed-step solve's grid times as its field sees them (in the state's ``dtype``, as the solvers
+    hand them) -> the same times in float64, as :func:`time_grid` builds them; empty for an adaptive
+    solver. FlowAR's release tests its guidance interval and takes its time index on its float64 grid:
+    a field that does the same looks its time up here (:meth:`flowar.model.FlowAR.generate_latents`)."""
+    if cfg.adaptive:
+        return {}
+    return {float(g.to(dtype)): float(g) for g in time_grid(cfg.steps, cfg.time_grid, torch.float64)}
 
 
 # ----------------------------------------------------------------------------- solver settings

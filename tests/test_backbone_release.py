@@ -2,27 +2,26 @@
 
 ``tests/data/flowar_ar_golden.pt`` was made by ``tools/flowar_ar_golden.py`` from the release's own code
 (``FlowAR`` of ``models/flowar.py``: width 32, 2 heads, 2 encoder + 2 decoder blocks, 8 latent channels,
-schedule 1, 2, 4, 8, 16) with random weights: the output of its ``decoder_norm`` teacher-forced (train mode,
-its mask) and scale by scale (eval mode, its k/v cache). Tolerance 1e-5 on outputs of size ~1-4: float32
-on another CPU, other kernels, a few ulps; a missing term or a permuted row moves them by far more.
+schedule 1, 2, 4, 8, 16) with random int8-grid weights, in float64: the output of its ``decoder_norm``
+teacher-forced (train mode, its mask) and scale by scale (eval mode, its k/v cache). Ours runs in float64;
+every comparison goes through ``golden.close`` (1e-9 relative).
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
 
 from flowar.release import RELEASE_SIZES, backbone_config_from_release, backbone_state_from_release
 from nextscale.backbone import FLOWAR_RELEASE, Backbone, BackboneConfig
-from golden import release_state
+from golden import close, fixture, release_state
 
-GOLDEN = torch.load(Path(__file__).parent / "data" / "flowar_ar_golden.pt", weights_only=True)
+GOLDEN = fixture("flowar_ar_golden")
+X_IN = GOLDEN["x_in"].double()  # float16 values
 
 
 def ported(state=None) -> Backbone:
     state = release_state(GOLDEN["state"]) if state is None else state
-    m = Backbone(backbone_config_from_release(state, GOLDEN["schedule"], heads=GOLDEN["heads"]))
+    m = Backbone(backbone_config_from_release(state, GOLDEN["schedule"], heads=GOLDEN["heads"])).double()
     m.load_state_dict(backbone_state_from_release(state))  # strict: every parameter placed, none left over
     return m.eval()
 
@@ -50,17 +49,17 @@ def test_config_read_from_the_release():
 def test_backbone_equals_the_release_teacher_forced():
     m = ported()
     with torch.no_grad():
-        h = m(GOLDEN["x_in"], GOLDEN["labels"])
-    torch.testing.assert_close(h, GOLDEN["h_teacher"], rtol=0, atol=1e-5)
+        h = m(X_IN, GOLDEN["labels"])
+    close(h, GOLDEN["h_teacher"])
 
 
 def test_backbone_equals_the_release_scale_by_scale():
     m = ported()
     with torch.no_grad():
-        h = stepped(m, GOLDEN["x_in"], GOLDEN["labels"])
-        full = m(GOLDEN["x_in"], GOLDEN["labels"])
-    torch.testing.assert_close(h, GOLDEN["h_cached"], rtol=0, atol=1e-5)
-    torch.testing.assert_close(h, full, rtol=0, atol=1e-5)  # our cached steps equal our teacher-forced pass
+        h = stepped(m, X_IN, GOLDEN["labels"])
+        full = m(X_IN, GOLDEN["labels"])
+    close(h, GOLDEN["h_cached"])
+    close(h, full)  # our cached steps equal our teacher-forced pass
 
 
 def test_name_map_refuses_what_it_cannot_place():
