@@ -67,7 +67,9 @@ def test_every_shown_command_parses(cmd, doc, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(Parsed):
         if module:
-            runpy.run_module(module if module.endswith("__main__") else module, run_name="__main__", alter_sys=True)
+            for name in (module, f"{module}.__main__"):  # runpy warns about (and may reuse) an imported one
+                monkeypatch.delitem(sys.modules, name, raising=False)
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
         else:
             monkeypatch.syspath_prepend(str(ROOT / "tools"))
             runpy.run_path(str(ROOT / tool), run_name="__main__")

@@ -118,7 +118,7 @@ def test_release_sampler_grid_and_guidance_equal_ours(name):
         sol, sc, guided = _solve(head, run, torch.float64)
         grid = time_grid(sc.steps, sc.time_grid, torch.float64)
         assert len(run["times_release"]) == sc.steps
-        equal(1 - torch.tensor(run["times_release"], dtype=torch.float64), grid[:-1])
+        close(grid[:-1], 1 - torch.tensor(run["times_release"], dtype=torch.float64))  # torch.linspace: CPU-rounded
         equal(release_index(grid[:-1]), run["index_release"])
         assert guided == sum(run["guided_release"]) and (guided > 0) == (run["cfg"] > 1)
         close(sol.x, run["x1_release"])

@@ -76,8 +76,9 @@ def test_the_check_sees_each_bypass():
     assert violations("@pytest.fixture\ndef m(): pass\nassert torch.allclose(a, b)\nx = res['data']\n") == []
 
 
-def test_close_holds_the_policy():
+def test_close_holds_the_policy(monkeypatch):
     import torch
+    monkeypatch.delenv("NEXTSCALE_GOLDEN_LOG", raising=False)  # its failures on purpose are no margins
     ref = torch.tensor([4.0, -2.0], dtype=torch.float64)
     golden.close(ref + 3e-9, ref)                                   # 3e-9 / 4: within FLOAT64_TOL relative
     with pytest.raises(AssertionError, match="exceeds"):
