@@ -11,7 +11,12 @@ import torch
 
 from compare.metrics import evaluate
 from compare.metrics.dinov2 import DINOv2, load_dinov2
-from compare.released import main
+from compare.metrics.fid import frechet_distance, gaussian_stats
+from compare.metrics.prdc import precision_recall
+from compare.metrics.sample_files import features
+from compare.released import main, to_uint8
+from flowar import release as flowar_release
+from var import release as var_release
 from test_flowar_release_model import GOLDEN as FLOWAR, flowar_state, release_state
 from test_var_release import GOLDEN as VAR
 
@@ -43,8 +48,26 @@ def test_released_models_are_sampled_scored_and_costed(files):
     out = files / "out"
     assert json.loads((out / "results.json").read_text())["models"].keys() == {"var", "flowar"}
     assert "| var |" in (out / "report.md").read_text()
+    net = evaluate.NETWORKS["dinov2"](files / "dinov2.pth", "cpu")
+    with np.load(files / "ref.npz") as z:
+        real = features(net, z["arr_0"])
+    loaders = {"var": lambda: var_release.load(files / "vae.pth", files / "var.pth"),
+               "flowar": lambda: flowar_release.load(files / "flowar.pth", files / "kl16.ckpt", heads=2)}
     for name, m in res["models"].items():
         assert all(math.isfinite(m["metrics"][f"{k}_dinov2"]) for k in ("fid", "kid", "precision", "recall"))
+        # the saved samples are the model's own preset samples, batch i of 4 seeded 0 + i ...
+        model = loaders[name]().eval()
+        y = torch.arange(6) % model.backbone.cfg.num_classes
+        with torch.no_grad():
+            mine = np.concatenate([to_uint8(model.sample(b, seed=i, **m["sampling"])[0])
+                                   for i, b in enumerate(torch.split(y, 4))])
+        with np.load(out / f"{name}_samples.npz") as z:
+            assert np.array_equal(z["arr_0"], mine)
+            fake = features(net, z["arr_0"])
+        # ... and the metrics are those samples' against the reference
+        fid = frechet_distance(*gaussian_stats(real), *gaussian_stats(fake))
+        assert m["metrics"]["fid_dinov2"] == pytest.approx(fid, rel=1e-9)
+        assert m["metrics"]["precision_dinov2"] == precision_recall(real, fake)["precision"]
         c = m["cost"]
         assert c["batches"][1]["ms_per_image"] > 0 and c["batches"][3]["images_per_s"] > 0 and c["gflops_per_image"] > 0
         with np.load(out / f"{name}_samples.npz") as z:  # the ADM evaluator's layout
