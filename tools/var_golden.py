@@ -21,7 +21,7 @@ modules are cast to float64 and run on float64 inputs.
 ``x_BLCv_wo_first_l.float()`` and ``x_BLC.float()``, ``VAR.get_logits``' three ``.float()``, and the f_hat
 buffer ``new_zeros(..., dtype=torch.float32)`` of ``VectorQuantizer2.idxBl_to_var_input``, into which
 float64 terms would be added in place, rounding them to float32; ``embed_to_fhat`` has the same buffer but
-is not reached here). While it records, a torch function mode (:class:`Float64`) takes those casts and
+is not reached here). While it records, a torch function mode (``flowar_golden.Float64``) takes those casts and
 allocations as float64 (it prints how many) and raises if any torch operation still yields a float tensor
 that is not float64; the default dtype is float64 too (the label-dropout draw ``torch.rand(B)``). Nothing
 of the release had to stay in float32.
@@ -40,45 +40,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 from pathlib import Path
 
 import torch
-from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_leaves
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flowar_golden import _int8_grid, _randomize  # noqa: E402
+from flowar_golden import _int8_grid, _randomize, float64, report  # noqa: E402
 
 SCHEDULE = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 V, CVAE, CH, CH_MULT, CLASSES = 32, 8, 32, (1, 2), 10
 SAMPLING = dict(g_seed=7, cfg=1.5, top_k=20, top_p=0.9)
 NO_QK_NORM = dict(depth=2, embed_dim=64, num_heads=4)  # heads != width / 64
-
-
-class Float64(TorchFunctionMode):
-    """The release's explicit float32 casts (``Tensor.float`` of a float64 tensor) and float32 allocations
-    (``dtype=torch.float32``) taken as float64; any operation whose result holds a float tensor of another
-    dtype raises. ``redirected`` counts what was taken as float64, by operation."""
-
-    def __init__(self):
-        super().__init__()
-        self.redirected: Counter = Counter()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = getattr(func, "__qualname__", getattr(func, "__name__", str(func)))
-        if func is torch.Tensor.float and args[0].dtype == torch.float64:
-            self.redirected[name] += 1
-            return args[0]
-        if kwargs.get("dtype") == torch.float32:
-            self.redirected[f"{name}(dtype=torch.float32)"] += 1
-            kwargs = {**kwargs, "dtype": torch.float64}
-        out = func(*args, **kwargs)
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64:
-                raise TypeError(f"the release computed {name} in {t.dtype}")
-        return out
 
 
 def _release(path: Path):
@@ -160,19 +132,14 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     vae, var = _build(VQVAE, VAR, Encoder, Decoder, gen)
     x = _images(gen)
-    mode, default = Float64(), torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        with mode:
-            fixture = {"schedule": SCHEDULE, "vocab_size": V, "num_classes": CLASSES, "vae": _grid_state(vae),
-                       "var": _grid_state(var), **_record(vae, var, var_module, x)}
+    with float64():
+        fixture = {"schedule": SCHEDULE, "vocab_size": V, "num_classes": CLASSES, "vae": _grid_state(vae),
+                   "var": _grid_state(var), **_record(vae, var, var_module, x)}
         plain = _var(VAR, vae, gen, attn_l2_norm=False, **NO_QK_NORM)
-        with mode, torch.no_grad():
+        with torch.no_grad():
             fixture["no_qk_norm"] = {"var": _grid_state(plain), "heads": NO_QK_NORM["num_heads"],
                                      "logits": plain(fixture["labels"], fixture["teacher_input"])}
-    finally:
-        torch.set_default_dtype(default)
-    print("taken as float64:", dict(mode.redirected))
+    report()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(fixture, a.out)
     print(f"wrote {a.out} ({a.out.stat().st_size / 1e6:.2f} MB)")
