@@ -90,7 +90,11 @@ def load_checkpoint(path: str | Path, map_location="cpu", require: tuple[str, ..
 
 def load_state(module, state: dict, path) -> None:
     """``module.load_state_dict(state)`` with a ``ValueError`` naming the file and the parameters that
-    are missing or unexpected (renamed parameters, another model class) instead of a RuntimeError."""
+    are missing or unexpected (renamed parameters, another model class) or that is not a dict of tensors,
+    instead of a RuntimeError or TypeError."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise ValueError(f"checkpoint {path} holds a {type(state).__name__} where a state dict (names -> tensors) "
+                         "belongs: written by other code or edited by hand")
     try:
         module.load_state_dict(state)
     except RuntimeError as e:

@@ -95,7 +95,7 @@ def ldm_config_from_state(state: Mapping[str, torch.Tensor], latent_side: int, g
     ``latent_side`` fixes the image side (it is not in the shapes). ``ValueError`` naming ``what`` if a
     key the reading needs is absent."""
     def shape(key):
-        return state_shape(state, key, what)
+        return state_shape(state, key, what, 4)  # conv weights
 
     def count(prefix):
         return count_under(state, prefix)

@@ -51,11 +51,17 @@ def load_state_file(path: str | Path, name: str, map_location="cpu") -> dict[str
     return obj
 
 
-def state_shape(state: Mapping[str, torch.Tensor], key: str, what: str) -> torch.Size:
-    """The shape of ``state[key]``; ``ValueError`` saying the file is not a ``what`` state dict if it lacks it."""
+def state_shape(state: Mapping[str, torch.Tensor], key: str, what: str, rank: int) -> torch.Size:
+    """The shape of ``state[key]``, a floating tensor of ``rank`` dimensions: every size a loader reads from a
+    file goes through here, so a missing key, a wrong rank (a 1-D weight matrix) or integer weights are one
+    ``ValueError`` naming the key instead of an ``IndexError`` or a model that loads wrong."""
     if key not in state:
         raise ValueError(f"not a {what} state dict: it has no key {key!r}")
-    return state[key].shape
+    v = state[key]
+    if v.dim() != rank or not v.is_floating_point():
+        raise ValueError(f"the {what} file's key {key!r} is a {v.dim()}-D {v.dtype} tensor of shape {tuple(v.shape)}, "
+                         f"expected a {rank}-D floating tensor")
+    return v.shape
 
 
 def count_under(state: Mapping[str, torch.Tensor], prefix: str) -> int:
@@ -91,6 +97,8 @@ def check_state(module: nn.Module, state: Mapping[str, torch.Tensor], what: str,
     for k, v in state.items():
         if k not in own:
             raise ValueError(f"{what} does not fit: key {named(k)} of shape {tuple(v.shape)} has no place here")
+        if v.is_floating_point() != own[k].is_floating_point():
+            raise ValueError(f"{what} does not fit: key {named(k)} holds {v.dtype} values, expected {own[k].dtype}")
         if v.shape != own[k].shape:
             raise ValueError(f"{what} does not fit: key {named(k)} has shape {tuple(v.shape)}, expected "
                              f"{tuple(own[k].shape)}")

@@ -59,7 +59,7 @@ def vqvae_config_from_release(state: Mapping[str, torch.Tensor]) -> VQConfig:
     if not phis:
         raise ValueError("the VQVAE's phi convs must be partially shared (quantize.quant_resi.qresi_ls.*, the "
                          "release's share_quant_resi=4); this file has none")
-    vocab = state_shape(state, "quantize.embedding.weight", "VAR VQVAE")[0]
+    vocab = state_shape(state, "quantize.embedding.weight", "VAR VQVAE", 2)[0]
     return VQConfig(ae=coder, schedule=SCHEDULE, vocab_size=vocab, phi_convs=phis, phi_residual_ratio=0.5,
                     upsample="bicubic")
 
@@ -87,8 +87,8 @@ def _release_heads(state: Mapping[str, torch.Tensor], heads: int | None) -> tupl
         check_int("heads", heads, 1)
     key = "blocks.0.attn.scale_mul_1H11"
     if key in state:
-        shape = state_shape(state, key, "VAR")
-        if len(shape) != 4 or (shape[0], shape[2], shape[3]) != (1, 1, 1):
+        shape = state_shape(state, key, "VAR", 4)
+        if (shape[0], shape[2], shape[3]) != (1, 1, 1):
             raise ValueError(f"the VAR file's {key} has shape {tuple(shape)}, expected (1, heads, 1, 1)")
         found = shape[1]
         if heads is not None and heads != found:
@@ -105,15 +105,15 @@ def var_config_from_release(state: Mapping[str, torch.Tensor], vq: VQConfig, hea
     """The :class:`VARConfig` of a release VAR state dict on the tokenizer ``vq``, read from its shapes
     (``heads``: needed for a file without ``attn_l2_norm``, see :func:`load`)."""
     what = "VAR"
-    classes, width = state_shape(state, "class_emb.weight", what)
+    classes, width = state_shape(state, "class_emb.weight", what, 2)
     depth = count_under(state, "blocks.")
     heads, qk_norm = _release_heads(state, heads)
     # the release's attention scale: 1 after l2-normalising q, k (ours: the learned scale times sqrt(d) over
     # SDPA's 1/sqrt(d)), else 0.25 / sqrt(head_dim)
-    bb = BackboneConfig(schedule=SCHEDULE, in_dim=state_shape(state, "word_embed.weight", what)[1],
+    bb = BackboneConfig(schedule=SCHEDULE, in_dim=state_shape(state, "word_embed.weight", what, 2)[1],
                         num_classes=classes - 1, width=width, depth=depth, heads=heads, qk_norm=qk_norm,
                         attn_scale=1.0 if qk_norm else 0.25, drop_path=0.1 * depth / 24)
-    return VARConfig(backbone=bb, vocab_size=state_shape(state, "head.weight", what)[0])
+    return VARConfig(backbone=bb, vocab_size=state_shape(state, "head.weight", what, 2)[0])
 
 
 _VAR_RENAMES = [
