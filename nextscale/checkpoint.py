@@ -18,16 +18,72 @@ import torch
 FORMAT = "nextscale-checkpoint-v1"
 
 
+class OutOfSpace(ValueError):
+    """A file could not be written for want of space (disk full, quota, the shell's file size limit): one
+    line naming the folder, the space free and needed. The previous file stays, so a rerun with room resumes."""
+
+
+_WRITING: set[str] = set()  # this process's temporaries being written now
+
+
+def _sweep(path: Path) -> None:
+    """Delete the temporaries of ``path`` that runs killed mid-write left (their writer is dead, or is this
+    process and is not writing them: a container's pid 1 again); a live writer's are kept."""
+    for tmp in path.parent.glob(f".{path.stem}.*.tmp{path.suffix}"):
+        try:
+            pid = int(tmp.name[len(path.stem) + 2:].split(".")[0])
+        except ValueError:
+            continue
+        alive = pid != os.getpid()
+        if alive:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:  # another user's live process
+                pass
+        if not alive and str(tmp) not in _WRITING:
+            tmp.unlink(missing_ok=True)
+
+
+def _space(folder: Path, needed: int | None) -> str:
+    import resource
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    cap = "" if limit == resource.RLIM_INFINITY else f", file size limit {limit / 1e6:.1f} MB"
+    need = "" if needed is None else f", about {needed / 1e6:.1f} MB needed"
+    return f"{free / 1e6:.1f} MB free{cap}{need}"
+
+
+def _out_of_space(e: BaseException, folder: Path, needed: int | None) -> bool:
+    import errno
+    import resource
+    import shutil
+
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    if isinstance(e, RuntimeError) and needed is not None:  # torch.save's writer hides the errno
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        return shutil.disk_usage(folder).free < needed or (limit != resource.RLIM_INFINITY and limit < needed)
+    return False
+
+
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, needed: int | None = None) -> Iterator[Path]:
     """A fresh temporary path beside ``path`` (same suffix, so writers that go by it still work) to write
     the file to; when the block ends without error it is synced, given the permissions the user's umask
     gives new files, and renamed over ``path``. A kill mid-write leaves the previous file (or none), never
-    a torn one that looks like a result. Every output file of the project is written through this."""
+    a torn one that looks like a result, and the next write of ``path`` deletes the torn temporary. Every
+    output file of the project is written through this; lack of space is :class:`OutOfSpace` (``needed``:
+    the bytes the file will take, where known)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    _sweep(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
+    _WRITING.add(tmp)
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
@@ -36,10 +92,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600, which locks teammates out on a shared cluster
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if _out_of_space(e, path.parent, needed):
+            raise OutOfSpace(f"cannot write {path}: no space for it in {path.parent} ({_space(path.parent, needed)}); "
+                             "make room and rerun the same command: it resumes from the last checkpoint") from None
         raise
+    finally:
+        _WRITING.discard(tmp)
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -53,8 +114,11 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     """Write ``payload`` (plain data and tensors only) to ``path`` atomically (:func:`atomic_path`)."""
     from . import __version__
 
+    from torch.utils._pytree import tree_leaves
+
     payload = {"format": FORMAT, "library_version": __version__, **payload}
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    needed = sum(t.nbytes for t in tree_leaves(payload) if torch.is_tensor(t))
+    with atomic_path(path, needed) as tmp, open(tmp, "wb") as f:
         torch.save(payload, f)
 
 

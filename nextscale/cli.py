@@ -87,9 +87,12 @@ def out_lock(out: Path):
     import socket
 
     lock = Path(out) / ".lock"
-    if lock.is_dir():
-        raise ValueError(f"{lock} is a folder, not the run's lock file: remove it")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    if lock.is_dir() or lock.is_symlink():
+        raise ValueError(f"{lock} is a {'link' if lock.is_symlink() else 'folder'}, not the run's lock file: remove it")
+    try:  # O_NOFOLLOW: a link put there after the check is not followed (truncating what it points to)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        raise ValueError(f"{lock} cannot be the run's lock file: {e.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:  # held by a live process
