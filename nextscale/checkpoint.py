@@ -104,9 +104,10 @@ def atomic_path(path: str | Path, needed: int | None = None) -> Iterator[Path]:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """``Path(path).write_text(text)``, atomically (:func:`atomic_path`)."""
+    """``Path(path).write_text(text)`` in UTF-8 whatever the locale (``LC_ALL=C`` cannot fail a report's ``±``),
+    atomically (:func:`atomic_path`)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 

@@ -62,7 +62,13 @@ def at_least(name: str, value, lo) -> None:
 
 def run_or_exit(fn, *args):
     """Run a command; a user error (``ValueError``) prints one line ``error: ...`` (one per problem when it
-    lists several, e.g. a run spec's) and exits with status 2."""
+    lists several, e.g. a run spec's) and exits with status 2. The environment cannot fail a finished run
+    at its end: plots are files, drawn with Agg whatever ``MPLBACKEND`` says, and a character the terminal's
+    encoding lacks (``±`` under ``PYTHONIOENCODING=ascii``) is printed escaped."""
+    os.environ["MPLBACKEND"] = "Agg"
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return fn(*args)
     except ValueError as e:

@@ -36,6 +36,9 @@ CASES = [
     (compare_main, ["--seed", str(10**15)], "error: seed must lie in [0, 2147483647], got 1000000000000000"),
     (compare_main, ["--seed", str(2**31 - 1), "--seeds", "2"], "error: seeds must lie in [1, 1], got 2"),
     (compare_main, ["--design", "attribution", "--arms", "var"], "error: give --arms or --design, not both"),
+    (compare_main, ["--train-steps", "0"], "error: --train-steps must be >= 1, got 0"),
+    (compare_main, ["--steps", "5"], "error: --steps is now --train-steps"),  # renamed; a prefix of it too
+    (compare_main, ["--step", "5"], "error: --steps is now --train-steps"),
 ]
 # every command and every bad device string: one line naming what this machine has
 CASES += [(m, ["--device", d], "error: device must be cpu") for m in (var_main, flowar_main, compare_main)
@@ -124,3 +127,25 @@ def test_ctrl_c_prints_one_line_saying_a_rerun_resumes(capsys):
         run_or_exit(interrupted)
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 130 and len(err) == 1 and err[0].startswith("interrupted: the same command resumes")
+
+
+def test_the_environment_cannot_fail_a_finished_run(tmp_path):
+    """LC_ALL=C, PYTHONIOENCODING=ascii and MPLBACKEND=garbage: a command still prints its ± (escaped),
+    writes its report in UTF-8 and draws its plots (each failed at a run's end before)."""
+    import os
+    import subprocess
+    import sys
+    script = ("import sys\nfrom pathlib import Path\nfrom nextscale.cli import run_or_exit\n"
+              "from nextscale.checkpoint import write_text\n"
+              "def job(out):\n"
+              "    print('FID 1.91 ± 0.28')\n"
+              "    write_text(Path(out) / 'report.md', 'FID 1.91 ± 0.28')\n"
+              "    import matplotlib.pyplot as plt\n"
+              "    plt.plot([0, 1]); plt.savefig(Path(out) / 'p.png')\n"
+              f"run_or_exit(job, {str(tmp_path)!r})\n")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONIOENCODING": "ascii", "MPLBACKEND": "garbage"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True)
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout == b"FID 1.91 \\xb1 0.28\n"
+    assert (tmp_path / "report.md").read_text(encoding="utf-8") == "FID 1.91 ± 0.28"
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
