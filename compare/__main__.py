@@ -12,9 +12,15 @@ from pathlib import Path
 
 from nextscale.cli import run_or_exit
 
-from .arms import ARMS, DESIGNS
-from .config import CODER_NAMES, PRECISIONS, PRESET_DATA_KEYS, PRESETS, REFERENCES, CompareConfig, describe
+from .arms import ARMS, DESIGNS, budgets
+from .config import (CODER_NAMES, PRECISIONS, PRESET_DATA_KEYS, PRESETS, REFERENCES, CompareConfig, changed, describe,
+                     every_budget, layered, preset)
 from .harness import run
+from .metrics.evaluate import NETWORKS, add_network_flags
+
+# flags renamed: old -> new; the old one is refused with one line naming the new one (not left to argparse,
+# whose prefix matching could take it for another flag)
+RENAMED = {"--steps": "--train-steps"}
 
 
 def _parser(suppress: bool = False) -> argparse.ArgumentParser:
@@ -46,16 +52,20 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
              "from VAR to FlowAR, and the hybrid; default: none)")
     opt("--head-width", type=int)
     opt("--samples", type=int, extra="; --quick: 100")
-    add("--steps", type=int, help=f"training steps of each generator, autoencoders get half (default: {d.var_steps})")
+    add("--train-steps", type=int, metavar="N", help="training steps of every family's generator, its autoencoder "
+        "half (default: each family's own: " + ", ".join(f"{n} {s['generator']}/{s['autoencoder']}"
+                                                          for n, s in d.train_steps.items()) + ")")
+    for old in RENAMED:
+        add(old, nargs="?", help=argparse.SUPPRESS)
     opt("--side", type=int)
     opt("--coder", choices=CODER_NAMES)
-    opt("--inception", metavar="PATH")
-    opt("--dinov2", metavar="PATH")
+    add_network_flags(p)
     opt("--reference", choices=REFERENCES)
     opt("--reference-stats", metavar="NPZ")
     opt("--precision", choices=PRECISIONS)
     opt("--compile", action="store_true")
     opt("--sample-batch", type=int)
+    opt("--flowar-cfg", type=float)
     opt("--device")
     add("--preset", choices=sorted(PRESETS),
         help="named settings for common data, sized for a GPU: cifar32 = 32x32 RGB folders such as CIFAR-10; "
@@ -71,17 +81,25 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
 
 def _to_config_kwargs(given: dict) -> dict:
     """CompareConfig keyword arguments from the flags the user gave."""
+    for old, new in RENAMED.items():
+        if old[2:].replace("-", "_") in given:
+            raise ValueError(f"{old} is now {new} (training steps; a sampler row's solver steps are its own "
+                             f"'steps' key in the run spec)")
     kw = {("dataset" if k == "data" else k): v for k, v in given.items()
-          if k not in ("steps", "arms", "design", "preset", "quick", "config", "print_config")}
+          if k not in ("train_steps", "arms", "design", "preset", "quick", "config", "print_config", *NETWORKS)}
+    if any(n in given for n in NETWORKS):
+        kw["networks"] = {n: given[n] for n in NETWORKS if n in given}
     if "design" in given:
         if "arms" in given:
             raise ValueError("give --arms or --design, not both")
         kw["arms"] = DESIGNS[given["design"]]
     if "arms" in given:
         kw["arms"] = tuple(x.strip() for x in given["arms"].split(",") if x.strip())
-    if "steps" in given:
-        s = given["steps"]
-        kw.update(var_steps=s, flowar_steps=s, tokenizer_steps=max(1, s // 2), ae_steps=max(1, s // 2))
+    if "train_steps" in given:
+        s = given["train_steps"]
+        if s < 1:
+            raise ValueError(f"--train-steps must be >= 1, got {s}")
+        kw["train_steps"] = every_budget(max(1, s // 2), s)
     return kw
 
 
@@ -89,8 +107,7 @@ def _spec_kwargs(path: str) -> dict:
     """CompareConfig keywords of the run spec at ``path`` that differ from the defaults."""
     from .spec import load_spec, spec_to_config_kwargs
 
-    default = CompareConfig()
-    return {k: v for k, v in spec_to_config_kwargs(load_spec(Path(path))).items() if v != getattr(default, k)}
+    return changed(spec_to_config_kwargs(load_spec(Path(path))))
 
 
 def parse(argv=None) -> CompareConfig:
@@ -100,15 +117,15 @@ def parse(argv=None) -> CompareConfig:
         from .spec import default_spec_text
         print(default_spec_text(), end="")
         raise SystemExit(0)
-    preset = PRESETS.get(given.get("preset"), {})
+    named = preset(given["preset"]) if "preset" in given else {}
     if given.get("quick"):
-        preset = {k: v for k, v in preset.items() if k in PRESET_DATA_KEYS}
+        named = {k: v for k, v in named.items() if k in PRESET_DATA_KEYS}
 
     def config():
         from .spec import merge_cli
 
         spec = _spec_kwargs(given["config"]) if "config" in given else {}
-        kw = merge_cli({**preset, **spec}, _to_config_kwargs(given))
+        kw = merge_cli(layered(named, spec), _to_config_kwargs(given))
         return CompareConfig.quick_config(**kw) if given.get("quick") else CompareConfig(**kw)
     return run_or_exit(config)
 

@@ -13,23 +13,25 @@ factor arms that walk from VAR to FlowAR one difference at a time (``var-flowae`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
+import torch.nn as nn
 
 from crossfamily.hybrid import HybridConfig, HybridSampling, HybridVAR
-from crossfamily.latent import LatentVQ, latent_vq_config, train_latent_tokenizer
+from crossfamily.latent import LatentVQ, latent_vq_config, train_family as train_latent_family
 from flowar.autoencoder import ContinuousAE
 from flowar.model import FlowAR, FlowARConfig
-from flowar.sampling import FlowSampling
-from flowar.pipeline import PAPER_SAMPLING, flowar_paper_configs, train_autoencoder, train_flowar
+from flowar.pipeline import flowar_paper_configs, train_family as train_flowar_family
+from flowar.sampling import PAPER_GUIDANCE, PAPER_SAMPLING, PAPER_SOLVER, FlowSampling
 from nextscale.autoencoder import CODERS, with_coder
 from nextscale.config import config_as
 from nextscale.scales import default_schedule, doubling_schedule
+from nextscale.stages import Trained
 from var.model import VAR, VARConfig, VARSampling
-from var.pipeline import default_configs as var_configs, train_tokenizer, train_var
+from var.pipeline import default_configs as var_configs, train_family as train_var_family
 from var.tokenizer import MultiScaleVQVAE
 
 
@@ -73,28 +75,49 @@ def _flowar_head_alone(model, batch: int, dev):
 
 
 @dataclass(frozen=True)
+class Budget:
+    """A family's training steps, (autoencoder, generator): ``default`` and ``quick`` (``--quick``'s); families
+    that train alike share one. Each is an entry of ``CompareConfig.train_steps`` (``{name: {"autoencoder":
+    n, "generator": n}}``) and two run-spec keys, ``train.<autoencoder>_steps`` and ``train.<name>_steps``,
+    described by ``docs`` (what each stage trains); ``--train-steps N`` and a preset set every budget."""
+    name: str
+    autoencoder: str
+    docs: tuple[str, str]
+    default: tuple[int, int] = (300, 600)
+    quick: tuple[int, int] = (40, 60)
+
+    @property
+    def keys(self) -> tuple[str, str]:
+        """The run-spec keys of its two stages."""
+        return f"{self.autoencoder}_steps", f"{self.name}_steps"
+
+
+STAGES = ("autoencoder", "generator")  # the parts of a budget, in the order recipe() takes them
+
+
+@dataclass(frozen=True, kw_only=True)
 class Family:
     """What every arm of one model family shares: its autoencoder (named ``name``: families of one name
-    share its checkpoint when their autoencoder configs agree), trainers, model classes, the
-    CompareConfig fields holding its training budgets, the keywords every sampler row starts from, and
-    the model's hot head evaluation (compiled, timed)."""
+    share its checkpoint when their autoencoder configs agree), model classes, its ``train_family`` and
+    training budget, the keywords every sampler row starts from, and the model's hot head evaluation
+    (compiled, timed)."""
     name: str
-    model: type
+    model: type[nn.Module]
     config: type                      # generator config: the fields an arm override may set
     sampling: type                    # sampling config: the fields a sampler row may set
-    autoencoder: Callable             # autoencoder config -> untrained autoencoder
-    train_ae: Callable                # (data, ae_cfg, train_cfg, ckpt_path=, device=) -> autoencoder
-    train_gen: Callable               # (data, ae, gen_cfg, train_cfg, ckpt_path=, device=) -> generator
-    steps: tuple[str, str]            # CompareConfig fields: autoencoder steps, generator steps
-    row_defaults: Callable            # CompareConfig -> sampling keywords every row starts from
-    own_sampler: dict                 # the paper's sampler (the bench's FlowAR steps replace "steps")
-    head_eval: str                    # the head method a sampling step calls
-    teacher_forced: Callable          # (model, y, dev) -> one teacher-forced forward (bench)
-    decode: Callable                  # model -> the final latent -> image decoder
-    head_alone: Callable | None       # (model, batch, dev) -> the head's evaluations alone, where separable
-    reconstruct: Callable             # model -> images -> the autoencoder's reconstructions (its ceiling)
+    autoencoder: Callable[[Any], nn.Module]          # autoencoder config -> untrained autoencoder
+    # (data, ae_cfg, gen_cfg, ae_train, gen_train, folder, device, names[, base_train=, base_name=]) -> Trained
+    train: Callable[..., Trained]
+    budget: Budget
+    row_defaults: Callable[[Any], dict] = lambda cfg: {}   # CompareConfig -> keywords every row starts from
+    own_sampler: Mapping[str, Any] = field(default_factory=dict)  # the paper's (the bench's steps replace "steps")
+    head_eval: Callable[[nn.Module], Callable]       # model -> the head evaluation a sampling step calls (bound)
+    teacher_forced: Callable[..., Callable]          # (model, y, dev) -> one teacher-forced forward (bench)
+    decode: Callable[[nn.Module], Callable]          # model -> the final latent -> image decoder
+    head_alone: Callable[..., Callable] | None = None  # (model, batch, dev) -> the head's evaluations alone
+    reconstruct: Callable[[nn.Module], Callable]     # model -> images -> the autoencoder's reconstructions
     # The family whose trained autoencoder (``ae_cfg.frozen_ae``, its checkpoint shared) this family's
-    # autoencoder is built on; ``train_ae`` then takes it as ``base=``. None: trained from scratch.
+    # autoencoder is built on; ``train`` then takes its recipe as ``base_train=``. None: trained from scratch.
     base: "Family | None" = None
 
     def build(self, ae_cfg, gen_cfg):
@@ -102,23 +125,29 @@ class Family:
 
 
 def _flowar_guidance(cfg) -> dict:
-    """FlowAR's guidance at the run's strength: linear ramp from 0 at scale 1, off for t < 0.1."""
-    return {"cfg_scale": cfg.flowar_cfg, "cfg_schedule": PAPER_SAMPLING["cfg_schedule"],
-            "cfg_interval": PAPER_SAMPLING["cfg_interval"]}
+    """FlowAR's guidance at the run's strength (CompareConfig.flowar_cfg)."""
+    return {"cfg_scale": cfg.flowar_cfg, **PAPER_GUIDANCE}
 
 
-VAR_FAMILY = Family("var", VAR, VARConfig, VARSampling, MultiScaleVQVAE, train_tokenizer, train_var,
-                    ("tokenizer_steps", "var_steps"), lambda cfg: {}, {}, "forward", _var_teacher_forced,
-                    lambda model: model.tokenizer.decode_latent, None, lambda model: model.reconstruct)
-FLOWAR_FAMILY = Family("flowar", FlowAR, FlowARConfig, FlowSampling, ContinuousAE, train_autoencoder, train_flowar,
-                       ("ae_steps", "flowar_steps"), _flowar_guidance, PAPER_SAMPLING, "velocity",
-                       _flowar_teacher_forced, lambda model: model.ae.decode, _flowar_head_alone,
-                       lambda model: model.ae.reconstruct)
-# VAR's quantizer on FlowAR's frozen autoencoder, and HART's hybrid on the same tokenizer (one checkpoint).
-LATENT_VAR_FAMILY = replace(VAR_FAMILY, name="var-latent", autoencoder=LatentVQ, train_ae=train_latent_tokenizer,
+VAR_FAMILY = Family(name="var", model=VAR, config=VARConfig, sampling=VARSampling, autoencoder=MultiScaleVQVAE,
+                    train=train_var_family, budget=Budget("var", "tokenizer", ("VAR's VQ tokenizer",
+                                                                                "the VAR generator")),
+                    head_eval=lambda model: model.head.forward, teacher_forced=_var_teacher_forced,
+                    decode=lambda model: model.tokenizer.decode_latent, reconstruct=lambda model: model.reconstruct)
+FLOWAR_FAMILY = Family(name="flowar", model=FlowAR, config=FlowARConfig, sampling=FlowSampling,
+                       autoencoder=ContinuousAE, train=train_flowar_family,
+                       budget=Budget("flowar", "ae", ("the FlowAR arms' shared autoencoder", "each FlowAR generator"),
+                                     quick=(60, 120)),  # FlowAR's flow loss needs twice VAR's steps to learn
+                       row_defaults=_flowar_guidance, own_sampler=PAPER_SAMPLING,
+                       head_eval=lambda model: model.head.velocity, teacher_forced=_flowar_teacher_forced,
+                       decode=lambda model: model.ae.decode, head_alone=_flowar_head_alone,
+                       reconstruct=lambda model: model.ae.reconstruct)
+# VAR's quantizer on FlowAR's frozen autoencoder, and HART's hybrid on the same tokenizer (one checkpoint);
+# both train on VAR's budget.
+LATENT_VAR_FAMILY = replace(VAR_FAMILY, name="var-latent", autoencoder=LatentVQ, train=train_latent_family,
                             base=FLOWAR_FAMILY)
 HYBRID_FAMILY = replace(LATENT_VAR_FAMILY, model=HybridVAR, config=HybridConfig, sampling=HybridSampling,
-                        train_gen=partial(train_var, model_cls=HybridVAR))
+                        train=partial(train_latent_family, model_cls=HybridVAR))
 
 
 @dataclass(frozen=True)
@@ -192,9 +221,9 @@ FLOWAR_SAMPLERS = (
     ("euler x2", dict(solver="euler", steps=2)),
     ("euler x4", dict(solver="euler", steps=4)),
     ("euler x8", dict(solver="euler", steps=8)),
-    ("euler x24", dict(solver="euler", steps=24, time_grid="two_segment")),
+    ("euler x24", PAPER_SOLVER),
     ("euler_maruyama x8", dict(solver="euler_maruyama", steps=8)),
-    ("euler_maruyama x24", dict(solver="euler_maruyama", steps=24, time_grid="two_segment")),
+    ("euler_maruyama x24", {**PAPER_SOLVER, "solver": "euler_maruyama"}),
 )
 # The shortcut head: 1, 2, 4 steps per scale at guidance w = 0.5 (a few large steps keep less
 # diversity than the flow at FlowAR's w = 1; the README's few-step table), the same at FlowAR's w, and
@@ -205,7 +234,7 @@ FEWSTEP_SAMPLERS = (
     ("shortcut x4, w 0.5", dict(solver="shortcut", steps=4, cfg_scale=0.5)),
     ("shortcut x1", dict(solver="shortcut", steps=1)),
     ("shortcut x2", dict(solver="shortcut", steps=2)),
-    ("euler x24", dict(solver="euler", steps=24, time_grid="two_segment")),
+    ("euler x24", PAPER_SOLVER),
 )
 
 # name -> Arm. Everything iterates this dict when it runs, so an entry added later (a test's arm, a
@@ -260,6 +289,23 @@ DESIGNS = {"published": DEFAULT_ARMS, "attribution": CHAIN + ("hart",)}
 # The arm whose best row every other arm's rows are matched against (in head NFE and ms/img) in the
 # paired comparisons: the discrete-token baseline.
 ANCHOR = "var"
+
+
+def budgets() -> dict[str, Budget]:
+    """name -> Budget of every family the arms train (and the families theirs are built on), in the order
+    of :data:`ARMS`; read when called, so an arm added later brings its family's budget."""
+    out = {}
+    for arm in ARMS.values():
+        for fam in (arm.family, arm.family.base):
+            if fam is not None:
+                out.setdefault(fam.budget.name, fam.budget)
+    return out
+
+
+def steps_of(cfg, family: Family) -> tuple[int, int]:
+    """The run's (autoencoder, generator) training steps of ``family``."""
+    steps = cfg.train_steps[family.budget.name]
+    return steps["autoencoder"], steps["generator"]
 
 
 def arm_configs(name: str, data, backbone, cfg):

@@ -35,13 +35,14 @@ from contextlib import contextmanager
 
 import torch
 
+from flowar.sampling import PAPER_SOLVER
 from nextscale.backbone import BackboneConfig
 from nextscale.data import load_digits
 from nextscale.train import pick_device
 
 from .arms import ARMS, DEFAULT_ARMS, arm_configs, backbone_inputs, build_arm
 from .config import CompareConfig
-from .sampling import compile_for_sampling, trainable_copy
+from .sampling import compile_for_sampling, method_of, trainable_copy
 
 
 def build(arm: str, data, backbone: BackboneConfig, dev):
@@ -110,9 +111,10 @@ def decoder(family, model, batch: int, dev):
 def measure_arm(arm, data, backbone, dev, batch, repeats, steps, compile_=False) -> dict:
     family = ARMS[arm].family
     model = build(arm, data, backbone, dev)
+    hot_head = method_of(family.head_eval(model))  # before compiling: the compiled wrapper is no bound method
     if compile_:
         compile_for_sampling(model, family.head_eval)
-    bb, head = model.backbone, model.head
+    bb = model.backbone
     kw = {**family.own_sampler, **({"steps": steps} if "steps" in family.own_sampler else {})}
 
     def sample(model, y, cfg):
@@ -127,7 +129,7 @@ def measure_arm(arm, data, backbone, dev, batch, repeats, steps, compile_=False)
              "sample": lambda: sample(model, y, 0.0), "sample_cfg": lambda: sample(model, y, 1.0)}
     if family.head_alone is not None:  # one evaluation of the head alone at every scale (the sampler's mix)
         tasks["head_eval_alone"] = family.head_alone(model, batch, dev)
-    in_head, in_steps = CallTimer(head, family.head_eval, dev), CallTimer(bb, "step", dev)
+    in_head, in_steps = CallTimer(*hot_head, dev), CallTimer(bb, "step", dev)
     series: dict[str, list[float]] = {}
     with torch.no_grad():
         for r in range(repeats + 1):  # interleaved; round 0 is the warm-up
@@ -203,7 +205,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--batch", type=int, default=50, help="batch of the forward vs sampling comparison")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7; --quick 2)")
-    p.add_argument("--steps", type=int, default=24, help="FlowAR Euler steps per scale (two-segment grid; 24: the release's)")
+    p.add_argument("--steps", type=int, default=PAPER_SOLVER["steps"],
+                   help=f"steps per scale of FlowAR's sampler (default {PAPER_SOLVER['steps']}: the release's)")
     p.add_argument("--compile", action="store_true", help="also measure with torch.compile (slow to start)")
     p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(DEFAULT_ARMS),
                    help="arms to measure (default: " + " ".join(DEFAULT_ARMS) + ")")
@@ -225,7 +228,7 @@ def main(argv=None) -> list[dict]:
     steps = min(a.steps, 4) if a.quick else a.steps
     dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device {dev} ({dev_name}), torch {torch.__version__}, backbone {width}/{depth}/{heads}, batch {a.batch}, "
-          f"FlowAR euler x{steps} (two-segment), medians of {repeats} after a warm-up", file=sys.stderr)
+          f"FlowAR's sampler at {steps} steps per scale, medians of {repeats} after a warm-up", file=sys.stderr)
     rows = []
     for compile_ in ([False, True] if a.compile else [False]):
         for arm in a.arms:

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field, fields
 from nextscale.config import SEED_MAX, check_bool, check_choice, check_float, check_int, check_seed
 from nextscale.train import pick_device
 
-from .arms import ARMS, CODERS, DEFAULT_ARMS
+from .arms import ARMS, CODERS, DEFAULT_ARMS, STAGES, budgets
+from .metrics.evaluate import NETWORKS
 from .metrics.prdc import PR_K
 
 REFERENCES = ("test", "train")
@@ -20,22 +21,106 @@ CODER_NAMES = tuple(CODERS)
 # GPU (see the README's "Your own data"); with --quick only its data keys (PRESET_DATA_KEYS) apply.
 # imagenet256: 256x256 RGB class folders (ImageNet's layout) on the releases' ldm coder (stride 16, latent
 # 16x16x16 as MAR's KL-16), a 768-wide depth-12 backbone (VAR-d12, FlowAR-S's width); give --inception.
+# A preset's train_steps (autoencoder, generator) are every family's (:func:`preset`).
 PRESETS = {
     "cifar32": dict(side=32, latent_channels=16, width=384, depth=8, heads=6, batch_size=64, ae_batch_size=64,
-                    tokenizer_steps=5000, ae_steps=5000, var_steps=20000, flowar_steps=20000,
-                    classifier_steps=3000, samples=10000, sample_batch=500, cost_batch=64, reference="train"),
+                    train_steps=(5000, 20000), classifier_steps=3000, samples=10000, sample_batch=500, cost_batch=64,
+                    reference="train"),
     "imagenet256": dict(side=256, latent_channels=16, coder="ldm", width=768, depth=12, heads=12, batch_size=64,
-                        ae_batch_size=32, tokenizer_steps=50000, ae_steps=50000, var_steps=200000,
-                        flowar_steps=200000, classifier_steps=5000, samples=50000, sample_batch=250, cost_batch=64,
-                        reference="train"),
+                        ae_batch_size=32, train_steps=(50000, 200000), classifier_steps=5000, samples=50000,
+                        sample_batch=250, cost_batch=64, reference="train"),
 }
 PRESET_DATA_KEYS = ("side", "latent_channels", "coder", "reference")
+# CompareConfig fields that are mappings of registry entries (a family's budget, a feature network's weights):
+# settings are layered into them entry by entry (:func:`layered`)
+MAPPINGS = ("train_steps", "networks")
 
 
-def option(default, help: str):
+def option(default=None, help: str = "", factory=None):
     """A CompareConfig field with its one description, from which the run spec's comment and the
-    command's ``--help`` are written (:func:`describe`)."""
+    command's ``--help`` are written (:func:`describe`); ``factory`` makes a default read when built."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
     return field(default=default, metadata={"help": help})
+
+
+def every_budget(ae_steps: int, gen_steps: int) -> dict:
+    """``train_steps`` giving every family's budget ``ae_steps`` and ``gen_steps``."""
+    return {name: dict(zip(STAGES, (ae_steps, gen_steps))) for name in budgets()}
+
+
+def _budget_steps(which: str) -> dict:
+    return {name: dict(zip(STAGES, getattr(b, which))) for name, b in budgets().items()}
+
+
+def preset(name: str) -> dict:
+    """CompareConfig keywords of preset ``name``, its training steps given to every family."""
+    kw = dict(PRESETS[name])
+    if "train_steps" in kw:
+        kw["train_steps"] = every_budget(*kw["train_steps"])
+    return kw
+
+
+def layered(*layers: dict) -> dict:
+    """CompareConfig keywords: each layer's over the ones before, the :data:`MAPPINGS` entry by entry (a
+    budget stage by stage), so a later layer replaces only what it gives."""
+    out: dict = {}
+    for layer in layers:
+        for k, v in layer.items():
+            out[k] = _merged(out[k], v) if k in MAPPINGS and isinstance(v, dict) and isinstance(out.get(k), dict) \
+                else v
+    return out
+
+
+def _merged(a: dict, b: dict) -> dict:
+    """``b`` over ``a``, nested dicts merged key by key."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def changed(kw: dict) -> dict:
+    """The CompareConfig keywords in ``kw`` that differ from the defaults, the :data:`MAPPINGS` entry by
+    entry (a budget stage left at its default is not a change, so it does not undo a preset's)."""
+    default = CompareConfig()
+    out = {k: _changed(v, getattr(default, k)) if k in MAPPINGS else v for k, v in kw.items()}
+    return {k: v for k, v in out.items() if v is not _SAME and (k in MAPPINGS or v != getattr(default, k))}
+
+
+_SAME = object()
+
+
+def _changed(value, default):
+    """``value`` less what equals ``default``, nested dicts key by key (:data:`_SAME`: nothing differs)."""
+    if isinstance(value, dict) and isinstance(default, dict):
+        out = {k: c for k, v in value.items() if (c := _changed(v, default.get(k))) is not _SAME}
+        return out or _SAME
+    return _SAME if value == default else value
+
+
+def _checked_steps(given) -> dict:
+    """``train_steps`` holding every family's budget, a stage not given at its default; each count an int
+    >= 1, named by its run-spec key."""
+    known = budgets()
+    if not isinstance(given, dict) or any(name not in known or not isinstance(v, dict) or set(v) - set(STAGES)
+                                          for name, v in given.items()):
+        raise ValueError(f"train_steps must map budgets from {tuple(known)} to {{autoencoder: steps, generator: "
+                         f"steps}}, got {given!r}")
+    out = {}
+    for name, budget in known.items():
+        out[name] = {**dict(zip(STAGES, budget.default)), **given.get(name, {})}
+        for key, stage in zip(budget.keys, STAGES):
+            check_int(key, out[name][stage], 1)
+    return out
+
+
+def _checked_networks(given) -> dict:
+    """``networks`` in :data:`NETWORKS`' order, the ones given None left out."""
+    if not isinstance(given, dict) or any(n not in NETWORKS or not isinstance(p, (str, type(None)))
+                                          for n, p in given.items()):
+        raise ValueError(f"networks must map feature networks from {tuple(NETWORKS)} to weight files, got {given!r}")
+    return {n: given[n] for n in NETWORKS if given.get(n) is not None}
 
 
 @dataclass(frozen=True)
@@ -49,10 +134,9 @@ class CompareConfig:
                              "training seed)")
     samples: int = option(500, "generated images per model, sampler setting and seed, class-balanced (>= 4, and "
                           ">= the number of classes)")
-    tokenizer_steps: int = option(300, "training steps of VAR's VQ tokenizer")
-    var_steps: int = option(600, "training steps of the VAR generator")
-    ae_steps: int = option(300, "training steps of the FlowAR arms' shared autoencoder")
-    flowar_steps: int = option(600, "training steps of each FlowAR generator")
+    train_steps: dict = option(help="{family: {autoencoder: steps, generator: steps}}: each family's training "
+                               "budget (compare.arms.budgets(); a family not given trains on its default)",
+                               factory=lambda: _budget_steps("default"))
     classifier_steps: int = option(400, "training steps of the domain classifier (the default feature network)")
     batch_size: int = option(32, "generator training batch (the same for every arm)")
     ae_batch_size: int = option(64, "tokenizer / autoencoder training batch")
@@ -75,10 +159,9 @@ class CompareConfig:
     side: int | None = option(None, "image side to resize to (none: 16 for digits, 32 for folders, native for "
                               ".npz)")
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (none: CUDA when available)")
-    inception: str | None = option(None, "pytorch-fid's InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth):"
-                                   " adds FID/KID/precision/recall in Inception pool3 space (none: off)")
-    dinov2: str | None = option(None, "DINOv2 ViT-L/14 weights (dinov2_vitl14_pretrain.pth): adds FD-DINOv2 (fid_dinov2),"
-                                " KID, precision/recall, density/coverage in its space, as dgm-eval (none: off)")
+    networks: dict = option(help="{network: weights file}: the feature networks scored in beside the domain "
+                            "classifier (compare.metrics.evaluate.NETWORKS; none given: the classifier alone)",
+                            factory=dict)
     reference: str = option("test", "the real images the samples are scored against: the held-out 'test' split "
                             "or 'train' (CIFAR-10 papers' convention)")
     reference_stats: str | None = option(None, "precomputed Inception statistics (.npz with mu, sigma: "
@@ -129,8 +212,9 @@ class CompareConfig:
         check_int("seeds", self.seeds, 1, SEED_MAX - self.seed + 1)  # the seeds are seed .. seed + seeds - 1
         check_seed("split_seed", self.split_seed)
         check_int("samples", self.samples, PR_K + 1)  # k-NN precision/recall needs more than k samples
-        for name in ("tokenizer_steps", "var_steps", "ae_steps", "flowar_steps", "classifier_steps",
-                     "batch_size", "ae_batch_size", "sample_batch", "cost_batch", "cost_repeats",
+        object.__setattr__(self, "train_steps", _checked_steps(self.train_steps))
+        object.__setattr__(self, "networks", _checked_networks(self.networks))
+        for name in ("classifier_steps", "batch_size", "ae_batch_size", "sample_batch", "cost_batch", "cost_repeats",
                      "throughput_batch", "width", "depth", "heads", "latent_channels"):
             check_int(name, getattr(self, name), 1)
         if self.head_width is not None:
@@ -139,7 +223,7 @@ class CompareConfig:
         check_choice("reference", self.reference, REFERENCES)
         if self.device is not None:
             pick_device(self.device)
-        if self.reference_stats is not None and self.inception is None:
+        if self.reference_stats is not None and "inception" not in self.networks:
             raise ValueError("reference_stats are Inception statistics: give the Inception weights too (inception)")
 
     @property
@@ -151,10 +235,9 @@ class CompareConfig:
         """The reduced run the tests use (about 75 s on 2 CPU cores for the three published arms, 2 seeds):
         small models trained only to beat their untrained selves, not to compare arms (FlowAR's flow loss
         needs twice VAR's steps for that)."""
-        base = dict(seeds=2, samples=100, tokenizer_steps=40, var_steps=60, ae_steps=60, flowar_steps=120,
-                    batch_size=16, ae_batch_size=32, classifier_steps=150, cost_batch=10, throughput_batch=20,
-                    width=64, depth=2, heads=2, quick=True)
-        return CompareConfig(**{**base, **overrides})
+        base = dict(seeds=2, samples=100, train_steps=_budget_steps("quick"), batch_size=16, ae_batch_size=32,
+                    classifier_steps=150, cost_batch=10, throughput_batch=20, width=64, depth=2, heads=2, quick=True)
+        return CompareConfig(**layered(base, overrides))
 
 
 def slug(s: str) -> str:

@@ -22,7 +22,6 @@ import torch
 
 import nextscale
 from nextscale.backbone import BackboneConfig
-from nextscale.checkpoint import keyed_path, keyed_stage_paths
 from nextscale.cli import out_folder, out_lock
 from nextscale.config import config_to_dict
 from nextscale.cost import count_params
@@ -31,7 +30,7 @@ from nextscale.distributed import rank, world
 from nextscale.train import pick_device, recipe, setup_distributed
 from nextscale.viz import save_grid
 
-from .arms import ANCHOR, ARMS, FACTORS, TOTAL, arm_configs, build_arm, sampler_rows
+from .arms import ANCHOR, ARMS, FACTORS, TOTAL, arm_configs, build_arm, sampler_rows, steps_of
 from .config import CompareConfig, slug
 from .cost import measure_cost
 from .metrics.classifier import class_accuracy, train_classifier
@@ -129,7 +128,7 @@ def _prepare(cfg: CompareConfig, out: Path) -> Run:
             except ValueError as e:
                 raise ValueError(f"arm {name}: {e}") from None
     check_samplers(cfg, data, backbone, dev)
-    nets = load_networks(cfg, dev)
+    nets = load_networks(cfg.networks, dev)
     if cfg.reference_stats is not None:
         load_stats(cfg.reference_stats, dim=2048)  # a bad file is refused before any training
     note(f"data: {cfg.dataset} (split seed {cfg.split_seed}); every setting checked")
@@ -301,46 +300,33 @@ def _space_record(sp: FeatureSpace, cfg: CompareConfig) -> dict:
 def train_arm(name: str, data: ImageData, backbone: BackboneConfig, cfg: CompareConfig, out: Path,
               dev: torch.device, seed: int):
     """Train (or reuse) the autoencoder and the generator of arm ``name`` with training seed ``seed``, on
-    the one recipe (:func:`nextscale.train.recipe`); returns (model, info). A family's arms share its
-    autoencoder checkpoint, and a family built on another's autoencoder shares that one's."""
+    the one recipe (:func:`nextscale.train.recipe`) and the family's budget, through the family's
+    ``train_family``; returns (model, info). A family's arms share its autoencoder checkpoint, and a family
+    built on another's autoencoder shares that one's."""
     family = ARMS[name].family
     ae_cfg, gen_cfg = arm_configs(name, data, backbone, cfg)
-    ae_tc, gen_tc = recipe(seed, *(getattr(cfg, f) for f in family.steps), ae_batch=cfg.ae_batch_size,
-                           gen_batch=cfg.batch_size)
-    folder, t = out / "checkpoints", time.perf_counter()
-    base_ae, base_ck = _train_base(family, ae_cfg, data, cfg, folder, dev, seed)
-    ae_ck, gen_ck = keyed_stage_paths(folder, data.fingerprint(), (f"{family.name}-autoencoder", ae_cfg, ae_tc),
-                                      (name, gen_cfg, gen_tc), base=base_ck)
-    paths = [p for p in (base_ck, ae_ck, gen_ck) if p is not None]
-    before = [p.stat().st_mtime_ns if p.exists() else None for p in paths]
-    ae = family.train_ae(data, ae_cfg, ae_tc, ckpt_path=ae_ck, device=dev,
-                         **({} if base_ae is None else {"base": base_ae}))
-    t_ae = time.perf_counter()
-    model = family.train_gen(data, ae, gen_cfg, gen_tc, ckpt_path=gen_ck, device=dev).eval()
-    # reused: all were finished (a finished checkpoint is read, never rewritten; a partial one is resumed)
-    reused = None not in before and before == [p.stat().st_mtime_ns for p in paths]
-    info = {"seed": seed, "reused_checkpoints": reused, "train_seconds": round(time.perf_counter() - t_ae, 2),
-            "ae_train_seconds": round(t_ae - t, 2),
+    ae_tc, gen_tc = _recipe(cfg, family, seed)
+    base = {} if family.base is None else {"base_train": _recipe(cfg, family.base, seed)[0],
+                                           "base_name": f"{family.base.name}-autoencoder"}
+    trained = family.train(data, ae_cfg, gen_cfg, ae_tc, gen_tc, out / "checkpoints", dev,
+                           (f"{family.name}-autoencoder", name), **base)
+    model, ae = trained.model, trained.autoencoder
+    info = {"seed": seed, "reused_checkpoints": trained.reused, "train_seconds": round(trained.gen_seconds, 2),
+            "ae_train_seconds": round(trained.ae_seconds, 2),
             "params_backbone": count_params(model.backbone),
             "params_head": count_params(model.head),
             "params_generator": count_params(model) - count_params(ae),  # backbone + head (EMA copies are frozen)
             "schedule": list(gen_cfg.backbone.schedule),
             "params_autoencoder": count_params(ae),
             "config": config_to_dict(gen_cfg), "autoencoder_config": config_to_dict(ae_cfg),
-            "checkpoints": [p.name for p in paths]}
+            "checkpoints": [p.name for p in trained.checkpoints]}
     info.update(_holdout_losses(model, data))
     return model, info
 
 
-def _train_base(family, ae_cfg, data: ImageData, cfg: CompareConfig, folder: Path, dev, seed: int):
-    """(trained autoencoder, its checkpoint) that ``family``'s autoencoder is built on: its base family's,
-    trained (or reused) exactly as that family's own arms train it; (None, None) without a base."""
-    if family.base is None:
-        return None, None
-    b, b_cfg = family.base, ae_cfg.frozen_ae
-    b_tc, _ = recipe(seed, getattr(cfg, b.steps[0]), ae_batch=cfg.ae_batch_size, gen_batch=cfg.batch_size)
-    b_ck = keyed_path(folder, f"{b.name}-autoencoder", data.fingerprint(), b_cfg, b_tc)
-    return b.train_ae(data, b_cfg, b_tc, ckpt_path=b_ck, device=dev), b_ck
+def _recipe(cfg: CompareConfig, family, seed: int):
+    """(autoencoder, generator) training configs of ``family`` in this run: its budget, the run's batches."""
+    return recipe(seed, *steps_of(cfg, family), ae_batch=cfg.ae_batch_size, gen_batch=cfg.batch_size)
 
 
 @torch.no_grad()

@@ -40,7 +40,7 @@ from nextscale.train import pick_device, setup_distributed
 from var import release as var_release
 
 from .cost import measure_cost
-from .metrics.evaluate import NETWORKS, Protocol, load_networks, protocol_line, score_sets
+from .metrics.evaluate import Protocol, add_network_flags, load_networks, network_files, protocol_line, score_sets
 from .metrics.sample_files import read_set
 from .sampling import device_name, precision_context
 
@@ -171,8 +171,7 @@ def check_args(a) -> dict[str, list[Path]]:
     if not models:
         raise ValueError("give at least one released model: " + " and/or ".join(
             f"--{n} {','.join(r.files)}" for n, r in RELEASES.items()))
-    if not any(getattr(a, n) for n in NETWORKS):
-        raise ValueError("give the weights of a feature network: " + " and/or ".join(f"--{n} PATH" for n in NETWORKS))
+    network_files(a)  # at least one feature network
     if Path(a.out).is_file():
         raise ValueError(f"--out {a.out} is a file; give a folder")
     return models
@@ -181,7 +180,8 @@ def check_args(a) -> dict[str, list[Path]]:
 def run(a: argparse.Namespace) -> dict:
     models = check_args(a)
     dev = pick_device(a.device)
-    nets = load_networks(a, dev)
+    weights = network_files(a)
+    nets = load_networks(weights, dev)
     reference = read_set(a.reference, "--reference")
     if isinstance(reference, tuple) and len(nets) != 1:
         raise ValueError("--reference statistics hold one network's features: give exactly one feature network")
@@ -201,10 +201,9 @@ def run(a: argparse.Namespace) -> dict:
                 continue
             if a.save_samples:
                 _save_array(out / f"{name}_samples.npz", arr_0=samples, arr_1=labels)
-            files = {n: getattr(a, n) for n in nets}
             result["models"][name] = {"files": [str(f) for f in models[name]], "sampling": kw,
                                       "metrics": score_sets(samples, reference, nets, a.seed, Protocol()),
-                                      "protocol": protocol_line(files, samples, reference, Protocol()),
+                                      "protocol": protocol_line(weights, samples, reference, Protocol()),
                                       "cost": cost(model, kw, a, dev)}
         if rank() == 0:
             write_text(out / "results.json", json.dumps(result, indent=2, default=str))
@@ -238,8 +237,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--flowar-heads", type=int, default=None, help="the FlowAR AR transformer's heads, for a width "
                    "the release does not have (S, L, H: read from the width)")
     p.add_argument("--reference", required=True, help="real images (a folder or an .npz) or statistics (mu, sigma)")
-    p.add_argument("--inception", metavar="PATH", help="pytorch-fid's InceptionV3 weights")
-    p.add_argument("--dinov2", metavar="PATH", help="DINOv2 ViT-L/14 weights (FD-DINOv2)")
+    add_network_flags(p)
     p.add_argument("--samples", type=int, default=50_000, help="samples per model (default 50000; not --n, "
                    "which torchrun's own flags would take for theirs)")
     p.add_argument("--batch", type=int, default=64, help="sampling batch (default 64)")

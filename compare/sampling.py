@@ -24,15 +24,22 @@ def precision_context(cfg, dev: torch.device):
     return torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
 
 
-def compile_for_sampling(model, head_eval: str):
-    """Wrap every backbone block's forward and the head's evaluation ``head_eval`` (the family's: VAR's
-    linear head ``forward``, FlowAR's ``velocity``) with ``torch.compile``, in place; returns the model.
+def method_of(bound) -> tuple[object, str]:
+    """(object, attribute) of a bound method: where a wrapper of it goes, an instance attribute shadowing
+    the class's method for every caller (how the head's evaluation is compiled and timed in place)."""
+    return bound.__self__, bound.__func__.__name__
+
+
+def compile_for_sampling(model, head_eval):
+    """Wrap every backbone block's forward and the head's evaluation ``head_eval(model)`` (the family's: VAR's
+    linear head's ``forward``, FlowAR's ``velocity``) with ``torch.compile``, in place; returns the model.
     The block is the compute of a KV-cached step; ``Backbone.step`` itself is bookkeeping (input checks,
     the scale counter) that dynamic-shape tracing cannot follow (it fails on the check of which scale is
     fed)."""
     for blk in model.backbone.blocks:
         blk.forward = torch.compile(blk.forward, dynamic=True)
-    setattr(model.head, head_eval, torch.compile(getattr(model.head, head_eval), dynamic=True))
+    owner, name = method_of(head_eval(model))
+    setattr(owner, name, torch.compile(getattr(owner, name), dynamic=True))
     return model
 
 

@@ -24,18 +24,23 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the same parser, as a package
     import tomli as tomllib
 
-from .arms import ARMS, DEFAULT_ARMS, arm_configs, sampler_rows
-from .config import CompareConfig, describe
+from .arms import ARMS, DEFAULT_ARMS, STAGES, arm_configs, budgets, sampler_rows
+from .config import CompareConfig, describe, layered
+from .metrics.evaluate import NETWORKS
 
 
 @dataclasses.dataclass(frozen=True)
 class Key:
     """A scalar spec key ``section.name`` holding CompareConfig's ``field`` (described once, in the field's
-    metadata); ``none`` is the TOML value that stands for the field's ``None`` (TOML has no null)."""
+    metadata), or with ``entry`` the value at that place in a mapping field (a family's budget stage, a
+    feature network's weights; described by ``doc``, the registry entry's words); ``none`` is the TOML value
+    that stands for the field's ``None`` (TOML has no null)."""
     section: str
     name: str
     field: str
     none: object = None
+    entry: tuple[str, ...] = ()
+    doc: str = ""
 
     @property
     def path(self) -> str:
@@ -43,33 +48,52 @@ class Key:
 
     @property
     def comment(self) -> str:
-        return describe(self.field) + ("" if self.none is None else f"; {_toml(self.none)} = none")
+        return (self.doc or describe(self.field)) + ("" if self.none is None else f"; {_toml(self.none)} = none")
 
     @property
     def default(self):
         value = getattr(CompareConfig(), self.field)
+        for e in self.entry:
+            value = value.get(e)
         return self.none if value is None else value
+
+    def put(self, kw: dict, value) -> None:
+        """Set this key's ``value`` in CompareConfig keywords ``kw`` (an entry's None: left out)."""
+        if not self.entry:
+            kw[self.field] = value
+        elif value is not None:
+            *up, last = self.entry
+            place = kw.setdefault(self.field, {})
+            for e in up:
+                place = place.setdefault(e, {})
+            place[last] = value
 
 
 SECTIONS = {
     "data": "the images and the real reference the samples are scored against",
     "run": "seeds, sample counts, device and feature networks",
     "train": "training budgets (optimizer steps) and batches, the same recipe for every arm",
-    "eval": "sampling and cost-measurement batches, and how images are scored",
+    "eval": "sampling and cost-measurement batches, FlowAR's guidance, and how images are scored",
     "backbone": "the scale-wise transformer every arm shares",
 }
-KEYS = (
-    Key("data", "spec", "dataset"), Key("data", "side", "side", none=0), Key("data", "split_seed", "split_seed"),
-    Key("data", "reference", "reference"), Key("data", "reference_stats", "reference_stats", none=""),
-    *(Key("run", f, f) for f in ("out", "seed", "seeds", "samples")), Key("run", "device", "device", none="auto"),
-    Key("run", "precision", "precision"), Key("run", "compile", "compile"),
-    Key("run", "inception", "inception", none=""), Key("run", "dinov2", "dinov2", none=""),
-    *(Key("train", f, f) for f in ("tokenizer_steps", "var_steps", "ae_steps", "flowar_steps", "classifier_steps",
-                                   "batch_size", "ae_batch_size")),
-    *(Key("eval", f, f) for f in ("sample_batch", "cost_batch", "cost_repeats", "throughput_batch", "quantize")),
-    Key("eval", "kid_subset_size", "kid_subset_size", none=0),
-    *(Key("backbone", f, f) for f in ("width", "depth", "heads", "latent_channels", "coder")),
-)
+
+
+def keys() -> tuple[Key, ...]:
+    """Every scalar spec key, the registries' among them (``run.<network>`` per feature network,
+    ``train.<stage>_steps`` per family budget stage): read when called, so an entry added later has its keys."""
+    return (
+        Key("data", "spec", "dataset"), Key("data", "side", "side", none=0), Key("data", "split_seed", "split_seed"),
+        Key("data", "reference", "reference"), Key("data", "reference_stats", "reference_stats", none=""),
+        *(Key("run", f, f) for f in ("out", "seed", "seeds", "samples")), Key("run", "device", "device", none="auto"),
+        Key("run", "precision", "precision"), Key("run", "compile", "compile"),
+        *(Key("run", n, "networks", none="", entry=(n,), doc=f"{net.doc} (none: off)") for n, net in NETWORKS.items()),
+        *(Key("train", key, "train_steps", entry=(b.name, stage), doc=f"training steps of {doc}")
+          for b in budgets().values() for key, stage, doc in zip(b.keys, STAGES, b.docs)),
+        *(Key("train", f, f) for f in ("classifier_steps", "batch_size", "ae_batch_size")),
+        *(Key("eval", f, f) for f in ("sample_batch", "cost_batch", "cost_repeats", "throughput_batch", "quantize")),
+        Key("eval", "kid_subset_size", "kid_subset_size", none=0), Key("eval", "flowar_cfg", "flowar_cfg"),
+        *(Key("backbone", f, f) for f in ("width", "depth", "heads", "latent_channels", "coder")),
+    )
 
 
 def _gen_config_class(arm: str):
@@ -110,7 +134,7 @@ def _ordered(arm: str, kw: dict) -> dict:
 def default_spec() -> dict:
     """The default spec as data: CompareConfig's defaults and the sweeps the harness runs by default."""
     cfg = CompareConfig()
-    spec = {section: {k.name: k.default for k in KEYS if k.section == section} for section in SECTIONS}
+    spec = {section: {k.name: k.default for k in keys() if k.section == section} for section in SECTIONS}
     spec["arms"] = {arm: {"enabled": arm in DEFAULT_ARMS, "overrides": {},
                           "samplers": [{"label": label, **_plain(_ordered(arm, kw))}
                                        for label, kw in sampler_rows(arm, cfg)]}
@@ -148,7 +172,7 @@ def dump_spec(spec: dict) -> str:
              "# optional (a missing one takes the default shown here); command-line flags override the spec."]
     for section, doc in SECTIONS.items():
         lines += ["", *_comment(doc), f"[{section}]"]
-        for k in (k for k in KEYS if k.section == section):
+        for k in (k for k in keys() if k.section == section):
             lines += [*_comment(k.comment), f"{k.name} = {_toml(spec[section][k.name])}"]
     lines += ["", *_comment("One table per arm. Arms run by default: " + ", ".join(DEFAULT_ARMS) + ".")]
     for arm in ARMS:
@@ -246,7 +270,8 @@ def _value_errors(spec: dict) -> list[str]:
     kw = spec_to_config_kwargs(spec)
     if not kw["arms"]:
         return ["arms: no arm is enabled; set enabled = true in one of " + ", ".join(f"[arms.{a}]" for a in ARMS)]
-    paths = {k.field: k.path for k in KEYS} | {f"samplers.{a}": f"arms.{a}.samplers" for a in ARMS}
+    paths = {(k.name if k.entry else k.field): k.path for k in keys()} | \
+        {f"samplers.{a}": f"arms.{a}.samplers" for a in ARMS}
     try:
         cfg = CompareConfig(**kw)
         data = load_digits(side=16)  # the override checks need an ImageData: the embedded one is instant
@@ -315,10 +340,10 @@ def spec_to_config_kwargs(spec: dict) -> dict:
     """:class:`CompareConfig` keywords of a loaded spec. ``samplers`` holds only the sweeps that differ from
     the harness's built-in ones (so ``--quick``'s reduced sweep still applies to a default sweep),
     ``arm_overrides`` only the non-empty overrides; both are None when empty."""
-    kw = {}
-    for k in KEYS:
+    kw: dict = {}
+    for k in keys():
         value = spec[k.section][k.name]
-        kw[k.field] = None if k.none is not None and value == k.none else value
+        k.put(kw, None if k.none is not None and value == k.none else value)
     arms, default = spec["arms"], CompareConfig()
     kw["arms"] = tuple(a for a in ARMS if arms[a]["enabled"])
     samplers = {}
@@ -334,7 +359,7 @@ def spec_to_config_kwargs(spec: dict) -> dict:
 def merge_cli(spec_kwargs: dict, cli_overrides: dict) -> dict:
     """CompareConfig keywords: the spec's, with the command-line flags the user gave (``cli_overrides``,
     CompareConfig field names) winning. A ``head_width`` flag also beats the arms' head_width overrides."""
-    merged = {**spec_kwargs, **cli_overrides}
+    merged = layered(spec_kwargs, cli_overrides)
     if cli_overrides.get("head_width") is not None and merged.get("arm_overrides"):
         over = {a: {k: v for k, v in o.items() if k != "head_width"} for a, o in merged["arm_overrides"].items()}
         merged["arm_overrides"] = {a: o for a, o in over.items() if o} or None

@@ -8,20 +8,25 @@ Tang et al. 2025, quantizes a continuous autoencoder's latent with VAR's quantiz
 VAR's VQ loss alone (codebook + commitment, averaged over scales): the encoder and decoder are frozen,
 so VAR's reconstruction and straight-through terms have nothing to train. The quantizer reads the
 autoencoder's normalised latent (unit variance, as FlowAR's generator sees it); :func:`train_latent_tokenizer`
-trains it through the shared loop.
+trains it through the shared loop, :func:`train_family` trains the autoencoder, the quantizer and VAR on them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from flowar.autoencoder import AEConfig, ContinuousAE
+from flowar.pipeline import train_autoencoder
 from nextscale.config import config_as, config_to_dict
 from nextscale.data import ImageData
+from nextscale.stages import Stage, Trained, train_stages
 from nextscale.train import TrainConfig, train
+from var.model import VAR, VARConfig
+from var.pipeline import train_var
 from var.tokenizer import MultiScaleVQVAE, VQConfig, usage_stats
 
 
@@ -102,3 +107,16 @@ def train_latent_tokenizer(data: ImageData, cfg: LatentVQConfig, train_cfg: Trai
     model = LatentVQ(cfg).load_autoencoder(base)
     res = train(model, data.x_train, data.y_train, train_cfg, ckpt_path=ckpt_path, device=device, desc="latent vq")
     return res.best.eval()
+
+
+def train_family(data: ImageData, vq_cfg: LatentVQConfig, var_cfg: VARConfig, tok_train: TrainConfig,
+                 var_train: TrainConfig, folder: str | Path, device: str | torch.device | None = None,
+                 names: tuple[str, str] = ("latent-tokenizer", "var-latent"), *, base_train: TrainConfig,
+                 base_name: str = "flowar-autoencoder", model_cls: type = VAR) -> Trained:
+    """Train (or reuse) FlowAR's autoencoder of ``vq_cfg.frozen_ae`` (with ``base_train``, its checkpoint named
+    ``base_name`` and keyed as FlowAR's own arms key it, so they share it), VAR's quantizer on its latent,
+    then VAR (or ``model_cls``, e.g. :class:`crossfamily.hybrid.HybridVAR`) on the quantizer, checkpoints in
+    ``folder`` named ``names`` (quantizer, generator)."""
+    return train_stages(data, Stage(names[0], vq_cfg, tok_train, train_latent_tokenizer),
+                        Stage(names[1], var_cfg, var_train, partial(train_var, model_cls=model_cls)), folder, device,
+                        base=Stage(base_name, vq_cfg.frozen_ae, base_train, train_autoencoder))

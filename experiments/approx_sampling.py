@@ -99,10 +99,8 @@ def run(args) -> dict:
     real_feats = classifier.features(data.x_test).numpy()
     tc = TrainConfig(steps=args.steps, batch_size=32, lr=1e-3, warmup_steps=min(50, args.steps), seed=args.seed,
                      progress=False)
-    models = {"var": heads.train_var(data, heads.train_tokenizer(data, bb, args.aux_steps, args.seed, ckpt_dir),
-                                     bb, tc, ckpt_dir),
-              "flowar": heads.train_flowar(data, heads.train_autoencoder(data, bb, args.aux_steps, args.seed,
-                                                                         ckpt_dir), bb, tc, ckpt_dir)}
+    models = {"var": heads.train_var(data, bb, args.aux_steps, args.seed, tc, ckpt_dir),
+              "flowar": heads.train_flowar(data, bb, args.aux_steps, args.seed, tc, ckpt_dir)}
     labels = torch.arange(data.num_classes).repeat_interleave(args.samples_per_class)
     results, images = {}, {}
     for head, model in models.items():

@@ -59,20 +59,17 @@ def run(args) -> dict:
     data = load_digits(side=16, seed=args.seed)
     base = dict(schedule=tuple(args.schedule), in_dim=8, num_classes=data.num_classes, depth=args.depth)
     t0 = time.perf_counter()
-    bb0 = BackboneConfig(width=args.widths[0], heads=max(1, args.widths[0] // args.head_dim), **base)
-    tokenizer = heads.train_tokenizer(data, bb0, args.tokenizer_steps, args.seed, ckpt_dir)
-    ae = heads.train_autoencoder(data, bb0, args.ae_steps, args.seed, ckpt_dir)
     tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=min(50, args.steps),
                      seed=args.seed, progress=False)
     rows = {"var": [], "flowar": []}
     for w in args.widths:
         bb = BackboneConfig(width=w, heads=max(1, w // args.head_dim), **base)
         tic = time.perf_counter()
-        var_model = heads.train_var(data, tokenizer, bb, tc, ckpt_dir)
+        var_model = heads.train_var(data, bb, args.tokenizer_steps, args.seed, tc, ckpt_dir)
         rows["var"].append({"width": w, "params": heads.trainable_params(var_model),
                             "test_loss": heads.var_test_ce(var_model, data), "seconds": time.perf_counter() - tic})
         tic = time.perf_counter()
-        fl = heads.train_flowar(data, ae, bb, tc, ckpt_dir, head_width=w)
+        fl = heads.train_flowar(data, bb, args.ae_steps, args.seed, tc, ckpt_dir, head_width=w)
         rows["flowar"].append({"width": w, "params": heads.trainable_params(fl),
                                "test_loss": heads.flowar_test_loss(fl, data, args.seed),
                                "seconds": time.perf_counter() - tic})

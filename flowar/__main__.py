@@ -23,24 +23,22 @@ import torch
 
 import nextscale
 from nextscale.autoencoder import CODERS, with_coder
-from nextscale.checkpoint import keyed_stage_paths, write_text
+from nextscale.checkpoint import write_text
 from nextscale.cli import add_run_args, at_least, data_and_backbone, out_folder, out_lock, run_or_exit
 from nextscale.train import pick_device, recipe
 from nextscale.config import config_to_dict
 from nextscale.viz import save_grid
 
 from .heads import HEADS
-from .pipeline import (PAPER_SAMPLING, flow_losses, flowar_paper_configs, recon_mse,
-                       train_autoencoder, train_flowar)
+from .pipeline import flow_losses, flowar_paper_configs, recon_mse, train_family
 from .model import FEW_STEP
-from .sampling import FlowSampling
-from .solvers import METHODS, STEP_AWARE
+from .sampling import PAPER_GUIDANCE, PAPER_SOLVER, FlowSampling
+from .solvers import METHODS, SOLVERS
 
 SAMPLERS = (("euler x2", dict(solver="euler", steps=2)), ("euler x4", dict(solver="euler", steps=4)),
-            ("euler x8", dict(solver="euler", steps=8)),
-            ("euler x24", dict(solver="euler", steps=24, time_grid="two_segment")),
+            ("euler x8", dict(solver="euler", steps=8)), ("euler x24", PAPER_SOLVER),
             ("euler_maruyama x8", dict(solver="euler_maruyama", steps=8)),
-            ("euler_maruyama x24", dict(solver="euler_maruyama", steps=24, time_grid="two_segment")),
+            ("euler_maruyama x24", {**PAPER_SOLVER, "solver": "euler_maruyama"}),
             ("rk4 x2", dict(solver="rk4", steps=2)), ("dopri5", dict(solver="dopri5", rtol=1e-3, atol=1e-3)))
 # a few-step head (--few-step shortcut) is also sampled in 1, 2 and 4 of its steps per scale
 SHORTCUT_SAMPLERS = tuple((f"shortcut x{n}", dict(solver="shortcut", steps=n)) for n in (1, 2, 4))
@@ -57,11 +55,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--few-step", default=None, choices=[f for f in FEW_STEP if f],
                    help="a step-size-conditioned head trained for few-step sampling (not FlowAR's; default: none)")
     p.add_argument("--per-class", type=int, default=8, help="samples per class in the PNGs")
-    p.add_argument("--solver", default="euler", choices=METHODS, help="sampler of samples.png")
-    p.add_argument("--sample-steps", type=int, default=24,
-                   help="steps per scale of samples.png (fixed-step solvers; two-segment grid from 2 steps)")
+    p.add_argument("--solver", default=PAPER_SOLVER["solver"], choices=METHODS, help="sampler of samples.png")
+    p.add_argument("--sample-steps", type=int, default=PAPER_SOLVER["steps"],
+                   help="steps per scale of samples.png (fixed-step solvers; Euler and Euler-Maruyama on FlowAR's "
+                        "two-segment grid from 2 steps)")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="w in v = v_c + w (v_c - v_u); 0 = no guidance")
-    p.add_argument("--cfg-schedule", default="linear", choices=["linear", "constant"])
+    p.add_argument("--cfg-schedule", default=PAPER_GUIDANCE["cfg_schedule"], choices=["linear", "constant"])
     a = p.parse_args(argv)
     return run_or_exit(run, a)
 
@@ -71,7 +70,7 @@ def run(a: argparse.Namespace) -> dict:
     for name, lo in (("steps", 1), ("ae_steps", 1), ("batch_size", 1), ("per_class", 1), ("sample_steps", 1),
                      ("cfg_scale", 0.0)):
         at_least(name.replace("_", "-"), getattr(a, name), lo)
-    if a.solver in STEP_AWARE and a.few_step is None:
+    if SOLVERS[a.solver].step_aware and a.few_step is None:
         raise ValueError(f"--solver {a.solver} needs a few-step head: add --few-step shortcut")
     FlowSampling(**_main_sampling(a))  # every sampling value is checked here, before training
     pick_device(a.device)
@@ -83,9 +82,9 @@ def run(a: argparse.Namespace) -> dict:
 def _main_sampling(a: argparse.Namespace) -> dict:
     """The sampling keywords of samples.png and inpaint.png (FlowAR's guidance at ``--cfg-scale``)."""
     kw = dict(solver=a.solver, steps=a.sample_steps, cfg_scale=a.cfg_scale, cfg_schedule=a.cfg_schedule,
-              cfg_interval=PAPER_SAMPLING["cfg_interval"])
-    if a.sample_steps >= 2 and a.solver in ("euler", "euler_maruyama"):
-        kw["time_grid"] = "two_segment"
+              cfg_interval=PAPER_GUIDANCE["cfg_interval"])
+    if a.sample_steps >= 2 and SOLVERS[a.solver].two_segment:
+        kw["time_grid"] = PAPER_SOLVER["time_grid"]
     return kw
 
 
@@ -98,13 +97,8 @@ def _run(a: argparse.Namespace, out: Path) -> dict:
         seed=a.seed, ae_steps=a.ae_steps, gen_steps=a.steps))
 
     t0 = time.perf_counter()
-    fp = data.fingerprint()
-    ae_ck, fl_ck = keyed_stage_paths(out / "checkpoints", fp, ("autoencoder", ae_cfg, ae_train),
-                                     ("flowar", fl_cfg, fl_train))
-    ae = train_autoencoder(data, ae_cfg, ae_train, ckpt_path=ae_ck, device=a.device)
-    t1 = time.perf_counter()
-    model = train_flowar(data, ae, fl_cfg, fl_train, ckpt_path=fl_ck, device=a.device)
-    t2 = time.perf_counter()
+    trained = train_family(data, ae_cfg, fl_cfg, ae_train, fl_train, out / "checkpoints", a.device)
+    ae, model, (ae_ck, fl_ck) = trained.autoencoder, trained.model, trained.checkpoints
     print("evaluating ...", file=sys.stderr, flush=True)
     metrics = {
         "autoencoder": {"recon_mse_train": recon_mse(ae, data.x_train), "recon_mse_test": recon_mse(ae, data.x_test),
@@ -137,7 +131,8 @@ def _run(a: argparse.Namespace, out: Path) -> dict:
     metrics.update({
         "sampling": {"main": {**main_kw, **stats, "num_images": len(y)}, "samplers": samplers,
                      "inpaint": {"kept": "left half", **inpaint_stats}},
-        "seconds": {"autoencoder_train": t1 - t0, "flowar_train": t2 - t1, "total": time.perf_counter() - t0},
+        "seconds": {"autoencoder_train": trained.ae_seconds, "flowar_train": trained.gen_seconds,
+                    "total": time.perf_counter() - t0},
         "configs": {"autoencoder": config_to_dict(ae_cfg), "flowar": config_to_dict(fl_cfg),
                     "autoencoder_train": config_to_dict(ae_train), "flowar_train": config_to_dict(fl_train)},
         "data": {"name": data.name, "fingerprint": data.fingerprint(), "train": len(data.x_train),

@@ -45,14 +45,14 @@ import torch.nn as nn
 from einops import rearrange
 
 from nextscale.backbone import Backbone, BackboneConfig
-from nextscale.guidance import guide
 from nextscale.config import check_choice, check_float, check_int, check_seed, config_from
 from nextscale.scales import pyramid, resize, scale_slices
 
 from .autoencoder import AEConfig, ContinuousAE
 from .heads import HEADS, TIME_INPUTS, TRANSFORMER_HEADS, make_head
+from .field import ImageNoise, ScaleField
 from .sampling import FlowSampling
-from .solvers import grid_times, path_sample, sample_t, shortcut_target, solve
+from .solvers import path_sample, sample_t, shortcut_target, solve
 
 PATHS = ("noise", "prev_noise")
 T_PER = ("scale", "token")
@@ -275,76 +275,35 @@ class FlowAR(nn.Module):
     def _generate(self, y_B, known_BCHW, keep_B1HW, sampling: FlowSampling, seed: int | None):
         y_B = self._check_y(y_B)
         solvers, ws = sampling.plan(len(self.schedule), self.config.few_step)
-        use_cache = sampling.use_cache
         if seed is not None:
             check_seed("seed", seed)
         base = int(torch.randint(0, 2**31, (1,))) if seed is None else seed
-        sch, B, C, dev, dt = self.schedule, len(y_B), self.config.ae.latent_channels, self.device, self.dtype
-        known = keep = None
-        if known_BCHW is not None:
-            known, keep = pyramid(known_BCHW.to(dev, dt), sch), pyramid(keep_B1HW.to(dev).float(), sch)
-            keep = [_seq(m >= 1 - 1e-6) for m in keep]  # (B, n_k, 1) bool
-            known = [_seq(m) for m in known]
-
+        sch, B, dt = self.schedule, len(y_B), self.dtype
+        keep, known = self._kept(known_BCHW, keep_B1HW)
         guided = any(w > 0 for w in ws)
         y_in = torch.cat([y_B, torch.full_like(y_B, self.backbone.null_class)]) if guided else y_B
         cond = self.backbone.class_emb(y_in)
-        cache = self.backbone.new_cache() if use_cache else None
+        cache = self.backbone.new_cache() if sampling.use_cache else None
         inputs: list[torch.Tensor] = []      # backbone inputs fed so far (uncached path)
         nfe_scale, nfe_image = [], torch.zeros(B, dtype=torch.long)
         tic = time.perf_counter()
-        # image i's noise (all scales) comes from its own generator seeded by (seed, i): it does not
-        # depend on the batch size or on its neighbours
-        L = self.config.backbone.seq_len
-        gens = [torch.Generator(dev).manual_seed((base * 1_000_003 + i) % 2**63) for i in range(B)]
-        noise_BLC = torch.stack([torch.randn(L, C, device=dev, dtype=dt, generator=g) for g in gens])
-
-        def draw_noise(rows: slice, n: int) -> torch.Tensor:  # drawn after the start noise, per image
-            return torch.stack([torch.randn(n, C, device=dev, dtype=dt, generator=gens[i])
-                                for i in range(B)[rows]])
-
+        noise = ImageNoise(base, B, self.config.backbone.seq_len, self.config.ae.latent_channels, self.device, dt)
         prev = None
         for k, (side, sl) in enumerate(zip(sch, scale_slices(sch))):
             up = None if k == 0 else self.next_input(prev, k)                     # (B, n, C)
             x_in = None if up is None else (torch.cat([up, up]) if guided else up)
-            if use_cache:
+            if cache is not None:
                 h = self.backbone.step(x_in, cond, cache)                          # (B or 2B, n, W)
             else:
                 if x_in is not None:
                     inputs.append(x_in)
                 h = self._uncached_h(inputs, y_in, k)
-            w, ks = ws[k], (None if keep is None else (keep[k], known[k]))
-            hc = self.head.condition(h, k)                                         # fixed during the solve
-            x0 = self._source(noise_BLC[:, sl], up)
-
-            exact = grid_times(solvers[k], dt)  # a grid time in float64, as the release's sampler has it
-
-            def guided_at(t: float, d: float = 0.0, exact=exact, w=w) -> bool:
-                # a step [t, t + d] is guided where it meets the interval; tested on the float64 grid time
-                return w > 0 and sampling.guided_at(exact.get(t, t), d)
-
-            def velocity(t, x, rows, d=None, hc=hc, w=w, ks=ks, x0=x0, k=k, exact=exact):
-                t_11 = torch.full((1, 1), exact.get(float(t), float(t)), dtype=torch.float64, device=x.device)
-                d_11 = None if d is None else d.to(x.dtype).reshape(1, 1)
-                if ks is not None:  # kept positions follow the known path exactly
-                    kp, x1k = ks[0][rows], ks[1][rows]
-                    x = torch.where(kp, t * x1k + (1 - t) * x0[rows], x)
-                if guided_at(float(t), 0.0 if d is None else float(d)):
-                    # hc is (cond rows; uncond rows) already: a batched solve uses it as it is
-                    hc2 = hc if rows == slice(None) else torch.cat([hc[:B][rows], hc[B:][rows]])
-                    v_c, v_u = self.head.velocity(torch.cat([x, x]), t_11, hc2, k, d_11).chunk(2)
-                    v = guide(v_c, v_u, w)
-                else:
-                    v = self.head.velocity(x, t_11, hc[:B][rows], k, d_11)
-                if ks is not None:  # the known path's velocity is also its average velocity over any step
-                    v = torch.where(kp, x1k - x0[rows], v)
-                return v
-
-            sol = solve(velocity, x0, solvers[k], per_sample=sampling.per_sample,
-                        cost=lambda t, d=0.0: 2 if guided_at(t, d) else 1,
-                        noise=lambda rows, n=side * side: draw_noise(rows, n))
-            x1 = sol.x if ks is None else torch.where(ks[0], ks[1], sol.x)
-            prev = _map(x1, side)
+            x0 = self._source(noise.start[:, sl], up)
+            f = ScaleField(self.head, k, self.head.condition(h, k), ws[k], sampling, solvers[k], x0, dt,
+                           *((None, None) if keep is None else (keep[k], known[k])))
+            sol = solve(f, x0, solvers[k], per_sample=sampling.per_sample, cost=f.cost,
+                        noise=lambda rows, n=side * side: noise.draw(rows, n))
+            prev = _map(f.finish(sol.x), side)
             nfe_image += torch.tensor(sol.nfe)
             nfe_scale.append(max(sol.nfe))
         stats = {"backbone_forwards": len(sch), "head_nfe": int(nfe_image.max()),
@@ -353,6 +312,15 @@ class FlowAR(nn.Module):
                  "solver": sampling.solver, "steps_per_scale": [s.steps if not s.adaptive else None for s in solvers],
                  "seconds": time.perf_counter() - tic}
         return prev, stats
+
+    def _kept(self, known_BCHW, keep_B1HW) -> tuple[list | None, list | None]:
+        """Inpainting's kept positions (B, n_k, 1) bool and their latents (B, n_k, C) at every scale: keep
+        area-resized, a position kept only if fully covered; (None, None) when nothing is imposed."""
+        if known_BCHW is None:
+            return None, None
+        sch, dev = self.schedule, self.device
+        keep = [_seq(m >= 1 - 1e-6) for m in pyramid(keep_B1HW.to(dev).float(), sch)]
+        return keep, [_seq(m) for m in pyramid(known_BCHW.to(dev, self.dtype), sch)]
 
     def _uncached_h(self, inputs: list[torch.Tensor], y_in: torch.Tensor, k: int) -> torch.Tensor:
         """h of scale k from a full teacher-forced pass (later scales zero-padded: block-causal, unseen)."""

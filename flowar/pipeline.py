@@ -10,11 +10,13 @@ from nextscale.autoencoder import conv_ae_config
 from nextscale.backbone import BackboneConfig
 from nextscale.data import ImageData
 from nextscale.scales import doubling_schedule
+from nextscale.stages import Stage, Trained, train_stages
 from nextscale.train import TrainConfig, train
 
 from .autoencoder import AEConfig, ContinuousAE
 from .heads import TRANSFORMER_HEADS
 from .model import FlowAR, FlowARConfig
+from .sampling import PAPER_SAMPLING  # noqa: F401  (FlowAR's sampler, where the recipe is)
 
 
 def default_configs(data: ImageData, backbone: BackboneConfig) -> tuple[AEConfig, FlowARConfig]:
@@ -22,14 +24,6 @@ def default_configs(data: ImageData, backbone: BackboneConfig) -> tuple[AEConfig
     side / 2**d), and FlowAR on ``backbone`` (the digits default: 8 channels, side 8)."""
     ae = AEConfig(conv_ae_config(data, backbone), kind="vae", kl_weight=1e-4)
     return ae, FlowARConfig(ae=ae, backbone=backbone)
-
-
-# FlowAR's sampler (Ren et al. 2025, release): Euler on the two-segment grid of the release's n = 25
-# time points, i.e. 24 steps per scale (our steps = its n - 1), CFG ramping linearly from 0 at the first
-# scale, off for the noisiest 10% of t (t < 0.1, t = 0 noise). The release's CFG values per size:
-# flowar.release.RELEASE_SAMPLING.
-PAPER_SAMPLING = dict(solver="euler", steps=24, time_grid="two_segment", cfg_schedule="linear",
-                      cfg_interval=(0.1, 1.0))
 
 
 def flowar_paper_configs(data: ImageData, backbone: BackboneConfig, head: str = "transformer"
@@ -88,6 +82,15 @@ def train_flowar(data: ImageData, autoencoder: ContinuousAE, cfg: FlowARConfig, 
         model = FlowAR(cfg, autoencoder)
     res = train(model, data.x_train, data.y_train, train_cfg, ckpt_path=ckpt_path, device=device, desc="flowar")
     return res.best.eval()
+
+
+def train_family(data: ImageData, ae_cfg: AEConfig, fl_cfg: FlowARConfig, ae_train: TrainConfig, fl_train: TrainConfig,
+                 folder: str | Path, device: str | torch.device | None = None,
+                 names: tuple[str, str] = ("autoencoder", "flowar")) -> Trained:
+    """Train (or reuse) the autoencoder, then FlowAR on it, with checkpoints in ``folder`` keyed by
+    everything that shapes their weights and named ``names`` (autoencoder, generator)."""
+    return train_stages(data, Stage(names[0], ae_cfg, ae_train, train_autoencoder),
+                        Stage(names[1], fl_cfg, fl_train, train_flowar), folder, device)
 
 
 @torch.no_grad()

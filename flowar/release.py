@@ -63,12 +63,14 @@ import torch
 
 from nextscale.backbone import Backbone, BackboneConfig
 from nextscale.ldm import ldm_config_from_state
-from nextscale.release import ADA_ROWS, Renamed, check_state, load_state_file, permute_rows, rename
+from nextscale.release import (ADA_ROWS, Renamed, check_state, load_state_file, permute_rows, rename,
+                               state_shape)
 from nextscale.scales import block_causal_mask, num_tokens
 
 from .autoencoder import AEConfig, ContinuousAE
 from .heads import rope_freqs
 from .model import FlowAR, FlowARConfig
+from .sampling import PAPER_GUIDANCE, PAPER_SOLVER
 
 # head blocks x width (heads: width // 64), cross-attention blocks; the AR transformer's sizes (encoder +
 # decoder blocks; its heads are not width // 64: flowar_small 12, flowar_large and flowar_huge 16)
@@ -83,12 +85,10 @@ RELEASE_SIZES = {
 # the release's evaluation commands (README): S --cfg 4.3, L --cfg 2.4 (both --num_step 25 --guidance 0.9),
 # H --cfg 2.4 --num_step 50 --guidance 0.7
 RELEASE_SAMPLING = {
-    "S": dict(solver="euler", steps=24, time_grid="two_segment", cfg_scale=3.3, cfg_schedule="linear",
-              cfg_interval=(0.1, 1.0)),
-    "L": dict(solver="euler", steps=24, time_grid="two_segment", cfg_scale=1.4, cfg_schedule="linear",
-              cfg_interval=(0.1, 1.0)),
-    "H": dict(solver="euler", steps=50, time_grid="uniform", cfg_scale=1.4, cfg_schedule="linear",
-              cfg_interval=(0.3, 1.0)),
+    "S": {**PAPER_SOLVER, "cfg_scale": 3.3, **PAPER_GUIDANCE},
+    "L": {**PAPER_SOLVER, "cfg_scale": 1.4, **PAPER_GUIDANCE},
+    "H": {**PAPER_SOLVER, "steps": 50, "time_grid": "uniform", "cfg_scale": 1.4, **PAPER_GUIDANCE,
+          "cfg_interval": (0.3, 1.0)},
 }
 
 _RENAMES = [  # (release pattern, ours), applied to names without the "flownet." prefix
@@ -152,11 +152,11 @@ def head_config_from_release(state: Mapping[str, torch.Tensor]) -> dict:
     """``head``, ``head_width``, ``head_depth``, ``head_heads`` and the latent channels of a release state
     dict, for building the matching :class:`~flowar.model.FlowARConfig`."""
     ours = head_state_from_release(state)
-    width, channels = ours["x_in.weight"].shape
+    width, channels = state_shape(ours, "x_in.weight", "FlowAR head", 2)
     depth = 1 + max(int(k.split(".")[1]) for k in ours if k.startswith("blocks."))
     cross = any(".cross." in k for k in ours)
     return dict(head="transformer_cross" if cross else "transformer", head_width=width, head_depth=depth,
-                head_heads=max(1, width // 64), channels=channels, cond_width=ours["c_in.weight"].shape[1])
+                head_heads=max(1, width // 64), channels=channels, cond_width=state_shape(ours, "c_in.weight", "FlowAR head", 2)[1])
 
 
 # ----------------------------------------------------------------------------- the AR transformer
@@ -240,16 +240,15 @@ def backbone_config_from_release(state: Mapping[str, torch.Tensor], schedule: tu
     12, 1024 and 1536 -> 16); another width needs it given. ``kw``: other fields (class_dropout ...).
     Every tensor's shape is checked against this config: ``ValueError`` naming the first that differs."""
     names, per_stack = _backbone_names(state)
-    for name in ("class_emb.weight", "z_proj.weight", "encoder_pos_embed_learned"):
-        if name not in state:
-            raise ValueError(f"release key {name!r} is missing from the state dict")
-    rows, width = state["class_emb.weight"].shape
+    if "encoder_pos_embed_learned" not in state:
+        raise ValueError("release key 'encoder_pos_embed_learned' is missing from the state dict")
+    rows, width = state_shape(state, "class_emb.weight", "FlowAR", 2)
     if heads is None:
         by_width = {r["backbone_width"]: r["backbone_heads"] for r in RELEASE_SIZES.values()}
         if width not in by_width:
             raise ValueError(f"heads: a width of {width} is none of the release's sizes {sorted(by_width)}: give heads")
         heads = by_width[width]
-    cfg = BackboneConfig.flowar_release(schedule, in_dim=state["z_proj.weight"].shape[1], width=width,
+    cfg = BackboneConfig.flowar_release(schedule, in_dim=state_shape(state, "z_proj.weight", "FlowAR", 2)[1], width=width,
                                         depth=2 * per_stack, heads=heads, num_classes=rows - 1, **kw)
     if "mask" in state:  # (1, 1, L, L): 0 where attention is allowed, -inf elsewhere
         allowed = block_causal_mask(cfg.schedule, device="cpu")

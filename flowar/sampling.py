@@ -15,6 +15,16 @@ from nextscale.guidance import CFG_SCHEDULES, cfg_weights
 
 from .solvers import SOLVERS, SolverConfig
 
+# FlowAR's own sampler (Ren et al. 2025, release), written once and referenced by these names everywhere
+# (the pipeline, the command, the harness's rows, the bench, the release's presets): the solver, Euler on
+# the two-segment grid of the release's n = 25 time points, i.e. 24 steps per scale (our steps = its
+# n - 1); the guidance, CFG ramping linearly from 0 at the first scale, off for the noisiest 10% of t
+# (t < 0.1, t = 0 noise), at a strength the caller gives (the release's per size:
+# flowar.release.RELEASE_SAMPLING).
+PAPER_SOLVER = dict(solver="euler", steps=24, time_grid="two_segment")
+PAPER_GUIDANCE = dict(cfg_schedule="linear", cfg_interval=(0.1, 1.0))
+PAPER_SAMPLING = {**PAPER_SOLVER, **PAPER_GUIDANCE}
+
 
 @dataclass(frozen=True)
 class FlowSampling:

@@ -117,7 +117,7 @@ def grid_times(cfg: SolverConfig, dtype: torch.dtype) -> dict[float, float]:
     """A fixed-step solve's grid times as its field sees them (in the state's ``dtype``, as the solvers
     hand them) -> the same times in float64, as :func:`time_grid` builds them; empty for an adaptive
     solver. FlowAR's release tests its guidance interval and takes its time index on its float64 grid:
-    a field that does the same looks its time up here (:meth:`flowar.model.FlowAR.generate_latents`)."""
+    a field that does the same looks its time up here (:class:`flowar.field.ScaleField`)."""
     if cfg.adaptive:
         return {}
     return {float(g.to(dtype)): float(g) for g in time_grid(cfg.steps, cfg.time_grid, torch.float64)}
@@ -202,8 +202,8 @@ def _one_eval_per_step(fn: _Counted, x: torch.Tensor, cfg: SolverConfig, reverse
     if reverse:
         raise ValueError(f"{cfg.method} integrates noise -> data only; use an ODE solver with reverse=True")
     grid = time_grid(cfg.steps, cfg.time_grid, x.dtype, x.device)
-    eps = cfg.sde_noise if cfg.method == "euler_maruyama" else 0.0
-    step_aware = SOLVERS[cfg.method].step_aware
+    method = SOLVERS[cfg.method]
+    eps, step_aware = (cfg.sde_noise if method.stochastic else 0.0), method.step_aware
     for i in range(cfg.steps):
         t, dt = grid[i], grid[i + 1] - grid[i]
         v = fn(t, x, dt) if step_aware else fn(t, x)
@@ -240,19 +240,23 @@ def _torchdiffeq_adaptive(fn: _Counted, x_start: torch.Tensor, cfg: SolverConfig
 
 @dataclass(frozen=True)
 class Method:
-    """One solver: field evaluations per fixed step (None: adaptive), whether the field takes the step
-    size d (a few-step head), and ``run(fn, x_start, cfg, reverse, noise) -> x_end``."""
+    """One solver: field evaluations per fixed step (None: adaptive), ``run(fn, x_start, cfg, reverse,
+    noise) -> x_end``, and its traits: ``step_aware``, the field takes the step size d (a few-step head);
+    ``stochastic``, it adds noise (scaled by ``SolverConfig.sde_noise``); ``two_segment``, FlowAR's release
+    integrates it on its two-segment grid (the grid ``python -m flowar`` gives it from 2 steps on)."""
     evals_per_step: int | None
     run: Callable[..., torch.Tensor]
     step_aware: bool = False
+    stochastic: bool = False
+    two_segment: bool = False
 
 
 # a solver is one entry (as torchdiffeq's SOLVERS): the model, the CLIs and the harness read this table
 SOLVERS = {
-    "euler": Method(1, _torchdiffeq_fixed),
+    "euler": Method(1, _torchdiffeq_fixed, two_segment=True),
     "midpoint": Method(2, _torchdiffeq_fixed),
     "rk4": Method(4, _torchdiffeq_fixed),
-    "euler_maruyama": Method(1, _one_eval_per_step),
+    "euler_maruyama": Method(1, _one_eval_per_step, stochastic=True, two_segment=True),
     "shortcut": Method(1, _one_eval_per_step, step_aware=True),
     "dopri5": Method(None, _torchdiffeq_adaptive),
     "bosh3": Method(None, _torchdiffeq_adaptive),

@@ -40,7 +40,7 @@ def test_builtin_arms_are_consistent(digits):
         ae, gen = arm_configs(name, digits, bb, CompareConfig())
         assert isinstance(gen, arm.family.config)
         model = arm.family.build(ae, gen)
-        assert callable(getattr(model.head, arm.family.head_eval))
+        assert callable(arm.family.head_eval(model))
         rows = sampler_rows(name, CompareConfig(quick=True))
         assert [lbl for lbl, _ in rows] == list(arm.quick)
     with pytest.raises(ValueError, match="quick rows among them"):
@@ -61,7 +61,8 @@ def test_a_new_arm_is_one_registry_entry(tiny_arm, tmp_path, digits):
     with pytest.raises(ValueError, match="head_dept"):
         arm_configs(tiny_arm.name, digits, bb, CompareConfig(arm_overrides={tiny_arm.name: {"head_dept": 1}}))
 
-    res = run(CompareConfig.quick_config(arms=(tiny_arm.name,), seeds=1, samples=20, ae_steps=4, flowar_steps=4,
+    res = run(CompareConfig.quick_config(arms=(tiny_arm.name,), seeds=1, samples=20,
+                                         train_steps={"flowar": {"autoencoder": 4, "generator": 4}},
                                          classifier_steps=4, sample_batch=20, cost_batch=4, throughput_batch=4,
                                          out=str(tmp_path)))
     assert [(r["model"], r["sampler"]) for r in res["rows"]] == [(tiny_arm.name, "euler x1")]

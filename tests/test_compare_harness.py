@@ -29,11 +29,13 @@ def test_cli_validates_options():
 
 def test_layers_defaults_quick_preset_then_given_flags():
     full = parse(["--preset", "cifar32"])
-    assert (full.side, full.latent_channels, full.width, full.reference, full.var_steps) == (32, 16, 384, "train", 20000)
+    assert (full.side, full.latent_channels, full.width, full.reference, full.train_steps["var"]["generator"]) == \
+        (32, 16, 384, "train", 20000)
     quick = parse(["--preset", "cifar32", "--quick"])  # only the preset's data settings on top of --quick
     assert (quick.side, quick.latent_channels, quick.reference, quick.width, quick.seeds) == (32, 16, "train", 64, 2)
-    given = parse(["--preset", "cifar32", "--reference", "test", "--steps", "100", "--seeds", "1"])
-    assert (given.reference, given.var_steps, given.ae_steps, given.seeds, given.width) == ("test", 100, 50, 1, 384)
+    given = parse(["--preset", "cifar32", "--reference", "test", "--train-steps", "100", "--seeds", "1"])
+    assert (given.reference, given.train_steps["var"]["generator"], given.train_steps["flowar"]["autoencoder"],
+            given.seeds, given.width) == ("test", 100, 50, 1, 384)
     assert parse([]) == CompareConfig()
     with pytest.raises(SystemExit):
         parse(["--preset", "cifar100"])

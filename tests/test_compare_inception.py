@@ -2,6 +2,7 @@
 so pytest-xdist's per-file scheduling runs it beside the shared quick run)."""
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -46,8 +47,8 @@ def test_inception_space_and_reference_statistics(tmp_path, capsys, monkeypatch)
     from compare.metrics.dinov2 import DINOv2, load_dinov2
 
     torch.save(DINOv2(dim=32, depth=2, heads=2, grid=4).state_dict(), tmp_path / "dinov2.pth")
-    monkeypatch.setitem(evaluate.NETWORKS, "dinov2", lambda path, device: load_dinov2(
-        path, device, dim=32, depth=2, heads=2, grid=4))  # the ViT-L/14 file (1.2 GB) is not made here
+    monkeypatch.setitem(evaluate.NETWORKS, "dinov2", replace(evaluate.NETWORKS["dinov2"], load=lambda path, device:
+                        load_dinov2(path, device, dim=32, depth=2, heads=2, grid=4)))  # the ViT-L/14 file: 1.2 GB
     main(argv + ["--reference", "train", "--dinov2", str(tmp_path / "dinov2.pth")])
     res = json.loads((out / "results.json").read_text())
     assert [s["name"] for s in res["feature_spaces"]] == ["classifier", "inception", "dinov2"]

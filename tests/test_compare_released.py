@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -31,8 +32,8 @@ def files(tmp_path, monkeypatch):
     np.savez(tmp_path / "ref.npz", arr_0=ref)
     torch.manual_seed(0)
     torch.save(DINOv2(dim=32, depth=2, heads=2, grid=4).state_dict(), tmp_path / "dinov2.pth")
-    monkeypatch.setitem(evaluate.NETWORKS, "dinov2", lambda path, device: load_dinov2(
-        path, device, dim=32, depth=2, heads=2, grid=4))
+    monkeypatch.setitem(evaluate.NETWORKS, "dinov2", replace(evaluate.NETWORKS["dinov2"], load=lambda path, device:
+                        load_dinov2(path, device, dim=32, depth=2, heads=2, grid=4)))
     return tmp_path
 
 
@@ -48,7 +49,7 @@ def test_released_models_are_sampled_scored_and_costed(files):
     out = files / "out"
     assert json.loads((out / "results.json").read_text())["models"].keys() == {"var", "flowar"}
     assert "| var |" in (out / "report.md").read_text()
-    net = evaluate.NETWORKS["dinov2"](files / "dinov2.pth", "cpu")
+    net = evaluate.NETWORKS["dinov2"].load(files / "dinov2.pth", "cpu")
     with np.load(files / "ref.npz") as z:
         real = features(net, z["arr_0"])
     loaders = {"var": lambda: var_release.load(files / "vae.pth", files / "var.pth"),

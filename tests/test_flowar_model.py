@@ -408,3 +408,28 @@ def test_kept_positions_follow_the_known_path(digits):
             assert torch.allclose(xt[kp], on_path[kp], atol=1e-6), (k, t)
             checked += int(kp.sum())
     assert checked > 0
+
+
+def test_scale_field_guides_on_the_float64_grid_holds_kept_positions_and_counts_cost():
+    """One scale's velocity field on its own: guided calls cost 2, inside the interval tested on the float64
+    grid time (FlowAR-H's 50 uniform steps with guidance from t = 0.3: the release guides 35); kept
+    positions move along the known path and end at their known values."""
+    from flowar.field import ScaleField
+    from flowar.sampling import FlowSampling
+    from flowar.solvers import SolverConfig, time_grid
+
+    class Head:  # v = the condition's first channel
+        def velocity(self, x, t, c, k, d=None):
+            return c[..., :1].expand_as(x)
+
+    sampling = FlowSampling(steps=50, time_grid="uniform", cfg_interval=(0.3, 1.0))
+    hc = torch.cat([torch.ones(2, 3, 1), torch.zeros(2, 3, 1)])  # conditional rows, then unconditional ones
+    x0, known = torch.zeros(2, 3, 1), torch.full((2, 3, 1), 5.0)
+    keep = torch.tensor([True, False, False]).reshape(1, 3, 1).expand(2, 3, 1)
+    field = ScaleField(Head(), 0, hc, 1.0, sampling, SolverConfig("euler", 50), x0, torch.float32, keep, known)
+    grid = time_grid(50, "uniform", torch.float32)[:-1]
+    assert sum(field.cost(float(t)) for t in grid) == 50 + 35
+    v = field(grid[20], torch.zeros(2, 3, 1), slice(None))
+    assert v[:, 0].eq(5).all() and v[:, 1:].eq(2).all()  # kept: x1 - x0; the rest guided, 1 + 1 (1 - 0)
+    assert field(grid[0], torch.zeros(1, 3, 1), slice(1, 2))[:, 1:].eq(1).all()  # t = 0: unguided, row 1's own
+    assert field.finish(torch.zeros(2, 3, 1))[:, 0].eq(5).all()

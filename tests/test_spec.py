@@ -7,7 +7,7 @@ import pytest
 
 from compare.arms import ARMS, DEFAULT_ARMS, arm_configs, sampler_rows
 from compare.config import CompareConfig
-from compare.spec import KEYS, default_spec_text, dump_spec, load_spec, merge_cli, spec_to_config_kwargs
+from compare.spec import default_spec_text, dump_spec, keys as spec_keys, load_spec, merge_cli, spec_to_config_kwargs
 from nextscale.backbone import BackboneConfig
 from nextscale.config import config_to_dict
 from nextscale.scales import default_schedule, latent_side_of
@@ -31,7 +31,7 @@ def test_print_load_print_is_identical(tmp_path):
     assert dump_spec(load_spec(path)) == dump_spec(load_spec(str(path))) == text
     lines = text.splitlines()
     keys = [i for i, line in enumerate(lines) if re.match(r"[a-z0-9_]+ = ", line)]
-    assert len(keys) == len(KEYS) + 3 * len(ARMS)  # every key, each under its comment
+    assert len(keys) == len(spec_keys()) + 3 * len(ARMS)  # every key, each under its comment
     assert all(lines[i - 1].startswith("# ") and len(lines[i - 1]) > 3 for i in keys)
     assert "cfg_interval = [0.1, 1.0]" in text and "side = 0" in text and 'device = "auto"' in text
 
@@ -55,8 +55,9 @@ def test_default_spec_is_the_default_config(digits):
 
 def test_a_partial_spec_takes_the_defaults_for_the_rest():
     cfg = config_of('[train]\nvar_steps = 100\n[data]\nside = 32\n[run]\ninception = "w.pth"\ndevice = "cpu"\n')
-    assert (cfg.var_steps, cfg.side, cfg.inception, cfg.device) == (100, 32, "w.pth", "cpu")
-    assert dataclasses.replace(cfg, var_steps=600, side=None, inception=None, device=None) == CompareConfig()
+    assert (cfg.train_steps["var"], cfg.side, cfg.networks, cfg.device) == \
+        ({"autoencoder": 300, "generator": 100}, 32, {"inception": "w.pth"}, "cpu")
+    assert dataclasses.replace(cfg, train_steps={}, side=None, networks={}, device=None) == CompareConfig()
 
 
 @pytest.mark.parametrize("text, message", [
@@ -124,11 +125,21 @@ def test_custom_sampler_sweep_replaces_the_built_in_one():
         "arms.var.samplers[1].label 'a' repeats an earlier row's label"
 
 
+def test_flowars_guidance_strength_is_a_key_and_a_flag():
+    from compare.__main__ import parse
+
+    cfg = config_of("[eval]\nflowar_cfg = 2.0\n")
+    assert cfg.flowar_cfg == 2.0 and parse(["--flowar-cfg", "0.5"]).flowar_cfg == 0.5
+    assert all(kw["cfg_scale"] == 2.0 for _, kw in sampler_rows("flowar", cfg))
+    assert error_of("[eval]\nflowar_cfg = -1\n").startswith("eval.flowar_cfg must be >= 0")
+
+
 def test_command_line_flags_win_over_the_spec():
     spec = spec_to_config_kwargs(load_spec("[train]\nvar_steps = 100\nflowar_steps = 90\n[run]\nseeds = 2\n"
                                            "[arms.flowar.overrides]\nhead_width = 64\nhead_depth = 3\n"))
-    cfg = CompareConfig(**merge_cli(spec, {"var_steps": 7, "arms": ("var",)}))
-    assert (cfg.var_steps, cfg.flowar_steps, cfg.seeds, cfg.arms) == (7, 90, 2, ("var",))
+    cfg = CompareConfig(**merge_cli(spec, {"train_steps": {"var": {"generator": 7}}, "arms": ("var",)}))
+    assert (cfg.train_steps["var"]["generator"], cfg.train_steps["flowar"]["generator"], cfg.seeds, cfg.arms) == \
+        (7, 90, 2, ("var",))
     assert cfg.arm_overrides == {"flowar": {"head_width": 64, "head_depth": 3}}
     # --head-width beats the arms' head_width overrides, and only those
     assert merge_cli(spec, {"head_width": 32})["arm_overrides"] == {"flowar": {"head_depth": 3}}

@@ -27,7 +27,7 @@ TINY = {"var": ["--width", "32", "--depth", "1", "--heads", "2", "--latent-chann
                 "--tokenizer-steps", "2", "--per-class", "1"],
         "flowar": ["--width", "32", "--depth", "1", "--heads", "2", "--latent-channels", "4", "--steps", "2",
                    "--ae-steps", "2", "--per-class", "1"],
-        "compare": ["--quick", "--steps", "2", "--samples", "20"]}
+        "compare": ["--quick", "--train-steps", "2", "--samples", "20"]}
 DEVICES = ("gpu", "", "foo", "meta", "mps", "cuda:99")
 
 

@@ -18,14 +18,14 @@ import torch
 
 import nextscale
 from nextscale.autoencoder import CODERS, with_coder
-from nextscale.checkpoint import keyed_stage_paths, write_text
+from nextscale.checkpoint import write_text
 from nextscale.cli import add_run_args, at_least, data_and_backbone, out_folder, out_lock, run_or_exit
 from nextscale.train import pick_device, recipe
 from nextscale.config import config_to_dict
 from nextscale.viz import save_grid
 
 from .model import VARSampling
-from .pipeline import default_configs, evaluate, train_tokenizer, train_var
+from .pipeline import default_configs, evaluate, train_family
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -70,13 +70,8 @@ def _run(a: argparse.Namespace, out: Path) -> dict:
         seed=a.seed, ae_steps=a.tokenizer_steps, gen_steps=a.steps))
 
     t0 = time.perf_counter()
-    fp = data.fingerprint()
-    tok_ck, var_ck = keyed_stage_paths(out / "checkpoints", fp, ("tokenizer", vq_cfg, tok_train),
-                                       ("var", var_cfg, var_train))
-    tok = train_tokenizer(data, vq_cfg, tok_train, ckpt_path=tok_ck, device=a.device)
-    t1 = time.perf_counter()
-    model = train_var(data, tok, var_cfg, var_train, ckpt_path=var_ck, device=a.device)
-    t2 = time.perf_counter()
+    trained = train_family(data, vq_cfg, var_cfg, tok_train, var_train, out / "checkpoints", a.device)
+    model, (tok_ck, var_ck) = trained.model, trained.checkpoints
     print("evaluating ...", file=sys.stderr, flush=True)
     metrics = evaluate(model.tokenizer, model, data)
 
@@ -90,7 +85,8 @@ def _run(a: argparse.Namespace, out: Path) -> dict:
 
     metrics.update({
         "sampling": {**opts, **stats, "num_images": len(y), "seconds": t4 - t3},
-        "seconds": {"tokenizer_train": t1 - t0, "var_train": t2 - t1, "total": time.perf_counter() - t0},
+        "seconds": {"tokenizer_train": trained.ae_seconds, "var_train": trained.gen_seconds,
+                    "total": time.perf_counter() - t0},
         "configs": {"tokenizer": config_to_dict(vq_cfg), "var": config_to_dict(var_cfg),
                     "tokenizer_train": config_to_dict(tok_train), "var_train": config_to_dict(var_train)},
         "data": {"name": data.name, "fingerprint": data.fingerprint(), "train": len(data.x_train),

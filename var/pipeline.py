@@ -1,6 +1,7 @@
 """Train the VQ tokenizer, then VAR, through the one shared training loop; and measure them."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -9,6 +10,7 @@ from nextscale.autoencoder import conv_ae_config
 from nextscale.backbone import BackboneConfig
 from nextscale.config import check_int
 from nextscale.data import ImageData
+from nextscale.stages import Stage, Trained, train_stages
 from nextscale.train import TrainConfig, train
 
 from .model import VAR, VARConfig
@@ -44,6 +46,15 @@ def train_var(data: ImageData, tokenizer: MultiScaleVQVAE, cfg: VARConfig, train
     model = model_cls(cfg, tokenizer)
     res = train(model, data.x_train, data.y_train, train_cfg, ckpt_path=ckpt_path, device=device, desc="var")
     return res.best.eval()
+
+
+def train_family(data: ImageData, vq_cfg: VQConfig, var_cfg: VARConfig, tok_train: TrainConfig,
+                 var_train: TrainConfig, folder: str | Path, device: str | torch.device | None = None,
+                 names: tuple[str, str] = ("tokenizer", "var"), model_cls: type = VAR) -> Trained:
+    """Train (or reuse) the tokenizer, then VAR (or ``model_cls``) on it, with checkpoints in ``folder`` keyed
+    by everything that shapes their weights and named ``names`` (tokenizer, generator)."""
+    return train_stages(data, Stage(names[0], vq_cfg, tok_train, train_tokenizer),
+                        Stage(names[1], var_cfg, var_train, partial(train_var, model_cls=model_cls)), folder, device)
 
 
 @torch.no_grad()
@@ -98,4 +109,4 @@ def _token_mean(per_scale: list[float], model: VAR) -> float:
     return sum(c * n for c, n in zip(per_scale, sizes)) / sum(sizes)
 
 
-__all__ = ["default_configs", "train_tokenizer", "train_var", "measure", "evaluate"]
+__all__ = ["default_configs", "train_tokenizer", "train_var", "train_family", "measure", "evaluate"]

@@ -9,6 +9,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,17 +23,30 @@ from nextscale.train import pick_device
 
 from .classifier import class_accuracy
 from .dinov2 import load_dinov2
-from .features import to_8bit
+from .features import FeatureNet, to_8bit
 from .fid import fid_infinity, frechet_distance, gaussian_stats, load_stats, save_stats
 from .inception import inception_score, load_inception
 from .kid import kid
 from .prdc import DC_K, PR_K, density_coverage, precision_recall
 from .sample_files import features, read_set
 
-# Feature networks loaded from local weight files, beside the domain classifier: name -> loader(path, device).
-# Each is a CompareConfig field (the path) and a flag of the standalone evaluator; metrics in its space
-# carry its name (fid_inception; fid_dinov2 is FD-DINOv2).
-NETWORKS = {"inception": load_inception, "dinov2": load_dinov2}
+@dataclass(frozen=True)
+class Network:
+    """A feature network loaded from a local weight file, beside the domain classifier: ``load(path,
+    device) -> FeatureNet``; ``doc`` names the weights (their file) and what the network's space adds."""
+    load: Callable[..., FeatureNet]
+    doc: str
+
+
+# name -> Network: each entry is an entry of CompareConfig.networks, a run-spec key run.<name> and a
+# --<name> PATH flag of python -m compare, compare.evaluate and compare.released (:func:`add_network_flags`);
+# metrics in its space carry its name (fid_inception; fid_dinov2 is FD-DINOv2).
+NETWORKS = {
+    "inception": Network(load_inception, "pytorch-fid's InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth): "
+                                         "adds FID/KID/precision/recall in Inception pool3 space"),
+    "dinov2": Network(load_dinov2, "DINOv2 ViT-L/14 weights (dinov2_vitl14_pretrain.pth): adds FD-DINOv2 "
+                                   "(fid_dinov2), KID, precision/recall, density/coverage in its space, as dgm-eval"),
+}
 KID_SUBSETS = 100  # torch-fidelity's default
 KID_MAX_SUBSET = 1000  # torch-fidelity's default subset size, the largest used when none is given
 
@@ -117,13 +131,28 @@ def space_metrics(sp: FeatureSpace, feats: torch.Tensor, seed: int, protocol: Pr
     return out
 
 
-def load_networks(cfg, device) -> dict:
-    """The :data:`NETWORKS` whose weight files ``cfg`` names, loaded (a bad file is a ``ValueError``)."""
+def add_network_flags(p: argparse.ArgumentParser) -> None:
+    """A ``--<name> PATH`` flag per :data:`NETWORKS` entry (not given: the parser's argument default)."""
+    for name, net in NETWORKS.items():
+        p.add_argument(f"--{name}", metavar="PATH", help=net.doc + " (default: none)")
+
+
+def network_files(a: argparse.Namespace) -> dict[str, str]:
+    """{network: weights file} of the :func:`add_network_flags` flags given; none given is a ``ValueError``."""
+    files = {n: getattr(a, n) for n in NETWORKS if getattr(a, n, None) is not None}
+    if not files:
+        raise ValueError("give the weights of a feature network: " + " and/or ".join(f"--{n} PATH" for n in NETWORKS))
+    return files
+
+
+def load_networks(files: dict[str, str], device) -> dict:
+    """The :data:`NETWORKS` of ``files`` ({network: weights file}), loaded in the registry's order (a bad
+    file is a ``ValueError``)."""
     nets = {}
-    for name, loader in NETWORKS.items():
-        if getattr(cfg, name) is not None:
+    for name, net in NETWORKS.items():
+        if files.get(name) is not None:
             try:
-                nets[name] = loader(getattr(cfg, name), device=device)
+                nets[name] = net.load(files[name], device=device)
             except FileNotFoundError as e:
                 raise ValueError(f"{name}: {e}") from None
     return nets
@@ -232,10 +261,8 @@ def run(a: argparse.Namespace) -> dict:
     dev = pick_device(a.device)
     if a.out is not None and Path(a.out).is_dir():
         raise ValueError(f"--out {a.out} is a folder; give a .json file path")
-    files = {n: getattr(a, n) for n in NETWORKS if getattr(a, n) is not None}
-    if not files:
-        raise ValueError("give the weights of a feature network: " + " and/or ".join(f"--{n} PATH" for n in NETWORKS))
-    nets = load_networks(a, dev)
+    files = network_files(a)
+    nets = load_networks(files, dev)
     samples, reference = read_set(a.samples, "SAMPLES"), read_set(a.reference, "--reference")
     _check_sets(a, samples, reference, nets)
     result = {"metrics": score_sets(samples, reference, nets, a.seed, protocol),
@@ -253,9 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 "protocol line.")
     p.add_argument("samples", help="generated images: a folder or an .npz (arr_0 (N, H, W, C) uint8, or x)")
     p.add_argument("--reference", required=True, help="real images (as SAMPLES) or a statistics .npz (mu, sigma)")
-    p.add_argument("--inception", metavar="PATH", help="pytorch-fid's InceptionV3 weights "
-                   "(pt_inception-2015-12-05-6726825d.pth)")
-    p.add_argument("--dinov2", metavar="PATH", help="DINOv2 ViT-L/14 weights (dinov2_vitl14_pretrain.pth): FD-DINOv2")
+    add_network_flags(p)
     p.add_argument("--out", default=None, metavar="JSON", help="also write the result here (default: print only)")
     p.add_argument("--kid-subset-size", type=int, default=None, help="default: min(1000, n samples, n reference)")
     p.add_argument("--seed", type=int, default=0, help="seed of KID's subsets and FID_inf's subsets")
