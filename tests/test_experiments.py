@@ -125,6 +125,8 @@ def test_approx_sampling_quick(tmp_path):
         for name, row in ran.items():  # an approximation really ran: its own time, samples and change
             assert row["speedup"] == pytest.approx(ex["seconds"] / row["seconds"]) and math.isfinite(row["fid"])
             assert row["pixel_change_vs_exact"] >= 0, name  # 0 where the exact fallback took every row
+        # the swap reached the model: some approximation moves the loss (a no-op set_attention moves none)
+        assert any(row["test_loss"] != ex["test_loss"] for row in ran.values()), f"{head}: nothing was swapped in"
         for name, row in r["settings"].items():  # only the approximation's own refusals count as "failed"
             assert "failed" not in row or row["failed"].split(":")[0] in ("FloatingPointError",
                                                                          "ApproximationRefused"), row
