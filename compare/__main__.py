@@ -2,8 +2,9 @@
 over several training seeds, and write the report (means with 95% intervals, paired differences).
 
 Settings are layered, each overriding the one before: the defaults, ``--quick``, ``--preset``, the run
-spec (``--config FILE``; only its keys that differ from the defaults), then the flags given on the
-command line. ``--print-config`` prints the default spec with a comment per key."""
+spec (``--config FILE``; only its keys that differ from the defaults: one ``note:`` line lists the spec's
+values that ``--quick`` or ``--preset`` replaced), then the flags given on the command line.
+``--print-config`` prints the default spec with a comment per key."""
 from __future__ import annotations
 
 import argparse
@@ -122,11 +123,19 @@ def parse(argv=None) -> CompareConfig:
         named = {k: v for k, v in named.items() if k in PRESET_DATA_KEYS}
 
     def config():
-        from .spec import merge_cli
+        from .spec import merge_cli, overridden
 
         spec = _spec_kwargs(given["config"]) if "config" in given else {}
-        kw = merge_cli(layered(named, spec), _to_config_kwargs(given))
-        return CompareConfig.quick_config(**kw) if given.get("quick") else CompareConfig(**kw)
+        flags = _to_config_kwargs(given)
+        kw = merge_cli(layered(named, spec), flags)
+        cfg = CompareConfig.quick_config(**kw) if given.get("quick") else CompareConfig(**kw)
+        lost = overridden(given["config"], cfg, set(flags)) if "config" in given else []
+        if lost:  # spec values equal to the defaults gave way to --quick / --preset: said, not silent
+            by = " and ".join(([f"--preset {given['preset']}"] if "preset" in given else [])
+                              + (["--quick"] if given.get("quick") else [])) or "the defaults"
+            print(f"note: the spec's values equal to the defaults give way to {by}: {'; '.join(lost)}; give one "
+                  f"as a flag to keep it", file=sys.stderr)
+        return cfg
     return run_or_exit(config)
 
 

@@ -28,6 +28,7 @@ from flowar.pipeline import flowar_paper_configs, train_family as train_flowar_f
 from flowar.sampling import PAPER_GUIDANCE, PAPER_SAMPLING, PAPER_SOLVER, FlowSampling
 from nextscale.autoencoder import CODERS, with_coder
 from nextscale.config import config_as
+from nextscale.cost import MemoryEstimate, memory_estimate
 from nextscale.scales import default_schedule, doubling_schedule
 from nextscale.stages import Trained
 from var.model import VAR, VARConfig, VARSampling
@@ -323,6 +324,23 @@ def arm_configs(name: str, data, backbone, cfg):
         if key not in names:
             raise ValueError(f"arm_overrides.{name}: unknown field {key!r}; fields: {', '.join(sorted(names))}")
     return ae_cfg, (replace(gen_cfg, **over) if over else gen_cfg)
+
+
+def arms_memory(cfg, data, backbone) -> MemoryEstimate:
+    """The largest of the run's arms' memory estimates (:func:`nextscale.cost.memory_estimate` of each arm's
+    configs at the run's largest training batch and its largest sampling batch: the metrics', the timed
+    cost's or the throughput's), each refused (``ValueError`` naming the arm) where it cannot fit, before
+    any model is built."""
+    batch = max(("batch_size", "ae_batch_size"), key=lambda k: getattr(cfg, k))
+    sample = max(("sample_batch", "cost_batch", "throughput_batch"), key=lambda k: getattr(cfg, k))
+    estimates = []
+    for name in cfg.arms:
+        try:
+            estimates.append(memory_estimate(arm_configs(name, data, backbone, cfg), getattr(cfg, batch),
+                                             getattr(cfg, sample), batch, sample).check())
+        except ValueError as e:
+            raise ValueError(f"arm {name}: {e}") from None
+    return max(estimates, key=lambda m: m.total)
 
 
 def build_arm(name: str, ae_cfg, gen_cfg):

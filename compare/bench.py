@@ -37,12 +37,17 @@ import torch
 
 from flowar.sampling import PAPER_SOLVER
 from nextscale.backbone import BackboneConfig
+from nextscale.cost import memory_estimate
 from nextscale.data import load_digits
 from nextscale.train import pick_device
 
 from .arms import ARMS, DEFAULT_ARMS, arm_configs, backbone_inputs, build_arm
 from .config import CompareConfig
 from .sampling import compile_for_sampling, method_of, trainable_copy
+
+
+PER_IMAGE_BATCHES = (1, 50, 256)  # the (guided) sampling batches of the ms/img figures
+TRAIN_BATCH = 32  # the batch of the training images/s
 
 
 def build(arm: str, data, backbone: BackboneConfig, dev):
@@ -147,7 +152,7 @@ def measure_arm(arm, data, backbone, dev, batch, repeats, steps, compile_=False)
                 if r:
                     series.setdefault(name, []).append(dt)
         per_img = {}
-        for b in (1, 50, 256):
+        for b in PER_IMAGE_BATCHES:
             yb = (torch.arange(b) % data.num_classes).to(dev)
             sample(model, yb, 1.0)
             per_img[b] = 1000 * statistics.median(_timed(lambda yb=yb: sample(model, yb, 1.0), dev)
@@ -184,7 +189,7 @@ def summarise(series: dict[str, list[float]], num_scales: int) -> dict:
     return out
 
 
-def train_throughput(model, data, dev, repeats: int, batch: int = 32) -> float:
+def train_throughput(model, data, dev, repeats: int, batch: int = TRAIN_BATCH) -> float:
     """Training images/s: forward + backward + AdamW step on a batch of real images (median step time)."""
     m = trainable_copy(model)
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
@@ -226,6 +231,12 @@ def main(argv=None) -> list[dict]:
     width, depth, heads = (64, 2, 2) if a.quick else (128, 4, 4)
     backbone = BackboneConfig.for_images(data.side, data.num_classes, 8, width=width, depth=depth, heads=heads)
     steps = min(a.steps, 4) if a.quick else a.steps
+    for arm in a.arms:  # the sampling batches (--batch, 256 for ms/img) and the training batch must fit, first
+        try:
+            memory_estimate(arm_configs(arm, data, backbone, CompareConfig()), TRAIN_BATCH,
+                            max(a.batch, *PER_IMAGE_BATCHES), sample_name="--batch").check()
+        except ValueError as e:
+            p.error(f"arm {arm}: {e}")
     dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device {dev} ({dev_name}), torch {torch.__version__}, backbone {width}/{depth}/{heads}, batch {a.batch}, "
           f"FlowAR's sampler at {steps} steps per scale, medians of {repeats} after a warm-up", file=sys.stderr)

@@ -22,7 +22,7 @@ import torch
 
 import nextscale
 from nextscale.backbone import BackboneConfig
-from nextscale.cli import out_folder, out_lock
+from nextscale.cli import out_folder, out_lock, remove_stale
 from nextscale.config import config_to_dict
 from nextscale.cost import count_params
 from nextscale.data import ImageData, check_images_fit, load_dataset
@@ -30,12 +30,12 @@ from nextscale.distributed import rank, world
 from nextscale.train import pick_device, recipe, setup_distributed
 from nextscale.viz import save_grid
 
-from .arms import ANCHOR, ARMS, FACTORS, TOTAL, arm_configs, build_arm, sampler_rows, steps_of
+from .arms import ANCHOR, ARMS, FACTORS, TOTAL, arm_configs, arms_memory, build_arm, sampler_rows, steps_of
 from .config import CompareConfig, slug
 from .cost import measure_cost
 from .metrics.classifier import class_accuracy, train_classifier
-from .metrics.evaluate import (KID_SUBSETS, FeatureSpace, evaluate_samples, feature_spaces, load_networks,
-                               metric_names, protocol_of)
+from .metrics.evaluate import (KID_SUBSETS, FeatureSpace, check_metric_inputs, evaluate_samples, feature_spaces,
+                               load_networks, metric_names, protocol_of)
 from .metrics.fid import load_stats
 from .metrics.prdc import DC_K, PR_K
 from .progress import Progress, note
@@ -57,7 +57,8 @@ def run(cfg: CompareConfig) -> dict:
     gathered, and rank 0 alone writes files; the samples and metrics equal one process's on the same
     weights (a sampling batch is seeded by its index, whichever rank draws it)."""
     t_start = time.perf_counter()
-    out = out_folder(cfg.out)
+    files, folders = outputs(cfg)
+    out = out_folder(cfg.out, files, folders, inputs=(cfg.dataset, cfg.reference_stats, *cfg.networks.values()))
     with out_lock(out) if int(os.environ.get("RANK", 0)) == 0 else contextlib.nullcontext():
         try:
             return _run(cfg, out, t_start)
@@ -65,6 +66,20 @@ def run(cfg: CompareConfig) -> dict:
             if world() > 1:
                 torch.distributed.barrier()  # no rank tears the group down while another still uses it
                 torch.distributed.destroy_process_group()
+
+
+def grid_name(arm: str, label: str) -> str:
+    """The sample grid of arm ``arm``'s sampler row ``label``."""
+    return f"samples_{slug(arm)}_{slug(label)}.png"
+
+
+def outputs(cfg: CompareConfig) -> tuple[list[str], list[str]]:
+    """(files, folders) a run of ``cfg`` writes in its output folder, checked before the run
+    (:func:`nextscale.cli.out_folder`); the reference statistics and checkpoints have bounded keyed names."""
+    from .report import REPORT_FILES
+
+    return [*REPORT_FILES, *(grid_name(a, label) for a in cfg.arms for label, _ in sampler_rows(a, cfg))], \
+        ["checkpoints"]
 
 
 @dataclass
@@ -108,6 +123,8 @@ def _run(cfg: CompareConfig, out: Path, t_start: float) -> dict:
     results["timings_s"]["total"] = round(time.perf_counter() - t_start, 2)
     from .report import write_report
     write_report(results, out)
+    # an earlier run's grids (other arms or sampler rows) would sit beside this report as if they were its
+    remove_stale(out, [f"samples_{slug(a)}_*.png" for a in ARMS], [row["grid"] for row in results["rows"]])
     return results
 
 
@@ -118,9 +135,11 @@ def _prepare(cfg: CompareConfig, out: Path) -> Run:
     setup_distributed(dev)  # under torchrun: one process group for training, sampling and features
     torch.manual_seed(cfg.seed)
     data = load_dataset(cfg.dataset, side=cfg.side, seed=cfg.split_seed)
-    _check_sizes(cfg, data)
     backbone = BackboneConfig.for_images(data.side, data.num_classes, cfg.latent_channels, width=cfg.width,
                                          depth=cfg.depth, heads=cfg.heads)
+    nets = load_networks(cfg.networks, dev)
+    _check_sizes(cfg, data, nets)
+    memory = arms_memory(cfg, data, backbone)  # sizes that cannot fit are refused before any model is built
     for name in cfg.arms:
         with torch.random.fork_rng(devices=[]):  # the constructors check config pairs (vocab vs tokenizer)
             try:
@@ -128,10 +147,9 @@ def _prepare(cfg: CompareConfig, out: Path) -> Run:
             except ValueError as e:
                 raise ValueError(f"arm {name}: {e}") from None
     check_samplers(cfg, data, backbone, dev)
-    nets = load_networks(cfg.networks, dev)
     if cfg.reference_stats is not None:
         load_stats(cfg.reference_stats, dim=2048)  # a bad file is refused before any training
-    note(f"data: {cfg.dataset} (split seed {cfg.split_seed}); every setting checked")
+    note(f"data: {cfg.dataset} (split seed {cfg.split_seed}); every setting checked; the largest arm's {memory.line()}")
     stages = 1 + cfg.seeds * sum(1 + len(sampler_rows(a, cfg)) for a in cfg.arms)
     r = Run(cfg, out, dev, data, backbone, Progress(stages, enabled=rank() == 0))
     r.progress.stage("feature network: domain classifier on the real train split")
@@ -141,18 +159,17 @@ def _prepare(cfg: CompareConfig, out: Path) -> Run:
     return r
 
 
-def _check_sizes(cfg: CompareConfig, data) -> None:
-    """Sizes that would fail only after training: too few samples or real images for the metrics, more
-    samples than memory holds, training batches that the torchrun processes cannot share."""
+def _check_sizes(cfg: CompareConfig, data, nets: dict | None = None) -> None:
+    """Sizes that would fail only after training: too few samples or real images for the metrics (in the
+    feature networks ``nets`` too), more samples than memory holds, training batches that the torchrun
+    processes cannot share."""
     if cfg.samples < data.num_classes:
         raise ValueError(f"samples ({cfg.samples}) must be at least the number of classes ({data.num_classes}): "
                          f"the samples of a row are class-balanced")
-    for split in ("train", "test"):
-        if len(getattr(data, f"x_{split}")) <= PR_K:
-            raise ValueError(f"the {split} split holds {len(getattr(data, f'x_{split}'))} images; precision/recall "
-                             f"needs more than {PR_K}: use more data")
-    check_images_fit("samples", cfg.samples, data.channels, data.side, "use fewer samples")
     ref, floor = (len(getattr(data, f"x_{s}")) for s in (cfg.reference, floor_split(cfg)))
+    for n, what in ((cfg.samples, "samples"), (min(cfg.samples, floor), f"the floor's {floor_split(cfg)} split")):
+        check_metric_inputs(n, ref, nets or {}, what, f"the reference ({cfg.reference} split)")
+    check_images_fit("samples", cfg.samples, data.channels, data.side, "use fewer samples")
     smallest = min(cfg.samples, ref, floor)
     if cfg.kid_subset_size is not None and cfg.kid_subset_size > smallest:
         raise ValueError(f"kid_subset_size ({cfg.kid_subset_size}) must be at most {smallest}: the samples "
@@ -235,7 +252,7 @@ def _score_row(r: Run, model, name: str, label: str, kw: dict, i: int, seed: int
     if i == 0:  # cost as users measure it, on the first seed's weights (fixed-step: weight-independent)
         row["flops_per_image_exact"] = one["flops_per_image"]
         row.update(latency_and_throughput(sample, cfg.throughput_batch, r.dev, seed))
-        grid = r.out / f"samples_{slug(name)}_{slug(label)}.png"
+        grid = r.out / grid_name(name, label)
         save_grid(_grid_images(images, labels, r.data.num_classes, 8), grid, nrow=8)
         row["grid"] = grid.name
         row.update({k: stats[k] for k in ("backbone_forwards", "head_nfe_per_scale", "cfg_per_scale", "guided")

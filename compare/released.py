@@ -7,8 +7,9 @@ settings, scored with the harness's metrics and costed on this machine.
 Each model draws ``--samples`` class-balanced images (label i mod classes) with its preset (VAR: cfg 1.5 ramped,
 top-k 900, top-p 0.96; FlowAR: its size's evaluation command), in batches of ``--batch``, batch i seeded
 ``--seed`` + i. Batches are written to ``OUT/samples-<model>-<key>/`` as they finish, the key covering the
-files' contents, the preset, the seed, the sample count, the batch and the precision, so a killed run resumes where it
-stopped and never reuses batches made otherwise. Under ``torchrun`` batch i is made by rank i mod world
+files' contents, the preset and every flag but those that change no sample (:data:`UNKEYED`), so a killed run
+resumes where it stopped and never reuses batches made otherwise; a batch file that cannot be read is set
+aside (``.bad``) with one warning line and made again. Under ``torchrun`` batch i is made by rank i mod world
 and rank 0 scores. Metrics: :func:`compare.metrics.evaluate.score_sets` in every feature network given (FID,
 FID_inf, KID, precision/recall, density/coverage, IS) against REF (images, or statistics for FID alone).
 Cost: ms/img at batch 1 and 64 (``--cost-batches``), images/s, NFE, GFLOPs per image, peak memory, device
@@ -32,15 +33,17 @@ import numpy as np
 import torch
 
 from flowar import release as flowar_release
+from nextscale.cache import Unreadable, read_cached
 from nextscale.checkpoint import atomic_path, write_text
-from nextscale.cli import out_lock, run_or_exit
+from nextscale.cli import out_folder, out_lock, remove_stale, run_or_exit
 from nextscale.config import check_int, check_seed
 from nextscale.distributed import rank, world
 from nextscale.train import pick_device, setup_distributed
 from var import release as var_release
 
 from .cost import measure_cost
-from .metrics.evaluate import Protocol, add_network_flags, load_networks, network_files, protocol_line, score_sets
+from .metrics.evaluate import (NETWORKS, Protocol, add_network_flags, load_networks, network_files, protocol_line,
+                               check_metric_inputs, score_sets)
 from .metrics.sample_files import read_set
 from .sampling import device_name, precision_context
 
@@ -49,11 +52,12 @@ PRECISIONS = ("fp32", "bf16")
 
 @dataclass(frozen=True)
 class Release:
-    """A released model: its flag's two files, the loader taking them (and the parsed flags), and its preset
-    sampling settings."""
+    """A released model: its flag's two files, the loader taking them (and the parsed flags), its preset
+    sampling settings, and the other flags that change only this model (left out of the others' batch keys)."""
     files: tuple[str, str]
     load: Callable  # (file, file, map_location, args) -> model
     preset: Callable  # model -> the sampler's keyword arguments
+    flags: tuple[str, ...] = ()
 
 
 RELEASES = {
@@ -61,8 +65,11 @@ RELEASES = {
                    lambda model: asdict(var_release.RELEASE_SAMPLING)),
     "flowar": Release(("FLOWAR.pth", "KL16.ckpt"),
                       lambda fl, vae, loc, a: flowar_release.load(fl, vae, loc, heads=a.flowar_heads),
-                      flowar_release.sampling_for),
+                      flowar_release.sampling_for, flags=("flowar_heads",)),
 }
+# flags (parsed names) that change no sample: scoring, timing, where files go and whether they are kept. Every
+# other flag is in the key of the batch files (batch_key), so a flag added later is keyed unless named here.
+UNKEYED = ("reference", *NETWORKS, "cost_batches", "out", "save_samples", "clean")
 
 
 def file_digest(path: Path) -> str:
@@ -86,32 +93,63 @@ def _save_array(path: Path, **arrays) -> None:
         tmp.write_bytes(buf.getvalue())
 
 
+def batch_key(name: str, files: list[Path], kw: dict, a) -> str:
+    """The key of model ``name``'s batch files: its files' contents, its preset ``kw`` and every parsed flag
+    but :data:`UNKEYED`, the models' file flags (keyed by content) and the flags of the other models."""
+    others = {f for n, r in RELEASES.items() if n != name for f in r.flags}
+    flags = {k: v for k, v in sorted(vars(a).items()) if k not in (*UNKEYED, *RELEASES, *others)}
+    key = json.dumps([[file_digest(f) for f in files], kw, flags], sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _read_batch(path: Path, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """A batch file's images and labels; one that is not the batch of labels ``y`` is :class:`Unreadable`."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            x, labels = z["x"], z["y"]
+    except Exception as e:  # empty, torn, not an .npz, arrays missing: all unusable
+        raise Unreadable(str(e) or type(e).__name__) from None
+    if x.dtype != np.uint8 or x.ndim != 4 or len(x) != len(y) or not np.array_equal(labels, y.numpy()):
+        raise Unreadable(f"holds {x.dtype} {x.shape} images of labels {labels[:4].tolist()}..., not this batch's")
+    return x, labels
+
+
 def draw_samples(name: str, model, files: list[Path], kw: dict, a, dev) -> tuple[np.ndarray, np.ndarray]:
     """``a.samples`` class-balanced samples (uint8 NHWC) and their labels, batch by batch, resumable (see the
-    module doc); every rank makes its batches, rank 0 returns the whole set (other ranks: empty arrays). With
+    module doc); every rank makes its batches, rank 0 returns the whole set (other ranks: empty arrays). A
+    batch file that cannot be read is set aside and made again (:func:`nextscale.cache.read_cached`). With
     ``a.clean`` the batch files are deleted once read."""
     from tqdm import tqdm
 
     classes = model.backbone.cfg.num_classes
     labels = torch.arange(a.samples) % classes
-    key = json.dumps([[file_digest(f) for f in files], kw, a.seed, a.samples, a.batch, a.precision], default=str)
-    folder = Path(a.out) / f"samples-{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    folder = Path(a.out) / f"samples-{name}-{batch_key(name, files, kw, a)}"
     folder.mkdir(parents=True, exist_ok=True)
     batches = list(enumerate(torch.split(labels, a.batch)))
-    mine = [(i, y) for i, y in batches if i % world() == rank() and not (folder / f"{i:06d}.npz").is_file()]
+    got, done = {}, set()  # rank 0 keeps the (images, labels) it reads or makes here; done: readable on disk
+    for i, y in batches:
+        path = folder / f"{i:06d}.npz"
+        if i % world() == rank() and path.is_file():
+            one = read_cached(path, lambda p, y=y: _read_batch(p, y), f"cached batch of {name}")
+            if one is not None:
+                done.add(i)
+                got.update({i: one} if rank() == 0 else {})
+    mine = [(i, y) for i, y in batches if i % world() == rank() and i not in done]
     for i, y in tqdm(mine, desc=f"sampling {name}", leave=False, disable=not sys.stderr.isatty() or rank() > 0):
         with torch.no_grad(), precision_context(a, dev):
             images, _ = model.sample(y.to(dev), seed=a.seed + i, **kw)
-        _save_array(folder / f"{i:06d}.npz", x=to_uint8(images), y=y.numpy())
+        one = to_uint8(images), y.numpy()
+        _save_array(folder / f"{i:06d}.npz", x=one[0], y=one[1])
+        got.update({i: one} if rank() == 0 else {})
     if world() > 1:
         torch.distributed.barrier()
     if rank() > 0:
         return np.zeros((0,), np.uint8), np.zeros((0,), np.int64)
     xs, ys = [], []
-    for i, _ in batches:
-        with np.load(folder / f"{i:06d}.npz") as z:
-            xs.append(z["x"])
-            ys.append(z["y"])
+    for i, y in batches:  # the other ranks' batches, written (or checked) by them just now
+        x, yy = got[i] if i in got else _read_batch(folder / f"{i:06d}.npz", y)
+        xs.append(x)
+        ys.append(yy)
     if a.clean:
         for i, _ in batches:
             (folder / f"{i:06d}.npz").unlink()
@@ -171,9 +209,9 @@ def check_args(a) -> dict[str, list[Path]]:
     if not models:
         raise ValueError("give at least one released model: " + " and/or ".join(
             f"--{n} {','.join(r.files)}" for n, r in RELEASES.items()))
-    network_files(a)  # at least one feature network
-    if Path(a.out).is_file():
-        raise ValueError(f"--out {a.out} is a file; give a folder")
+    weights = network_files(a)  # at least one feature network
+    out_folder(a.out, ["results.json", "report.md", *(f"{n}_samples.npz" for n in models)],
+               inputs=[a.reference, *weights.values(), *(f for fs in models.values() for f in fs)])
     return models
 
 
@@ -183,12 +221,11 @@ def run(a: argparse.Namespace) -> dict:
     weights = network_files(a)
     nets = load_networks(weights, dev)
     reference = read_set(a.reference, "--reference")
-    if isinstance(reference, tuple) and len(nets) != 1:
-        raise ValueError("--reference statistics hold one network's features: give exactly one feature network")
+    check_metric_inputs(a.samples, reference if isinstance(reference, tuple) else len(reference), nets, "--samples",
+                        "--reference")  # each metric's k, IS splits, the statistics' dimension: before sampling
     loaded = {name: RELEASES[name].load(*files, "cpu", a) for name, files in models.items()}  # refuse first
     setup_distributed(dev)
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     result = {"device": device_line(dev, a.precision), "samples": a.samples, "seed": a.seed,
               "reference": str(a.reference),
               "models": {}}
@@ -208,6 +245,9 @@ def run(a: argparse.Namespace) -> dict:
         if rank() == 0:
             write_text(out / "results.json", json.dumps(result, indent=2, default=str))
             write_text(out / "report.md", report(result))
+            # an earlier run's sample files (another model, or --save-samples then) are not this report's
+            remove_stale(out, [f"{n}_samples.npz" for n in RELEASES],
+                         [f"{n}_samples.npz" for n in result["models"]] if a.save_samples else [])
     return result
 
 

@@ -273,6 +273,12 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
+# the plots write_plots draws, in its order: FID against each cost, precision against recall, cost per scale
+PLOTS = ("fid_vs_nfe.png", "fid_vs_gflops.png", "fid_vs_time.png", "precision_recall.png", "per_scale_cost.png")
+# every file write_report writes (the harness checks each can be made before a run, see harness.outputs)
+REPORT_FILES = ("results.json", "report.md", *PLOTS)
+
+
 def write_plots(results: dict, out: Path) -> list[Path]:
     """FID against each cost (with every arm's Pareto front), precision against recall, and the cost of
     each scale step; returns the PNG paths."""
@@ -283,20 +289,20 @@ def write_plots(results: dict, out: Path) -> list[Path]:
 
     paths, rows = [], results["rows"]
     models = list(dict.fromkeys(r["model"] for r in rows))
-    for key, xlabel, fname in (
-            (lambda r: r["head_nfe"]["mean"], "head evaluations per image (NFE)", "fid_vs_nfe.png"),
-            (lambda r: r["flops_per_image_exact"] / 1e9, "GFLOPs per image", "fid_vs_gflops.png"),
-            (lambda r: r["ms_per_image"]["mean"], f"ms per image (batch {results['config']['cost_batch']})",
-             "fid_vs_time.png")):
+    for key, xlabel, fname in zip((
+            lambda r: r["head_nfe"]["mean"], lambda r: r["flops_per_image_exact"] / 1e9,
+            lambda r: r["ms_per_image"]["mean"]), ("head evaluations per image (NFE)", "GFLOPs per image",
+                                                   f"ms per image (batch {results['config']['cost_batch']})"),
+            PLOTS[:3]):
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         _fid_vs_cost(ax, rows, models, key, xlabel, results["floor"]["fid"]["mean"])
         paths.append(_save(fig, out / fname))
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     _precision_recall(ax, rows, models, results["floor"])
-    paths.append(_save(fig, out / "precision_recall.png"))
+    paths.append(_save(fig, out / PLOTS[3]))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     _per_scale_cost(axes, rows, results["models"], plt.get_cmap("tab20"))
-    paths.append(_save(fig, out / "per_scale_cost.png"))
+    paths.append(_save(fig, out / PLOTS[4]))
     return paths
 
 

@@ -290,23 +290,74 @@ def _value_errors(spec: dict) -> list[str]:
     return errors
 
 
-def load_spec(source: str | Path) -> dict:
-    """Parse and check a spec: a path to a ``.toml`` file (a ``Path``, or a string without a newline), or
-    TOML text (a string with one). Returns the full spec (missing keys filled with the defaults); raises
-    ``ValueError`` with one line per bad key or value, each naming its dotted path."""
+# a spec is a few kB of shallow TOML (the default is 14 kB, its deepest value 6 levels down: arms.<arm>.samplers,
+# a row, a value, an array): more is not a spec (``/dev/zero``, a log), and deeper nesting would exhaust the
+# parser's recursion (a RecursionError) or the code that walks it
+SPEC_MAX_BYTES = 1 << 20
+SPEC_MAX_DEPTH = 16
+
+
+def read_toml(source: str | Path) -> tuple[dict, str]:
+    """(the parsed TOML, what to call it in errors) of a spec: a path to a ``.toml`` file (a ``Path``, or a
+    string without a newline), or TOML text (a string with one). Only a regular file of at most
+    :data:`SPEC_MAX_BYTES` is read (a device, a pipe or a folder is refused without blocking), and nothing
+    nested deeper than :data:`SPEC_MAX_DEPTH`; every problem is a ``ValueError`` naming the file."""
+    import os
+    import stat
+
     where = "the spec"
     if isinstance(source, Path) or "\n" not in source:
         where = f"the spec file {source}"
-        try:
-            source = Path(source).read_bytes().decode("utf-8")
+        try:  # O_NONBLOCK: opening a named pipe does not wait for a writer
+            fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as e:
             raise ValueError(f"cannot read {where}: {e.strerror or e}") from None
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                what = "a folder" if stat.S_ISDIR(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
+                    else "a named pipe" if stat.S_ISFIFO(mode) else "not a regular file"
+                raise ValueError(f"{where} is {what}, not a spec file")
+            data = b""
+            while len(data) <= SPEC_MAX_BYTES and (block := os.read(fd, SPEC_MAX_BYTES + 1 - len(data))):
+                data += block
+        except OSError as e:
+            raise ValueError(f"cannot read {where}: {e.strerror or e}") from None
+        finally:
+            os.close(fd)
+        try:
+            source = data.decode("utf-8")
         except UnicodeDecodeError as e:
             raise ValueError(f"{where} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+    if len(source.encode("utf-8", "surrogatepass")) > SPEC_MAX_BYTES:
+        raise ValueError(f"{where} is over {SPEC_MAX_BYTES >> 20} MB: not a run spec (the full default spec is "
+                         f"{len(default_spec_text().encode()) // 1000} kB)")
     try:
         raw = tomllib.loads(source)
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{where} is not valid TOML: {e}") from None
+    except RecursionError:
+        raw = None
+    if raw is None or _depth(raw) > SPEC_MAX_DEPTH:
+        raise ValueError(f"{where} nests arrays or tables more than {SPEC_MAX_DEPTH} deep: not a run spec")
+    return raw, where
+
+
+def _depth(value) -> int:
+    """How deeply ``value`` nests lists and dicts (a scalar: 0), without recursion."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        v, d = todo.pop()
+        deepest = max(deepest, d)
+        if d <= SPEC_MAX_DEPTH:  # deeper is refused anyway: no need to walk it all
+            todo += [(x, d + 1) for x in (v.values() if isinstance(v, dict) else v if isinstance(v, list) else ())]
+    return deepest
+
+
+def load_spec(source: str | Path) -> dict:
+    """Parse and check a spec (:func:`read_toml`). Returns the full spec (missing keys filled with the defaults);
+    raises ``ValueError`` with one line per bad key or value, each naming its dotted path."""
+    raw, _ = read_toml(source)
     spec, errors = default_spec(), []
     for section, body in raw.items():
         if section not in spec:
@@ -354,6 +405,31 @@ def spec_to_config_kwargs(spec: dict) -> dict:
     kw["samplers"] = samplers or None
     kw["arm_overrides"] = {a: dict(arms[a]["overrides"]) for a in ARMS if arms[a]["overrides"]} or None
     return kw
+
+
+def overridden(source: str | Path, cfg: CompareConfig, flags=()) -> list[str]:
+    """The values the spec at ``source`` sets that the final config ``cfg`` does not hold, leaving out the
+    CompareConfig fields given as command-line flags (``flags``): spec values equal to the defaults, which give
+    way to ``--quick`` and ``--preset`` (so a printed default spec changes nothing). Each as ``key = spec value
+    (now value)``; a sampler sweep as ``arms.<arm>.samplers (now rows ...)``."""
+    raw, _ = read_toml(source)
+    lost = []
+    for k in keys():
+        table = raw.get(k.section)
+        if not isinstance(table, dict) or k.name not in table or k.field in flags:
+            continue
+        have = getattr(cfg, k.field)
+        for e in k.entry:
+            have = have.get(e) if isinstance(have, dict) else None
+        have = k.none if have is None else have
+        if table[k.name] != have:
+            lost.append(f"{k.path} = {_toml(table[k.name])} (now {_toml(have)})")
+    for arm, table in (raw.get("arms") or {}).items():
+        if arm in cfg.arms and isinstance(table, dict) and "samplers" in table and "samplers" not in flags:
+            rows = [lbl for lbl, _ in sampler_rows(arm, cfg)]
+            if [r.get("label") for r in table["samplers"]] != rows:
+                lost.append(f"arms.{arm}.samplers (now rows {', '.join(rows)})")
+    return lost
 
 
 def merge_cli(spec_kwargs: dict, cli_overrides: dict) -> dict:

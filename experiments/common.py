@@ -6,12 +6,14 @@ import json
 import math
 import os
 import platform
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from nextscale.checkpoint import write_text
+from nextscale.cli import out_folder
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -29,9 +31,11 @@ def setup(args) -> Path:
     if args.threads < 1:
         raise SystemExit(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    try:  # the output folder checked and made before any work (nextscale.cli.out_folder)
+        return out_folder(args.out)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def machine() -> dict:

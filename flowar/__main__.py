@@ -24,9 +24,10 @@ import torch
 import nextscale
 from nextscale.autoencoder import CODERS, with_coder
 from nextscale.checkpoint import write_text
-from nextscale.cli import add_run_args, at_least, data_and_backbone, out_folder, out_lock, run_or_exit
+from nextscale.cli import add_run_args, at_least, data_and_backbone, out_folder, out_lock, remove_stale, run_or_exit
 from nextscale.train import pick_device, recipe
 from nextscale.config import config_to_dict
+from nextscale.cost import memory_estimate
 from nextscale.viz import save_grid
 
 from .heads import HEADS
@@ -42,6 +43,11 @@ SAMPLERS = (("euler x2", dict(solver="euler", steps=2)), ("euler x4", dict(solve
             ("rk4 x2", dict(solver="rk4", steps=2)), ("dopri5", dict(solver="dopri5", rtol=1e-3, atol=1e-3)))
 # a few-step head (--few-step shortcut) is also sampled in 1, 2 and 4 of its steps per scale
 SHORTCUT_SAMPLERS = tuple((f"shortcut x{n}", dict(solver="shortcut", steps=n)) for n in (1, 2, 4))
+FILES = ("metrics.json", "samples.png", "inpaint.png")  # and a grid per sampler row (grid_name)
+
+
+def grid_name(label: str) -> str:
+    return "samples_" + label.replace(" ", "_") + ".png"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -74,7 +80,8 @@ def run(a: argparse.Namespace) -> dict:
         raise ValueError(f"--solver {a.solver} needs a few-step head: add --few-step shortcut")
     FlowSampling(**_main_sampling(a))  # every sampling value is checked here, before training
     pick_device(a.device)
-    out = out_folder(a.out)
+    out = out_folder(a.out, FILES + tuple(grid_name(label) for label, _ in SAMPLERS + SHORTCUT_SAMPLERS),
+                     ["checkpoints"], inputs=[a.data])
     with out_lock(out):
         return _run(a, out)
 
@@ -96,6 +103,11 @@ def _run(a: argparse.Namespace, out: Path) -> dict:
     ae_train, fl_train = (c.override(batch_size=a.batch_size) for c in recipe(
         seed=a.seed, ae_steps=a.ae_steps, gen_steps=a.steps))
 
+    memory = memory_estimate([ae_cfg, fl_cfg], max(t.batch_size for t in (ae_train, fl_train)),
+                             a.per_class * data.num_classes, "--batch-size", "sampling batch (--per-class x "
+                             "classes)").check()  # before anything is built
+    print(memory.line(), file=sys.stderr)
+
     t0 = time.perf_counter()
     trained = train_family(data, ae_cfg, fl_cfg, ae_train, fl_train, out / "checkpoints", a.device)
     ae, model, (ae_ck, fl_ck) = trained.autoencoder, trained.model, trained.checkpoints
@@ -114,7 +126,7 @@ def _run(a: argparse.Namespace, out: Path) -> dict:
     samplers = {}
     for label, kw in SAMPLERS + (SHORTCUT_SAMPLERS if a.few_step else ()):
         images, stats = model.sample(y, seed=a.seed, **kw, **guidance)
-        name = "samples_" + label.replace(" ", "_") + ".png"
+        name = grid_name(label)
         save_grid(images, out / name, nrow=n)
         samplers[label] = {**kw, **stats, "file": name}
         print(f"{label}: head NFE {stats['head_nfe']} per image ({stats['head_nfe_per_scale']} per scale), "
@@ -142,6 +154,9 @@ def _run(a: argparse.Namespace, out: Path) -> dict:
                   "autoencoder": f"checkpoints/{ae_ck.name}", "flowar": f"checkpoints/{fl_ck.name}"},
     })
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    # the shortcut rows' grids of an earlier --few-step run would sit beside this run's metrics as if its
+    remove_stale(out, [grid_name(label) for label, _ in SAMPLERS + SHORTCUT_SAMPLERS],
+                 [s["file"] for s in samplers.values()])
     fl = metrics["flowar"]
     print(f"autoencoder: test recon MSE {metrics['autoencoder']['recon_mse_test']:.5f}", file=sys.stderr)
     print("FlowAR flow loss per scale (train/test): " + ", ".join(

@@ -50,6 +50,10 @@ from torchdiffeq import odeint
 from nextscale.config import check_choice, check_float, check_int
 
 TIME_GRIDS = ("uniform", "two_segment")
+# The smallest rtol / atol of the adaptive solvers: float32's machine epsilon (the models sample in float32;
+# below it the error estimate is rounding noise and the steps shrink towards max_num_steps at every scale:
+# rtol = atol = 1e-13 sampled for hours).
+TOL_MIN = float(torch.finfo(torch.float32).eps)
 # FlowAR's two-segment grid (mirrored to t = 0 noise): half the steps on [0, 0.7], the rest on [0.75, 1];
 # built on the release's clock s = 1 - t from its own literals (s from 1 to 0.3, then from 0.25 to 0).
 TWO_SEGMENT_KNEE = (0.7, 0.75)
@@ -150,8 +154,12 @@ class SolverConfig:
         check_choice("time_grid", self.time_grid, TIME_GRIDS)
         if self.time_grid == "two_segment" and self.steps < 2:
             raise ValueError(f"the two_segment time grid needs steps >= 2, got {self.steps}")
-        check_float("rtol", self.rtol, 0, lo_open=True)
-        check_float("atol", self.atol, 0, lo_open=True)
+        for name in ("rtol", "atol"):
+            check_float(name, getattr(self, name), 0, lo_open=True)
+            if getattr(self, name) < TOL_MIN:
+                raise ValueError(f"{name} must lie in [{TOL_MIN:.3g}, inf), got {getattr(self, name)!r}: float32's "
+                                 f"resolution; a smaller tolerance cannot be met, and the adaptive solver would "
+                                 f"shrink its steps until max_num_steps")
         check_float("first_step", self.first_step, 0, 1, lo_open=True)
         check_float("min_step", self.min_step, 0, 1, hi_open=True)
         check_float("sde_noise", self.sde_noise, 0)

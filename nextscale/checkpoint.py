@@ -15,7 +15,11 @@ from typing import Iterator
 
 import torch
 
+from .cache import Unreadable
+from .config import check_plain_size
+
 FORMAT = "nextscale-checkpoint-v1"
+CONFIG_KEYS = ("config", "train_config")  # the plain-data configs a checkpoint records
 
 
 class OutOfSpace(ValueError):
@@ -140,7 +144,7 @@ def load_checkpoint(path: str | Path, map_location="cpu", require: tuple[str, ..
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle errors, disallowed globals
-        raise ValueError(f"checkpoint {path} is corrupt, truncated or not a nextscale checkpoint: {e}") from None
+        raise Unreadable(f"checkpoint {path} is corrupt, truncated or not a nextscale checkpoint: {e}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a nextscale checkpoint (format {FORMAT})")
     written = ckpt.get("library_version")
@@ -150,6 +154,9 @@ def load_checkpoint(path: str | Path, map_location="cpu", require: tuple[str, ..
     missing = [k for k in require if k not in ckpt]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {missing}: truncated by hand or written by other code")
+    for key in CONFIG_KEYS:  # compared and printed next: a deeply nested or self-repeating object would hang
+        if key in ckpt:
+            check_plain_size(f"checkpoint {path}: its {key}", ckpt[key])
     return ckpt
 
 

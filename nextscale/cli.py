@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,22 +37,106 @@ def data_and_backbone(a: argparse.Namespace) -> tuple[ImageData, BackboneConfig]
                                            depth=a.depth, heads=a.heads)
 
 
-def out_folder(path: str | Path) -> Path:
-    """Create the output folder (before any training); a file in the way or an unwritable place is a
-    ``ValueError`` naming it."""
+# atomic_path writes ".<stem>.<pid>.<8 random>.tmp<suffix>" beside a file first: up to this many characters
+# more than the file's own name (pid up to 7 digits)
+TMP_EXTRA = len("." + "." + "9" * 7 + "." + "x" * 8 + ".tmp")
+
+
+def _is_dir(path: Path) -> bool | None:
+    """True for a folder, False for anything else there, None where nothing is (or it cannot be looked at)."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return None
+
+
+def _name_max(path: Path) -> int:
+    """The longest file name the file system holding ``path`` (or its nearest existing folder) allows."""
+    for p in (path, *path.parents):
+        if _is_dir(p):
+            try:
+                return os.pathconf(p, "PC_NAME_MAX")
+            except (OSError, ValueError):
+                break
+    return 255
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 40 else f"{name[:20]}...{name[-12:]} ({len(name)} characters)"
+
+
+def out_folder(path: str | Path, files=(), folders=(), inputs=(), flag: str = "--out", written: bool = True) -> Path:
+    """Create the output folder ``path`` after checking that everything the command will write there can be
+    made, so a run is refused before any work rather than failing after it: ``files`` and ``folders`` are
+    the names (relative to ``path``) it writes. Each problem is a ``ValueError`` naming ``flag`` and the
+    path: an empty path, a regular file at or above the folder, a folder where a file goes or a file where
+    a folder goes, a name longer than the file system allows (a file's with its temporary, see
+    :data:`TMP_EXTRA`), an output that is one of the command's ``inputs`` (paths it reads: the result
+    would replace them; the folder itself too unless ``written`` is False), an unwritable place."""
     if not str(path).strip():
-        raise ValueError("--out must name a folder, got an empty path (it would write into the current folder)")
+        raise ValueError(f"{flag} must name a folder, got an empty path (it would write into the current folder)")
     out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
+    limit = _name_max(out)
+    targets = [(out / name, False) for name in folders] + [(out / name, True) for name in files]
+    for target, is_file in [(out, False)] + targets:  # names first: a stat of too long a name is an error
+        parts = target.relative_to(out).parts if target != out else out.parts
+        for i, part in enumerate(parts):
+            room = limit - (TMP_EXTRA if is_file and i == len(parts) - 1 else 0)
+            if len(part.encode()) > room:
+                raise ValueError(f"{flag} {_short(str(out))}: the name {_short(part)} is longer than the file "
+                                 f"system allows here ({room} bytes{' with its temporary' if room < limit else ''})"
+                                 f"; shorten it")
+    for p in (out, *out.parents):  # the nearest existing ancestor must be a folder
+        kind = _is_dir(p)
+        if kind:
+            break
+        if kind is False:
+            raise ValueError(f"{flag} {out} is a file, not a folder" if p == out else
+                             f"{flag} {out} is under {p}, which is a file, not a folder")
+    for target, is_file in targets:
+        if is_file and _is_dir(target):
+            raise ValueError(f"{target} is a folder where the run writes a file: remove it or use another {flag}")
+        n = len(target.relative_to(out).parts)
+        for p in ((target,) if not is_file else ()) + tuple(target.parents)[:n - 1]:
+            if _is_dir(p) is False:
+                raise ValueError(f"{p} is a file where the run writes a folder: remove it or use another {flag}")
+    read = {Path(i).resolve() for i in inputs if i is not None and str(i).strip() and Path(i).exists()}
+    for target in [out] * written + [t for t, _ in targets]:
+        if target.resolve() in read:
+            raise ValueError(f"{flag} {target} is one of the command's inputs: the result would replace it; "
+                             f"give another path")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test.{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise ValueError(f"--out {out} is not writable: {e.strerror}") from None
+        raise ValueError(f"{flag} {out} is not writable: {e.strerror}") from None
     return out
+
+
+def out_file(path: str | Path, inputs=(), flag: str = "--out") -> Path:
+    """:func:`out_folder` for a command whose output is the one file ``path``: its folder is made and checked,
+    the file may not be a folder, too long a name or one of ``inputs``."""
+    if not str(path).strip():
+        raise ValueError(f"{flag} must name a file, got an empty path")
+    path = Path(path)
+    out_folder(path.parent, files=(path.name,), inputs=inputs, flag=flag, written=False)
+    return path
+
+
+def remove_stale(out: Path, candidates, written) -> list[Path]:
+    """Delete the files in ``out`` matching ``candidates`` (names or glob patterns: the command's own output
+    names) that this run did not write (``written``: names), so an earlier run's sample grids or sample
+    files do not sit beside this run's report as if they were its. Returns what was removed."""
+    keep = {Path(w).name for w in written}
+    gone = []
+    for pattern in candidates:
+        for p in sorted(Path(out).glob(pattern)):
+            if p.name not in keep and p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+                gone.append(p)
+    return gone
 
 
 def at_least(name: str, value, lo) -> None:

@@ -22,16 +22,51 @@ def check_seed(name: str, value: Any) -> None:
     check_int(name, value, 0, SEED_MAX)
 
 
+def machine_memory() -> int | None:
+    """This machine's physical memory in bytes (None where it cannot be read: no sysconf on Windows)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def check_memory(name: str, nbytes: float, advice: str) -> None:
     """Refuse a size whose tensors alone would take more than half this machine's memory (it would die in
     an allocation, possibly after hours of training); ``advice`` says what would fit."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to check against
+    total = machine_memory()
+    if total is None:  # nothing to check against
         return
     if nbytes > total / 2:
-        raise ValueError(f"{name}: needs {nbytes / 2**30:,.1f} GiB of memory, more than half of this machine's "
-                         f"{total / 2**30:,.1f} GiB; {advice}")
+        raise ValueError(f"{name}: needs {size_text(nbytes)} of memory, more than half of this machine's "
+                         f"{size_text(total)}; {advice}")
+
+
+def size_text(nbytes: float) -> str:
+    """Bytes as GiB (from 1 GiB) or MiB, one decimal."""
+    return f"{nbytes / 2**30:,.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:,.1f} MiB"
+
+
+# A config as plain data (a checkpoint's, a spec's) is a few hundred values a few levels deep: anything much
+# larger is not one, and comparing or printing it (a list holding itself twice, 40 times over, is 2^40
+# values once expanded) would take hours.
+PLAIN_MAX_VALUES, PLAIN_MAX_DEPTH = 100_000, 32
+
+
+def check_plain_size(name: str, value: Any, max_values: int = PLAIN_MAX_VALUES,
+                     max_depth: int = PLAIN_MAX_DEPTH) -> None:
+    """Refuse plain data (dicts, lists, tuples of values) nested deeper than ``max_depth`` or holding more
+    than ``max_values`` values once expanded (a value reached twice counts twice, as comparing or printing
+    it visits it twice); stops counting at the bound, so it takes at most ``max_values`` steps."""
+    stack, seen = [(value, 1)], 0
+    while stack:
+        v, depth = stack.pop()
+        seen += 1
+        if seen > max_values:
+            raise ValueError(f"{name} holds more than {max_values:,} values: not a config")
+        if isinstance(v, (dict, list, tuple)):
+            if depth > max_depth:
+                raise ValueError(f"{name} is nested more than {max_depth} levels deep: not a config")
+            stack += [(x, depth + 1) for x in (v.values() if isinstance(v, dict) else v)]
 
 
 def check_float(name: str, value: Any, lo: float | None = None, hi: float | None = None,

@@ -181,20 +181,51 @@ def _read_image(im, side: int, channels: int) -> np.ndarray:
     return a[None] if channels == 1 else a.transpose(2, 0, 1)
 
 
+def check_npz_fits(path: str | Path, keys, name: str, float_copies: int = 0) -> None:
+    """Refuse (``ValueError`` naming ``name``) the arrays ``keys`` of the ``.npz`` at ``path`` when, inflated,
+    they would take more than half this machine's memory, from their ``.npy`` headers and the zip's
+    directory, before anything is inflated (a compressed file of a few MB can hold 12 GB of zeros);
+    ``float_copies``: float32 copies of every element the reader makes. Every ``.npz`` a user gives is
+    size-checked here first; a file that is not a readable ``.npz`` passes (reading it fails next, with the
+    reader's own message)."""
+    total, found = 0, []
+    try:
+        with np.load(path, allow_pickle=False) as z:  # lazy: the zip's directory only
+            for key in keys:
+                if key not in z.files:
+                    continue
+                found.append(key)
+                member = z.zip.getinfo(f"{key}.npy")
+                nbytes = elements = member.file_size
+                with z.zip.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = {(1, 0): np.lib.format.read_array_header_1_0,
+                            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if read is not None:
+                        shape, _, dtype = read(f)
+                        elements = int(np.prod(shape, dtype=object))
+                        nbytes = max(nbytes, elements * dtype.itemsize)  # numpy allocates what the header says
+                total += nbytes + float_copies * 4 * elements
+    except Exception:  # noqa: BLE001 - not an .npz, truncated, pickled: the reader says so next
+        return
+    check_memory(name, total, f"its arrays {', '.join(found)} inflate to that; use a smaller file")
+
+
 def load_npz(path: str | Path, side: int | None = None, seed: int = 0, test_fraction: float = 0.2) -> ImageData:
     """An ``.npz`` with ``x`` (N, H, W), (N, H, W, C) or (N, C, H, W) images and integer labels ``y`` (N,).
 
     Pixel values: uint8 (0..255), uint16 (0..65535), other integer types holding 0..255 (8-bit) or
     0..65535 (16-bit), or finite floats in [0, 1] or [-1, 1]."""
     path = Path(path)
+    check_npz_fits(path, ("x", "y"), f"npz file {path}", float_copies=3)  # x to float32, scaled, split
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        with np.load(path, allow_pickle=False) as z:  # x and y alone: other arrays are not read
+            found, arrays = sorted(z.files), {k: z[k] for k in ("x", "y") if k in z.files}
     except Exception as e:  # missing, truncated, not a zip, pickled objects
         raise ValueError(f"cannot read npz file {path}: {e}") from None
     for key in ("x", "y"):
         if key not in arrays:
-            raise ValueError(f"{path}: missing array {key!r} (found {sorted(arrays)})")
+            raise ValueError(f"{path}: missing array {key!r} (found {found})")
     x, y = arrays["x"], arrays["y"]
     if x.size == 0 or len(x) == 0:
         raise ValueError(f"{path}: x holds no images (shape {x.shape})")

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from .checkpoint import keyed_path, keyed_stage_paths
+from .cost import memory_estimate
 from .data import ImageData
 from .train import TrainConfig
 
@@ -45,7 +46,10 @@ def train_stages(data: ImageData, autoencoder: Stage, generator: Stage, folder: 
                  device=None, base: Stage | None = None) -> Trained:
     """Train (or reuse) ``base`` (an autoencoder another family's autoencoder is built on, keyed as that
     family keys its own), ``autoencoder`` on it and ``generator`` on the autoencoder, checkpoints in
-    ``folder``; a finished checkpoint is read, never rewritten, and a partial one is resumed."""
+    ``folder``; a finished checkpoint is read, never rewritten, and a partial one is resumed. Configs
+    whose models and training cannot fit in memory are refused first (:func:`nextscale.cost.memory_estimate`)."""
+    stages = [s for s in (base, autoencoder, generator) if s is not None]
+    memory_estimate([s.config for s in stages], max(s.train_cfg.batch_size for s in stages)).check()
     fp, t = data.fingerprint(), time.perf_counter()
     base_ae = base_ck = None
     if base is not None:

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .cache import read_cached
 from .checkpoint import check_config, load_checkpoint, load_state, save_checkpoint
 from .config import check_float, check_int, check_seed, config_to_dict
 
@@ -226,10 +227,9 @@ def data_fingerprint(x_NCHW: torch.Tensor, y_N: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def _resume(ckpt_path, dev, model, ema, opt, model_cfg: dict, train_cfg: dict, data: str) -> tuple[int, list]:
-    """Load a checkpoint into (model, ema, opt) after checking it was made by this model config, this
-    training config (resumable fields aside) and this data; returns (step, history)."""
-    ck = load_checkpoint(ckpt_path, map_location=dev, require=_TRAIN_KEYS)
+def _resume(ck: dict, ckpt_path, model, ema, opt, model_cfg: dict, train_cfg: dict, data: str) -> tuple[int, list]:
+    """Load checkpoint ``ck`` (read from ``ckpt_path``) into (model, ema, opt) after checking it was made by
+    this model config, this training config (resumable fields aside) and this data; returns (step, history)."""
     check_config(ckpt_path, ck["config"], model_cfg)
     stored = {k: v for k, v in ck["train_config"].items() if k not in _RESUMABLE_FIELDS}
     check_config(ckpt_path, stored, {k: v for k, v in train_cfg.items() if k not in _RESUMABLE_FIELDS},
@@ -272,8 +272,10 @@ def train(model: nn.Module, x_NCHW: torch.Tensor, y_N: torch.Tensor, cfg: TrainC
 
     data = data_fingerprint(x_NCHW, y_N) if ckpt_path is not None else None
     start, history = 0, []
-    if ckpt_path is not None and Path(ckpt_path).exists():
-        start, history = _resume(ckpt_path, dev, model, ema, opt, model_cfg, train_cfg, data)
+    if ckpt_path is not None and Path(ckpt_path).exists():  # one that cannot be read is set aside, trained anew
+        ck = read_cached(ckpt_path, lambda p: load_checkpoint(p, map_location=dev, require=_TRAIN_KEYS), "checkpoint")
+        if ck is not None:
+            start, history = _resume(ck, ckpt_path, model, ema, opt, model_cfg, train_cfg, data)
 
     def checkpoint(step: int):
         if ckpt_path is not None and rank == 0:

@@ -135,3 +135,16 @@ def test_torchrun_ranks_split_the_batches_and_draw_the_same_samples(files):
     with np.load(files / "out2" / "flowar_samples.npz") as z:
         assert np.array_equal(z["arr_0"], alone)
     assert json.loads((files / "out2" / "results.json").read_text())["models"]["flowar"]["metrics"]["fid_dinov2"] > 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--samples", "3"], "error: --samples (3 images) must be more than 3: precision/recall's k-NN radii"),
+    (["--reference", "{d}/stats.npz"], "error: --reference holds 64-d statistics; dinov2 gives 32-d features")])
+def test_released_checks_the_metrics_before_sampling(files, capsys, monkeypatch, extra, message):
+    from compare import released
+    np.savez(files / "stats.npz", mu=np.zeros(64), sigma=np.eye(64))
+    monkeypatch.setattr(released, "draw_samples", lambda *a, **kw: pytest.fail("sampled before the check"))
+    with pytest.raises(SystemExit) as e:
+        main(argv(files, *[x.format(d=files) for x in extra], models=("var",)))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith(message), err

@@ -22,6 +22,7 @@ from nextscale.checkpoint import write_text
 from nextscale.cli import add_run_args, at_least, data_and_backbone, out_folder, out_lock, run_or_exit
 from nextscale.train import pick_device, recipe
 from nextscale.config import config_to_dict
+from nextscale.cost import memory_estimate
 from nextscale.viz import save_grid
 
 from .model import VARSampling
@@ -52,7 +53,7 @@ def run(a: argparse.Namespace) -> dict:
         at_least(name.replace("_", "-"), getattr(a, name), lo)
     VARSampling(**_sampling(a))  # every sampling value is checked here, before training
     pick_device(a.device)
-    out = out_folder(a.out)
+    out = out_folder(a.out, ("metrics.json", "samples.png"), ["checkpoints"], inputs=[a.data])
     with out_lock(out):
         return _run(a, out)
 
@@ -68,6 +69,11 @@ def _run(a: argparse.Namespace, out: Path) -> dict:
     vq_cfg = with_coder(vq_cfg, CODERS[a.coder])  # --coder ldm: VAR's VQVAE design, trained here
     tok_train, var_train = (c.override(batch_size=a.batch_size) for c in recipe(
         seed=a.seed, ae_steps=a.tokenizer_steps, gen_steps=a.steps))
+
+    memory = memory_estimate([vq_cfg, var_cfg], max(t.batch_size for t in (tok_train, var_train)),
+                             a.per_class * data.num_classes, "--batch-size", "sampling batch (--per-class x "
+                             "classes)").check()  # before anything is built
+    print(memory.line(), file=sys.stderr)
 
     t0 = time.perf_counter()
     trained = train_family(data, vq_cfg, var_cfg, tok_train, var_train, out / "checkpoints", a.device)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from nextscale.checkpoint import write_text
-from nextscale.cli import run_or_exit
+from nextscale.cli import out_file, run_or_exit
 from nextscale.config import check_bool, check_int, check_seed
 from nextscale.data import ImageData
 from nextscale.distributed import rank, shard_map
@@ -49,6 +49,39 @@ NETWORKS = {
 }
 KID_SUBSETS = 100  # torch-fidelity's default
 KID_MAX_SUBSET = 1000  # torch-fidelity's default subset size, the largest used when none is given
+IS_SPLITS = 10  # the Inception Score's splits (torch-fidelity's): it needs at least this many images
+# What each metric needs of the two sets: (k, metric, whether the generated set needs it too): a k-NN radius
+# is the distance to a point's k-th nearest neighbour in its own set, so the set needs more than k points.
+KNN_NEEDS = ((PR_K, "precision/recall", True), (DC_K, "density/coverage", False))
+
+
+def check_metric_inputs(n_fake: int, reference, nets: dict, fake: str = "samples",
+                        real: str = "the reference") -> None:
+    """Refuse, where a run is configured (before any image is generated or any feature extracted), sets the
+    metrics cannot score: ``n_fake`` generated images (``fake`` names them) against ``reference``, the number
+    of real images or their statistics (mu, sigma) (then FID alone, in the one network of ``nets``, whose
+    feature dimension they must have); each k-NN metric's k (:data:`KNN_NEEDS`) must be below the size of
+    the sets it draws radii from, and a network with class logits needs :data:`IS_SPLITS` generated images
+    for the Inception Score. ``nets``: {name: FeatureNet}. Every command that scores calls this first."""
+    if isinstance(reference, tuple):
+        if len(nets) != 1:
+            raise ValueError(f"{real} statistics hold one network's features: give exactly one of "
+                             + ", ".join(f"--{n}" for n in NETWORKS))
+        (name, net), = nets.items()
+        if len(reference[0]) != net.dim:
+            raise ValueError(f"{real} holds {len(reference[0])}-d statistics; {name} gives {net.dim}-d features")
+        if n_fake < 2:
+            raise ValueError(f"{fake} ({n_fake} images) must be at least 2: FID needs a covariance")
+        return
+    for k, metric, both in KNN_NEEDS:
+        for n, what in ((reference, real),) + (((n_fake, fake),) if both else ()):
+            if n <= k:
+                raise ValueError(f"{what} ({n} images) must be more than {k}: {metric}'s k-NN radii (k = {k}) "
+                                 f"need {k} other images in the same set")
+    logits = [name for name, net in nets.items() if net.class_logits(torch.zeros(1, net.dim)) is not None]
+    if logits and n_fake < IS_SPLITS:
+        raise ValueError(f"{fake} ({n_fake} images) must be at least {IS_SPLITS}: the Inception Score ({logits[0]}) "
+                         f"splits them in {IS_SPLITS}")
 
 
 @dataclass(frozen=True)
@@ -127,7 +160,7 @@ def space_metrics(sp: FeatureSpace, feats: torch.Tensor, seed: int, protocol: Pr
         out["fid_inf"] = fid_infinity(sp.mu, sp.sigma, feats, seed=seed)
     logits = sp.net.class_logits(feats)
     if logits is not None:
-        out["is"], out["is_std"] = inception_score(logits)
+        out["is"], out["is_std"] = inception_score(logits, splits=IS_SPLITS)
     return out
 
 
@@ -243,14 +276,10 @@ def protocol_line(files: dict, samples, reference, protocol: Protocol) -> str:
 def _check_sets(a: argparse.Namespace, samples, reference, nets: dict) -> None:
     if isinstance(samples, tuple):
         raise ValueError("SAMPLES must be images (a folder or an .npz of images), not statistics")
-    if isinstance(reference, tuple):
-        if len(nets) != 1:
-            raise ValueError("--reference statistics hold one network's features: give exactly one of "
-                             + ", ".join(f"--{n}" for n in NETWORKS))
-        (name, net), = nets.items()
-        if len(reference[0]) != net.dim:
-            raise ValueError(f"--reference holds {len(reference[0])}-d statistics; {name} gives {net.dim}-d features")
-    elif a.kid_subset_size is not None and a.kid_subset_size > min(len(samples), len(reference)):
+    check_metric_inputs(len(samples), reference if isinstance(reference, tuple) else len(reference), nets,
+                        "SAMPLES", "--reference")
+    if not isinstance(reference, tuple) and a.kid_subset_size is not None \
+            and a.kid_subset_size > min(len(samples), len(reference)):
         raise ValueError(f"--kid-subset-size ({a.kid_subset_size}) must be at most {min(len(samples), len(reference))}"
                          f" (the smaller of {len(samples)} samples and {len(reference)} reference images)")
 
@@ -259,8 +288,8 @@ def run(a: argparse.Namespace) -> dict:
     check_seed("--seed", a.seed)
     protocol = Protocol(kid_subset_size=a.kid_subset_size)
     dev = pick_device(a.device)
-    if a.out is not None and Path(a.out).is_dir():
-        raise ValueError(f"--out {a.out} is a folder; give a .json file path")
+    if a.out is not None:  # before any work: creatable, not a folder, not one of the inputs it would replace
+        out_file(a.out, inputs=[a.samples, a.reference, *(getattr(a, n, None) for n in NETWORKS)])
     files = network_files(a)
     nets = load_networks(files, dev)
     samples, reference = read_set(a.samples, "SAMPLES"), read_set(a.reference, "--reference")

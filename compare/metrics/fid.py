@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from nextscale.checkpoint import atomic_path
+from nextscale.data import check_npz_fits
 
 
 def _as_array(x, name: str, ndim: int) -> np.ndarray:
@@ -106,13 +107,14 @@ def load_stats(path, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise ValueError(f"no statistics file at {path} (an .npz with arrays 'mu' (D,) and 'sigma' (D, D), "
                          f"as pytorch-fid writes with --save-stats)")
+    check_npz_fits(path, ("mu", "sigma"), f"statistics file {path}")  # before anything is inflated
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        with np.load(path, allow_pickle=False) as z:  # mu and sigma alone: other arrays are not read
+            found, arrays = sorted(z.files), {k: z[k] for k in z.files if k in ("mu", "sigma")}
     except Exception as e:  # not an .npz (numpy then refuses to unpickle it), truncated, unreadable
         raise ValueError(f"cannot read statistics from {path} (want an .npz with arrays 'mu' and 'sigma'): {e}") from None
     if not {"mu", "sigma"} <= set(arrays):
-        raise ValueError(f"{path} must hold arrays 'mu' and 'sigma' (pytorch-fid's format), has {sorted(arrays)}")
+        raise ValueError(f"{path} must hold arrays 'mu' and 'sigma' (pytorch-fid's format), has {found}")
     mu, sigma = arrays["mu"], arrays["sigma"]
     mu, sigma = _as_array(mu, f"{path}: mu", 1), _as_array(sigma, f"{path}: sigma", 2)
     if sigma.shape != (len(mu), len(mu)):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nextscale.data import IMAGE_SUFFIXES, image_files, read_image
+from nextscale.data import IMAGE_SUFFIXES, check_npz_fits, image_files, read_image
 
 from .fid import load_stats
 
@@ -21,6 +21,7 @@ def read_set(path: str | Path, what: str) -> np.ndarray | tuple[np.ndarray, np.n
         return _read_folder(p, what)
     if p.suffix != ".npz" or not p.is_file():
         raise ValueError(f"{what} must be an image folder or an .npz file, got {str(path)!r}")
+    check_npz_fits(p, ("mu", "sigma", "arr_0", "x"), f"{what} {p}")  # before anything is inflated
     try:
         with np.load(p, allow_pickle=False) as z:
             keys = set(z.files)
