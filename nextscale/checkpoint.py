@@ -28,6 +28,9 @@ class OutOfSpace(ValueError):
 
 
 _WRITING: set[str] = set()  # this process's temporaries being written now
+# atomic_path writes ".<stem>.<pid>.<8 random>.tmp<suffix>" beside a file first: up to this many characters
+# more than the file's own name (pid up to 7 digits)
+TMP_EXTRA = len("." + "." + "9" * 7 + "." + "x" * 8 + ".tmp")
 
 
 def _sweep(path: Path) -> None:
@@ -50,27 +53,29 @@ def _sweep(path: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _space(folder: Path, needed: int | None) -> str:
+def _room(folder: Path) -> tuple[int, float]:
+    """(bytes free on ``folder``'s disk, the shell's file size limit in bytes: inf when there is none)."""
     import resource
     import shutil
 
-    free = shutil.disk_usage(folder).free
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    cap = "" if limit == resource.RLIM_INFINITY else f", file size limit {limit / 1e6:.1f} MB"
+    return shutil.disk_usage(folder).free, float("inf") if limit == resource.RLIM_INFINITY else limit
+
+
+def _space(folder: Path, needed: int | None) -> str:
+    free, limit = _room(folder)
+    cap = "" if limit == float("inf") else f", file size limit {limit / 1e6:.1f} MB"
     need = "" if needed is None else f", about {needed / 1e6:.1f} MB needed"
     return f"{free / 1e6:.1f} MB free{cap}{need}"
 
 
 def _out_of_space(e: BaseException, folder: Path, needed: int | None) -> bool:
     import errno
-    import resource
-    import shutil
 
     if isinstance(e, OSError):
         return e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
     if isinstance(e, RuntimeError) and needed is not None:  # torch.save's writer hides the errno
-        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        return shutil.disk_usage(folder).free < needed or (limit != resource.RLIM_INFINITY and limit < needed)
+        return min(_room(folder)) < needed
     return False
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .autoencoder import CODERS
 from .backbone import BackboneConfig
+from .checkpoint import TMP_EXTRA
 from .data import ImageData, check_images_fit, load_dataset
 
 
@@ -35,11 +36,6 @@ def data_and_backbone(a: argparse.Namespace) -> tuple[ImageData, BackboneConfig]
                      "use a smaller --per-class")
     return data, BackboneConfig.for_images(data.side, data.num_classes, a.latent_channels, width=a.width,
                                            depth=a.depth, heads=a.heads)
-
-
-# atomic_path writes ".<stem>.<pid>.<8 random>.tmp<suffix>" beside a file first: up to this many characters
-# more than the file's own name (pid up to 7 digits)
-TMP_EXTRA = len("." + "." + "9" * 7 + "." + "x" * 8 + ".tmp")
 
 
 def _is_dir(path: Path) -> bool | None:

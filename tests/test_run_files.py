@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from nextscale.cli import TMP_EXTRA, out_file, out_folder
+from nextscale.checkpoint import TMP_EXTRA
+from nextscale.cli import out_file, out_folder
 
 sys.path.insert(0, os.path.dirname(__file__))
 TINY_VAR = ["--width", "32", "--depth", "1", "--heads", "2", "--latent-channels", "4", "--steps", "2",
